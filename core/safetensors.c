@@ -1,0 +1,454 @@
+/* The SafeTensors codec: header validation and the reference writer. */
+#include "index.h"
+#include "json.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct kaun_safetensors {
+  uint64_t header_length;
+  uint64_t file_size;
+  size_t count;
+  kaun_safetensors_info *infos; /* in offset order */
+  char **names;                 /* infos[i].name, for the index */
+  uint64_t *shapes;
+  kaun__index index;
+  long md_count; /* -1: none */
+  const char **md_keys;
+  const char **md_values;
+  kaun__json_doc *doc; /* owns the strings */
+};
+
+void kaun_safetensors_free(kaun_safetensors *st) {
+  if (!st) return;
+  free(st->infos);
+  free(st->names);
+  free(st->shapes);
+  free(st->md_keys);
+  free(st->md_values);
+  kaun__index_free(&st->index);
+  kaun__json_free(st->doc);
+  free(st);
+}
+
+#define NAME_OR_DEFAULT(name) ((name) ? (name) : "SafeTensors data")
+
+int kaun_safetensors_header_length(const void *first8, size_t avail, uint64_t file_size,
+                                   const char *name, uint64_t *out_length, kaun_error *err) {
+  if (avail < 8 || file_size < 8)
+    return kaun__error_set(err, KAUN_EHEADER_TOO_SMALL,
+                           "%s: %llu bytes is too small to be a SafeTensors file (the header "
+                           "length alone takes 8)",
+                           NAME_OR_DEFAULT(name), (unsigned long long)file_size);
+  const unsigned char *b = first8;
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; i--) n = (n << 8) | b[i];
+  if (n > KAUN_SAFETENSORS_MAX_HEADER)
+    return kaun__error_set(err, KAUN_EHEADER_TOO_LARGE,
+                           "%s: the header claims %llu bytes, more than the limit of 100000000; "
+                           "this is not a SafeTensors file, or it is corrupt",
+                           NAME_OR_DEFAULT(name), (unsigned long long)n);
+  if (n + 8 > file_size)
+    return kaun__error_set(err, KAUN_EHEADER_LENGTH,
+                           "%s: the header claims %llu bytes but the file holds only %llu after "
+                           "the length field; the file is truncated or corrupt",
+                           NAME_OR_DEFAULT(name), (unsigned long long)n,
+                           (unsigned long long)(file_size - 8));
+  *out_length = n;
+  return KAUN_OK;
+}
+
+static int by_offsets(const void *a, const void *b) {
+  const kaun_safetensors_info *x = a, *y = b;
+  if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+  if (x->end != y->end) return x->end < y->end ? -1 : 1;
+  return 0;
+}
+
+static int parse_metadata(kaun_safetensors *st, const kaun__json *md, const char *name,
+                          kaun_error *err) {
+  if (md->type == KAUN__JSON_NULL) return KAUN_OK;
+  if (md->type != KAUN__JSON_OBJECT)
+    return kaun__error_set(err, KAUN_EMETADATA,
+                           "%s: line %u: __metadata__ is %s; it must be an object of strings",
+                           name, md->line, kaun__json_type_name(md->type));
+  st->md_keys = malloc((md->count + 1) * sizeof *st->md_keys);
+  st->md_values = malloc((md->count + 1) * sizeof *st->md_values);
+  if (!st->md_keys || !st->md_values) return kaun__error_nomem(err, "reading __metadata__");
+  st->md_count = 0;
+  for (const kaun__json *m = md->child; m; m = m->next) {
+    if (m->type != KAUN__JSON_STRING)
+      return kaun__error_set(err, KAUN_EMETADATA,
+                             "%s: line %u: __metadata__ key \"%s\" is %s; metadata values must "
+                             "be strings",
+                             name, m->line, m->key, kaun__json_type_name(m->type));
+    st->md_keys[st->md_count] = m->key;
+    st->md_values[st->md_count] = m->text;
+    st->md_count++;
+  }
+  return KAUN_OK;
+}
+
+/* Reads one tensor entry into `info` (shape goes to `shape`). */
+static int parse_entry(const kaun__json *e, const char *name, kaun_safetensors_info *info,
+                       uint64_t *shape, kaun_error *err) {
+  const char *t = e->key;
+  if (memchr(e->key, '\0', e->key_len))
+    return kaun__error_set(err, KAUN_ENOTSUP,
+                           "%s: line %u: a tensor name contains a NUL character, which kaun "
+                           "does not support",
+                           name, e->line);
+  if (e->type != KAUN__JSON_OBJECT)
+    return kaun__error_set(err, KAUN_EHEADER_JSON,
+                           "%s: line %u: the entry for tensor '%s' is %s, not an object", name,
+                           e->line, t, kaun__json_type_name(e->type));
+  const kaun__json *dt = kaun__json_get(e, "dtype");
+  const kaun__json *sh = kaun__json_get(e, "shape");
+  const kaun__json *off = kaun__json_get(e, "data_offsets");
+  const char *missing = !dt ? "dtype" : !sh ? "shape" : !off ? "data_offsets" : NULL;
+  if (missing)
+    return kaun__error_set(err, KAUN_EHEADER_JSON, "%s: line %u: tensor '%s' has no \"%s\"",
+                           name, e->line, t, missing);
+  if (dt->type != KAUN__JSON_STRING)
+    return kaun__error_set(err, KAUN_EHEADER_JSON,
+                           "%s: line %u: the dtype of tensor '%s' is %s, not a string", name,
+                           dt->line, t, kaun__json_type_name(dt->type));
+  if (kaun_dtype_from_name(dt->text, dt->text_len, &info->dtype))
+    return kaun__error_set(err, KAUN_EDTYPE, "%s: line %u: tensor '%s' has unknown dtype \"%s\"",
+                           name, dt->line, t, dt->text);
+  if (sh->type != KAUN__JSON_ARRAY)
+    return kaun__error_set(err, KAUN_EHEADER_JSON,
+                           "%s: line %u: the shape of tensor '%s' is %s, not an array", name,
+                           sh->line, t, kaun__json_type_name(sh->type));
+  if (sh->count > KAUN_MAX_DIMS)
+    return kaun__error_set(err, KAUN_ENOTSUP,
+                           "%s: tensor '%s' has %zu dimensions, more than kaun's limit of %d",
+                           name, t, sh->count, KAUN_MAX_DIMS);
+  size_t d = 0;
+  for (const kaun__json *x = sh->child; x; x = x->next, d++) {
+    if (!kaun__json_u64(x, &shape[d]))
+      return kaun__error_set(err, KAUN_EHEADER_JSON,
+                             "%s: line %u: dimension %zu of tensor '%s' is not an unsigned "
+                             "64-bit integer",
+                             name, x->line, d, t);
+  }
+  info->ndim = d;
+  info->shape = shape;
+  if (off->type != KAUN__JSON_ARRAY || off->count != 2 ||
+      !kaun__json_u64(off->child, &info->begin) || !kaun__json_u64(off->child->next, &info->end))
+    return kaun__error_set(err, KAUN_EHEADER_JSON,
+                           "%s: line %u: data_offsets of tensor '%s' must be two unsigned "
+                           "64-bit integers [begin, end]",
+                           name, off->line, t);
+  info->name = t;
+  return KAUN_OK;
+}
+
+/* The reference's Metadata::validate, in its order of checks. */
+static int validate_layout(kaun_safetensors *st, const char *name, kaun_error *err) {
+  qsort(st->infos, st->count, sizeof *st->infos, by_offsets);
+  uint64_t expected = 0;
+  for (size_t i = 0; i < st->count; i++) {
+    const kaun_safetensors_info *in = &st->infos[i];
+    if (in->begin != expected || in->end < in->begin) {
+      if (in->end < in->begin)
+        return kaun__error_set(err, KAUN_EOFFSET,
+                               "%s: tensor '%s' ends (%llu) before it begins (%llu)", name,
+                               in->name, (unsigned long long)in->end,
+                               (unsigned long long)in->begin);
+      return kaun__error_set(err, KAUN_EOFFSET,
+                             "%s: tensor '%s' begins at %llu but the data before it ends at %llu: "
+                             "tensors must be contiguous, with no gap or overlap",
+                             name, in->name, (unsigned long long)in->begin,
+                             (unsigned long long)expected);
+    }
+    expected = in->end;
+    uint64_t size;
+    kaun_error sub = KAUN_ERROR_INIT;
+    int rc = kaun_tensor_size_bytes(in->dtype, in->ndim, in->shape, &size, &sub);
+    if (rc)
+      return kaun__error_set(err, rc, "%s: tensor '%s': %s", name, in->name, sub.message);
+    if (in->end - in->begin != size) {
+      char shape[128];
+      return kaun__error_set(err, KAUN_ESIZE,
+                             "%s: tensor '%s' (%s %s) needs %llu bytes but its data_offsets "
+                             "[%llu, %llu] hold %llu",
+                             name, in->name, kaun_dtype_name(in->dtype),
+                             kaun_shape_format(in->ndim, in->shape, shape, sizeof shape),
+                             (unsigned long long)size, (unsigned long long)in->begin,
+                             (unsigned long long)in->end,
+                             (unsigned long long)(in->end - in->begin));
+    }
+  }
+  uint64_t data_size = st->file_size - 8 - st->header_length;
+  if (expected != data_size)
+    return kaun__error_set(err, KAUN_EINCOMPLETE,
+                           "%s: the tensors cover %llu bytes of data but the file holds %llu "
+                           "after the header; the file is truncated or has trailing bytes",
+                           name, (unsigned long long)expected, (unsigned long long)data_size);
+  return KAUN_OK;
+}
+
+int kaun_safetensors_parse_header(const void *header, size_t length, uint64_t file_size,
+                                  const char *name, kaun_safetensors **out, kaun_error *err) {
+  *out = NULL;
+  name = NAME_OR_DEFAULT(name);
+  if (length > KAUN_SAFETENSORS_MAX_HEADER || length + 8 > file_size)
+    return kaun__error_set(err, KAUN_EHEADER_LENGTH,
+                           "%s: a header of %zu bytes does not fit a file of %llu bytes", name,
+                           length, (unsigned long long)file_size);
+  kaun_safetensors *st = calloc(1, sizeof *st);
+  if (!st) return kaun__error_nomem(err, "reading a SafeTensors header");
+  st->header_length = length;
+  st->file_size = file_size;
+  st->md_count = -1;
+  int rc = kaun__json_parse(header, length, name, KAUN_EHEADER_JSON, &st->doc, err);
+  if (rc) goto fail;
+  kaun__json *root = kaun__json_root(st->doc);
+  if (root->type != KAUN__JSON_OBJECT) {
+    rc = kaun__error_set(err, KAUN_EHEADER_JSON, "%s: the header is %s, not a JSON object", name,
+                         kaun__json_type_name(root->type));
+    goto fail;
+  }
+  size_t dims = 0, n = 0;
+  for (kaun__json *m = root->child; m; m = m->next) {
+    if (strcmp(m->key, "__metadata__") == 0) continue;
+    n++;
+    if (m->type == KAUN__JSON_OBJECT) {
+      kaun__json *sh = kaun__json_get(m, "shape");
+      if (sh && sh->type == KAUN__JSON_ARRAY) dims += sh->count;
+    }
+  }
+  st->infos = calloc(n ? n : 1, sizeof *st->infos);
+  st->names = calloc(n ? n : 1, sizeof *st->names);
+  st->shapes = calloc(dims ? dims : 1, sizeof *st->shapes);
+  if (!st->infos || !st->names || !st->shapes) {
+    rc = kaun__error_nomem(err, "reading a SafeTensors header");
+    goto fail;
+  }
+  uint64_t *shape = st->shapes;
+  for (kaun__json *m = root->child; m; m = m->next) {
+    if (strcmp(m->key, "__metadata__") == 0) {
+      if ((rc = parse_metadata(st, m, name, err))) goto fail;
+      continue;
+    }
+    if ((rc = parse_entry(m, name, &st->infos[st->count], shape, err))) goto fail;
+    shape += st->infos[st->count].ndim;
+    st->count++;
+  }
+  if ((rc = validate_layout(st, name, err))) goto fail;
+  for (size_t i = 0; i < st->count; i++) {
+    st->names[i] = (char *)st->infos[i].name;
+    if (!kaun__index_add(&st->index, st->names, i + 1, i)) {
+      rc = kaun__error_nomem(err, "indexing tensor names");
+      goto fail;
+    }
+  }
+  *out = st;
+  return KAUN_OK;
+fail:
+  kaun_safetensors_free(st);
+  return rc;
+}
+
+int kaun_safetensors_parse(const void *bytes, size_t size, const char *name,
+                           kaun_safetensors **out, kaun_error *err) {
+  *out = NULL;
+  uint64_t n;
+  int rc = kaun_safetensors_header_length(bytes, size, size, name, &n, err);
+  if (rc) return rc;
+  return kaun_safetensors_parse_header((const char *)bytes + 8, (size_t)n, size, name, out, err);
+}
+
+int kaun_safetensors_read_file(const char *path, kaun_safetensors **out, kaun_error *err) {
+  *out = NULL;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int e = errno;
+    return kaun__error_sys(err, e == ENOENT ? KAUN_ENOENT : KAUN_EIO, e, "cannot open '%s'", path);
+  }
+  int rc;
+  struct stat sb;
+  unsigned char first8[8];
+  char *header = NULL;
+  uint64_t n = 0;
+  if (fstat(fd, &sb) != 0) {
+    rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot stat '%s'", path);
+    goto done;
+  }
+  if (!S_ISREG(sb.st_mode)) {
+    rc = kaun__error_set(err, KAUN_EINVAL, "'%s' is not a regular file", path);
+    goto done;
+  }
+  uint64_t size = (uint64_t)sb.st_size;
+  size_t avail = size < 8 ? (size_t)size : 8;
+  if (avail && kaun__pread_full(fd, first8, avail, 0) != 0) {
+    rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot read '%s'", path);
+    goto done;
+  }
+  if ((rc = kaun_safetensors_header_length(first8, avail, size, path, &n, err))) goto done;
+  header = malloc(n ? (size_t)n : 1);
+  if (!header) {
+    rc = kaun__error_nomem(err, "reading a SafeTensors header");
+    goto done;
+  }
+  if (n && kaun__pread_full(fd, header, (size_t)n, 8) != 0) {
+    rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot read the header of '%s'", path);
+    goto done;
+  }
+  rc = kaun_safetensors_parse_header(header, (size_t)n, size, path, out, err);
+done:
+  free(header);
+  close(fd);
+  return rc;
+}
+
+uint64_t kaun_safetensors_data_start(const kaun_safetensors *st) { return 8 + st->header_length; }
+uint64_t kaun_safetensors_file_size(const kaun_safetensors *st) { return st->file_size; }
+size_t kaun_safetensors_count(const kaun_safetensors *st) { return st->count; }
+
+int kaun_safetensors_info_at(const kaun_safetensors *st, size_t i, kaun_safetensors_info *out) {
+  if (i >= st->count) return KAUN_EINVAL;
+  *out = st->infos[i];
+  return KAUN_OK;
+}
+
+long kaun_safetensors_find(const kaun_safetensors *st, const char *name) {
+  return kaun__index_find(&st->index, st->names, name, strlen(name));
+}
+
+long kaun_safetensors_metadata_count(const kaun_safetensors *st) { return st->md_count; }
+
+const char *kaun_safetensors_metadata_key(const kaun_safetensors *st, size_t i) {
+  return st->md_count >= 0 && i < (size_t)st->md_count ? st->md_keys[i] : NULL;
+}
+
+const char *kaun_safetensors_metadata_value(const kaun_safetensors *st, size_t i) {
+  return st->md_count >= 0 && i < (size_t)st->md_count ? st->md_values[i] : NULL;
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+typedef struct sort_item {
+  const char *name;
+  unsigned rank;
+  size_t index;
+} sort_item;
+
+static int writer_order(const void *a, const void *b) {
+  const sort_item *x = a, *y = b;
+  if (x->rank != y->rank) return x->rank > y->rank ? -1 : 1; /* descending dtype */
+  return strcmp(x->name, y->name);                           /* then name, bytewise */
+}
+
+int kaun_safetensors_serialize_header(const kaun_flat *flat, char **out, size_t *out_size,
+                                      uint64_t *out_data_size, size_t **order, kaun_error *err) {
+  *out = NULL;
+  if (order) *order = NULL;
+  size_t n = kaun_flat_count(flat);
+  sort_item *items = malloc((n ? n : 1) * sizeof *items);
+  if (!items) return kaun__error_nomem(err, "writing a SafeTensors header");
+  for (size_t i = 0; i < n; i++) {
+    items[i].name = kaun_flat_name(flat, i);
+    items[i].rank = kaun_dtype_rank(kaun_tensor_dtype(kaun_flat_tensor(flat, i)));
+    items[i].index = i;
+  }
+  qsort(items, n, sizeof *items, writer_order);
+  kaun__strbuf sb = {0};
+  kaun__strbuf_append(&sb, "\0\0\0\0\0\0\0\0{", 9);
+  bool first = true;
+  if (kaun_flat_has_metadata(flat)) {
+    kaun__strbuf_puts(&sb, "\"__metadata__\":{");
+    for (size_t i = 0; i < kaun_flat_metadata_count(flat); i++) {
+      const char *k = kaun_flat_metadata_key(flat, i), *v = kaun_flat_metadata_value(flat, i);
+      if (i) kaun__strbuf_append(&sb, ",", 1);
+      kaun__strbuf_json_string(&sb, k, strlen(k));
+      kaun__strbuf_append(&sb, ":", 1);
+      kaun__strbuf_json_string(&sb, v, strlen(v));
+    }
+    kaun__strbuf_append(&sb, "}", 1);
+    first = false;
+  }
+  uint64_t offset = 0;
+  for (size_t i = 0; i < n; i++) {
+    const kaun_tensor *t = kaun_flat_tensor(flat, items[i].index);
+    if (!first) kaun__strbuf_append(&sb, ",", 1);
+    first = false;
+    kaun__strbuf_json_string(&sb, items[i].name, strlen(items[i].name));
+    kaun__strbuf_printf(&sb, ":{\"dtype\":\"%s\",\"shape\":[", kaun_dtype_name(kaun_tensor_dtype(t)));
+    const uint64_t *shape = kaun_tensor_shape(t);
+    for (size_t d = 0; d < kaun_tensor_ndim(t); d++)
+      kaun__strbuf_printf(&sb, "%s%llu", d ? "," : "", (unsigned long long)shape[d]);
+    uint64_t end = offset + kaun_tensor_nbytes(t);
+    kaun__strbuf_printf(&sb, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
+                        (unsigned long long)end);
+    offset = end;
+  }
+  kaun__strbuf_append(&sb, "}", 1);
+  while ((sb.len - 8) % 8) kaun__strbuf_append(&sb, " ", 1);
+  if (sb.failed) {
+    kaun__strbuf_free(&sb);
+    free(items);
+    return kaun__error_nomem(err, "writing a SafeTensors header");
+  }
+  uint64_t hl = sb.len - 8;
+  for (int i = 0; i < 8; i++) sb.data[i] = (char)((hl >> (8 * i)) & 0xFF);
+  if (order) {
+    *order = malloc((n ? n : 1) * sizeof **order);
+    if (!*order) {
+      kaun__strbuf_free(&sb);
+      free(items);
+      return kaun__error_nomem(err, "writing a SafeTensors header");
+    }
+    for (size_t i = 0; i < n; i++) (*order)[i] = items[i].index;
+  }
+  free(items);
+  *out = sb.data;
+  *out_size = sb.len;
+  *out_data_size = offset;
+  return KAUN_OK;
+}
+
+typedef struct save_ctx {
+  const kaun_flat *flat;
+  const char *header;
+  size_t header_size;
+  const size_t *order;
+} save_ctx;
+
+static int save_write(int fd, const char *tmp_path, void *c, kaun_error *err) {
+  save_ctx *sc = c;
+  if (kaun__write_full(fd, sc->header, sc->header_size) != 0)
+    return kaun__error_sys(err, KAUN_EIO, errno, "writing '%s' failed", tmp_path);
+  for (size_t i = 0; i < kaun_flat_count(sc->flat); i++) {
+    const kaun_tensor *t = kaun_flat_tensor(sc->flat, sc->order[i]);
+    if (kaun__write_full(fd, kaun_tensor_data(t), kaun_tensor_nbytes(t)) != 0)
+      return kaun__error_sys(err, KAUN_EIO, errno, "writing tensor '%s' to '%s' failed",
+                             kaun_flat_name(sc->flat, sc->order[i]), tmp_path);
+  }
+  return KAUN_OK;
+}
+
+int kaun_safetensors_save(const char *path, const kaun_flat *flat, kaun_error *err) {
+  for (size_t i = 0; i < kaun_flat_count(flat); i++)
+    if (!kaun_flat_tensor(flat, i))
+      return kaun__error_set(err, KAUN_EINVAL, "cannot save '%s': tensor '%s' was taken out of "
+                             "the list", path, kaun_flat_name(flat, i));
+  save_ctx sc = {flat, NULL, 0, NULL};
+  uint64_t data_size;
+  size_t *order;
+  char *header;
+  int rc = kaun_safetensors_serialize_header(flat, &header, &sc.header_size, &data_size, &order,
+                                             err);
+  if (rc) return rc;
+  sc.header = header;
+  sc.order = order;
+  rc = kaun__atomic_write(path, save_write, &sc, err);
+  free(header);
+  free(order);
+  return rc;
+}

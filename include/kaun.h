@@ -1,0 +1,14 @@
+/* kaun — save and load model weights (SafeTensors) from any storage.
+ * The umbrella header: includes every public header. */
+#ifndef KAUN_H
+#define KAUN_H
+
+#include <kaun/common.h>
+#include <kaun/error.h>
+#include <kaun/tensor.h>
+#include <kaun/ptree.h>
+#include <kaun/safetensors.h>
+#include <kaun/checkpoint.h>
+#include <kaun/hash.h>
+
+#endif

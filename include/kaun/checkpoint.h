@@ -1,0 +1,56 @@
+/* kaun — saving and loading parameter trees.
+ *
+ * A checkpoint is a SafeTensors file, or a sharded set of them described
+ * by a "model.safetensors.index.json" (HuggingFace layout: a "weight_map"
+ * from tensor name to shard file).  Paths may name a file, an index, or a
+ * directory, which means "the model there": model.safetensors, else
+ * model.safetensors.index.json and its shards.
+ */
+#ifndef KAUN_CHECKPOINT_H
+#define KAUN_CHECKPOINT_H
+
+#include <kaun/common.h>
+#include <kaun/error.h>
+#include <kaun/ptree.h>
+
+KAUN_BEGIN_DECLS
+
+/* Load flags. */
+enum {
+  /* Copy tensor bytes into memory the tensors own (parallel reads)
+   * instead of returning zero-copy views of a file mapping. */
+  KAUN_LOAD_COPY = 1u << 0
+};
+
+/* Saves every leaf of `tree` under its dotted path, with optional string
+ * metadata (`metadata` may be NULL; only its metadata is used).  The save
+ * is atomic (see kaun_safetensors_save).  Thread-safe for distinct paths.
+ * Errors: KAUN_EINVAL (root is a leaf), KAUN_EIO, KAUN_ENOENT, KAUN_ENOMEM. */
+KAUN_API int kaun_checkpoint_save(const char *path, const kaun_ptree *tree,
+                                  const kaun_flat *metadata, kaun_error *err);
+
+/* Loads the tensors of `like` from `path`.  `like` is a template: it gives
+ * the structure, shapes and dtypes.  Every leaf path must be in the file
+ * with the same shape; tensors are cast to the template's dtype; extra
+ * tensors in the file are ignored.  When the dtype matches, local files
+ * give zero-copy views (unless KAUN_LOAD_COPY).  `*out` is a new tree of
+ * the same structure.  Errors: KAUN_EKEY (missing path, named, with how
+ * many more are missing), KAUN_ESHAPE (names the path and both shapes),
+ * KAUN_ENOTSUP (a cast kaun cannot do), and the codec's errors. */
+KAUN_API int kaun_checkpoint_load(const char *path, const kaun_ptree *like, unsigned flags,
+                                  kaun_ptree **out, kaun_error *err);
+
+/* Loads every tensor, in file order (shard by shard for a sharded
+ * checkpoint), with the file's metadata.  Errors: the codec's errors,
+ * KAUN_EINDEX (bad index), KAUN_ENOENT, KAUN_EIO. */
+KAUN_API int kaun_checkpoint_load_flat(const char *path, unsigned flags, kaun_flat **out,
+                                       kaun_error *err);
+
+/* Loads every tensor and rebuilds the tree from the dotted names (see
+ * kaun_ptree_unflatten). */
+KAUN_API int kaun_checkpoint_load_tree(const char *path, unsigned flags, kaun_ptree **out,
+                                       kaun_error *err);
+
+KAUN_END_DECLS
+
+#endif
