@@ -95,9 +95,12 @@ static void print_shape(FILE *out, size_t ndim, const uint64_t *shape, const cha
 static void print_json_string(FILE *out, const char *s) {
   fputc('"', out);
   for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-    if (*p == '"' || *p == '\\') fprintf(out, "\\%c", *p);
-    else if (*p < 0x20) fprintf(out, "\\u%04x", *p);
-    else fputc(*p, out);
+    if (*p == '"' || *p == '\\')
+      fprintf(out, "\\%c", *p);
+    else if (*p < 0x20)
+      fprintf(out, "\\u%04x", *p);
+    else
+      fputc(*p, out);
   }
   fputc('"', out);
 }
@@ -158,7 +161,8 @@ static int cmd_inspect(int argc, char **argv) {
   int n = parse_args("inspect", argc, argv, NULL, NULL, no_option, NULL);
   if (n == -1) return -1;
   if (n < 0) return EXIT_USAGE;
-  if (n != 1) return usage_error("inspect", "expected one SafeTensors file%s", n ? ", got more" : "");
+  if (n != 1)
+    return usage_error("inspect", "expected one SafeTensors file%s", n ? ", got more" : "");
   kaun_error err = KAUN_ERROR_INIT;
   kaun_safetensors *st;
   if (kaun_safetensors_read_file(argv[0], &st, &err)) return fail(&err);
@@ -204,8 +208,7 @@ static int cp_option(const char *opt, const char *value, void *ctx) {
   (void)opt;
   if (kaun_dtype_from_name(value, strlen(value), &o->dtype) != KAUN_OK ||
       !kaun_dtype_is_float(o->dtype) || !kaun_dtype_can_cast(o->dtype)) {
-    usage_error("cp",
-                "--dtype must be one of F64, F32, F16, BF16, F8_E4M3, F8_E5M2 (got '%s')",
+    usage_error("cp", "--dtype must be one of F64, F32, F16, BF16, F8_E4M3, F8_E5M2 (got '%s')",
                 value);
     return 1;
   }

@@ -9,13 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#define CHECK(call)                                                    \
-  do {                                                                 \
-    if ((call) != KAUN_OK) {                                           \
-      fprintf(stderr, "quickstart: %s (%s)\n", err.message,            \
-              kaun_status_name(err.code));                             \
-      exit(1);                                                         \
-    }                                                                  \
+#define CHECK(call)                                                                      \
+  do {                                                                                   \
+    if ((call) != KAUN_OK) {                                                             \
+      fprintf(stderr, "quickstart: %s (%s)\n", err.message, kaun_status_name(err.code)); \
+      exit(1);                                                                           \
+    }                                                                                    \
   } while (0)
 
 static kaun_error err = KAUN_ERROR_INIT;
@@ -56,8 +55,8 @@ int main(int argc, char **argv) {
   CHECK(kaun_ptree_new_record(&state, &err));
   kaun_tensor *step;
   const int64_t step_value = 1000;
-  CHECK(kaun_tensor_new_copy(KAUN_DTYPE_I64, 1, scalar, &step_value, sizeof step_value, &step,
-                             &err));
+  CHECK(
+      kaun_tensor_new_copy(KAUN_DTYPE_I64, 1, scalar, &step_value, sizeof step_value, &step, &err));
   CHECK(kaun_ptree_set(state, "step", step, &err));
   CHECK(kaun_ptree_set(state, "momentum.embed", ramp(2, embed, 0.0f, 0.001f), &err));
 
@@ -80,13 +79,12 @@ int main(int argc, char **argv) {
   kaun_ptree *s;
   CHECK(kaun_ptree_get(loaded_state, "step", &s, &err));
   const int64_t *sv = kaun_tensor_data(kaun_ptree_tensor(s));
-  printf("loaded params: %zu top-level entries, layers is a %s of %zu\n",
-         kaun_ptree_count(loaded),
-         kaun_ptree_kind_of(kaun_ptree_find(loaded, "layers")) == KAUN_PTREE_LIST ? "list"
-                                                                                  : "record",
-         kaun_ptree_count(kaun_ptree_find(loaded, "layers")));
-  printf("layers.1.weight[0..3] = %.1f %.1f %.1f %.1f (zero-copy view: %s)\n", wv[0], wv[1],
-         wv[2], wv[3], kaun_tensor_is_view(kaun_ptree_tensor(w)) ? "yes" : "no");
+  printf(
+      "loaded params: %zu top-level entries, layers is a %s of %zu\n", kaun_ptree_count(loaded),
+      kaun_ptree_kind_of(kaun_ptree_find(loaded, "layers")) == KAUN_PTREE_LIST ? "list" : "record",
+      kaun_ptree_count(kaun_ptree_find(loaded, "layers")));
+  printf("layers.1.weight[0..3] = %.1f %.1f %.1f %.1f (zero-copy view: %s)\n", wv[0], wv[1], wv[2],
+         wv[3], kaun_tensor_is_view(kaun_ptree_tensor(w)) ? "yes" : "no");
   printf("state.step = %lld\n", (long long)sv[0]);
 
   kaun_ptree_free(loaded);

@@ -16,30 +16,30 @@
 KAUN_BEGIN_DECLS
 
 /* X(NAME, value, description).  Append new codes at the end only. */
-#define KAUN_STATUS_MAP(X)                                                                   \
-  X(OK, 0, "success")                                                                        \
-  X(EINVAL, -1, "invalid argument")                                                          \
-  X(ENOMEM, -2, "out of memory")                                                             \
-  X(EIO, -3, "storage input/output error")                                                   \
-  X(ENOENT, -4, "no such file or object")                                                    \
-  X(ENOTSUP, -5, "operation not supported")                                                  \
-  X(EHEADER_TOO_SMALL, -6, "file too small to hold a SafeTensors header")                    \
-  X(EHEADER_TOO_LARGE, -7, "SafeTensors header larger than 100,000,000 bytes")               \
-  X(EHEADER_LENGTH, -8, "SafeTensors header length exceeds the file")                        \
-  X(EHEADER_UTF8, -9, "SafeTensors header is not valid UTF-8")                               \
-  X(EHEADER_JSON, -10, "SafeTensors header is not a valid JSON object")                      \
-  X(EDTYPE, -11, "unknown dtype")                                                            \
-  X(EOVERFLOW, -12, "shape and dtype size overflow")                                         \
-  X(EOFFSET, -13, "tensor data offsets are invalid")                                         \
-  X(ESIZE, -14, "tensor byte size does not match its shape and dtype")                       \
-  X(EINCOMPLETE, -15, "tensor data does not cover the file exactly")                         \
-  X(EMETADATA, -16, "__metadata__ is not a map of strings to strings")                       \
-  X(EDUPLICATE, -17, "duplicate name")                                                       \
-  X(EMISALIGNED, -18, "tensor size is not a whole number of bytes")                          \
-  X(EKEY, -19, "key not found")                                                              \
-  X(ESHAPE, -20, "shape mismatch")                                                           \
-  X(EINDEX, -21, "sharded checkpoint index is invalid")                                      \
-  X(EBADKEY, -22, "invalid key or path")                                                     \
+#define KAUN_STATUS_MAP(X)                                                     \
+  X(OK, 0, "success")                                                          \
+  X(EINVAL, -1, "invalid argument")                                            \
+  X(ENOMEM, -2, "out of memory")                                               \
+  X(EIO, -3, "storage input/output error")                                     \
+  X(ENOENT, -4, "no such file or object")                                      \
+  X(ENOTSUP, -5, "operation not supported")                                    \
+  X(EHEADER_TOO_SMALL, -6, "file too small to hold a SafeTensors header")      \
+  X(EHEADER_TOO_LARGE, -7, "SafeTensors header larger than 100,000,000 bytes") \
+  X(EHEADER_LENGTH, -8, "SafeTensors header length exceeds the file")          \
+  X(EHEADER_UTF8, -9, "SafeTensors header is not valid UTF-8")                 \
+  X(EHEADER_JSON, -10, "SafeTensors header is not a valid JSON object")        \
+  X(EDTYPE, -11, "unknown dtype")                                              \
+  X(EOVERFLOW, -12, "shape and dtype size overflow")                           \
+  X(EOFFSET, -13, "tensor data offsets are invalid")                           \
+  X(ESIZE, -14, "tensor byte size does not match its shape and dtype")         \
+  X(EINCOMPLETE, -15, "tensor data does not cover the file exactly")           \
+  X(EMETADATA, -16, "__metadata__ is not a map of strings to strings")         \
+  X(EDUPLICATE, -17, "duplicate name")                                         \
+  X(EMISALIGNED, -18, "tensor size is not a whole number of bytes")            \
+  X(EKEY, -19, "key not found")                                                \
+  X(ESHAPE, -20, "shape mismatch")                                             \
+  X(EINDEX, -21, "sharded checkpoint index is invalid")                        \
+  X(EBADKEY, -22, "invalid key or path")                                       \
   X(EKIND, -23, "wrong kind of tree node")
 
 typedef enum kaun_status {
@@ -54,13 +54,16 @@ typedef enum kaun_status {
 /* The caller-owned error record.  Zero it (KAUN_ERROR_INIT) before use; a
  * successful call leaves it untouched.  Not shared between threads. */
 typedef struct kaun_error {
-  int code;        /* a kaun_status */
-  int sys_errno;   /* errno of the failed system call, or 0 */
+  int code;         /* a kaun_status */
+  int sys_errno;    /* errno of the failed system call, or 0 */
   long http_status; /* HTTP status of a failed transfer, or 0 */
   char message[KAUN_ERROR_MESSAGE_MAX];
 } kaun_error;
 
-#define KAUN_ERROR_INIT {0, 0, 0, {0}}
+#define KAUN_ERROR_INIT \
+  {                     \
+    0, 0, 0, { 0 }      \
+  }
 
 /* The name of a status code: "KAUN_EDTYPE".  Unknown codes give
  * "KAUN_E(unknown)".  Static storage; thread-safe. */

@@ -87,8 +87,7 @@ typedef int (*kaun_ptree_visit_fn)(const char *path, kaun_tensor *tensor, void *
 
 /* Walks the leaves.  `path` is valid only during the call.  Returns 0,
  * the callback's nonzero value, or KAUN_ENOMEM. */
-KAUN_API int kaun_ptree_foreach(const kaun_ptree *tree, kaun_ptree_visit_fn visit,
-                                void *context);
+KAUN_API int kaun_ptree_foreach(const kaun_ptree *tree, kaun_ptree_visit_fn visit, void *context);
 
 /* ---- flat lists ------------------------------------------------------- */
 
@@ -101,8 +100,7 @@ KAUN_API void kaun_flat_free(kaun_flat *flat);
 
 /* Appends `name` (copied) and `tensor` (owned; freed on failure).
  * Names must be unique.  Errors: KAUN_EDUPLICATE, KAUN_EINVAL, KAUN_ENOMEM. */
-KAUN_API int kaun_flat_add(kaun_flat *flat, const char *name, kaun_tensor *tensor,
-                           kaun_error *err);
+KAUN_API int kaun_flat_add(kaun_flat *flat, const char *name, kaun_tensor *tensor, kaun_error *err);
 
 KAUN_API size_t kaun_flat_count(const kaun_flat *flat);
 KAUN_API const char *kaun_flat_name(const kaun_flat *flat, size_t index);

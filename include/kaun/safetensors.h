@@ -49,8 +49,7 @@ KAUN_API int kaun_safetensors_parse(const void *bytes, size_t size, const char *
 /* Reads and validates a file's header with two preads; the data is not
  * read, so the time does not depend on the file's size.  Errors: as
  * kaun_safetensors_parse_header, KAUN_ENOENT, KAUN_EIO. */
-KAUN_API int kaun_safetensors_read_file(const char *path, kaun_safetensors **out,
-                                        kaun_error *err);
+KAUN_API int kaun_safetensors_read_file(const char *path, kaun_safetensors **out, kaun_error *err);
 
 KAUN_API void kaun_safetensors_free(kaun_safetensors *st);
 
@@ -90,9 +89,9 @@ KAUN_API const char *kaun_safetensors_metadata_value(const kaun_safetensors *st,
  * of data that follow.  `order` (may be NULL) receives, malloc'd, the flat
  * indices in on-disk order.  Errors: KAUN_EDUPLICATE, KAUN_EINVAL (NUL
  * in a name), KAUN_ENOMEM. */
-KAUN_API int kaun_safetensors_serialize_header(const kaun_flat *flat, char **out,
-                                               size_t *out_size, uint64_t *out_data_size,
-                                               size_t **order, kaun_error *err);
+KAUN_API int kaun_safetensors_serialize_header(const kaun_flat *flat, char **out, size_t *out_size,
+                                               uint64_t *out_data_size, size_t **order,
+                                               kaun_error *err);
 
 /* Writes `flat` as a SafeTensors file at `path`, atomically: a temporary
  * file in the same directory is written, fsync'd and renamed over

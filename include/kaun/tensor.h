@@ -21,13 +21,13 @@ KAUN_BEGIN_DECLS
  * (see kaun_dtype_rank). */
 typedef enum kaun_dtype {
   KAUN_DTYPE_BOOL = 0,
-  KAUN_DTYPE_F4,          /* 4-bit float, E2M1 */
+  KAUN_DTYPE_F4, /* 4-bit float, E2M1 */
   KAUN_DTYPE_F6_E2M3,
   KAUN_DTYPE_F6_E3M2,
   KAUN_DTYPE_U8,
   KAUN_DTYPE_I8,
-  KAUN_DTYPE_F8_E5M2,     /* IEEE-like: has Inf and NaN */
-  KAUN_DTYPE_F8_E4M3,     /* "e4m3fn": no Inf, NaN = S.1111.111, max 448 */
+  KAUN_DTYPE_F8_E5M2, /* IEEE-like: has Inf and NaN */
+  KAUN_DTYPE_F8_E4M3, /* "e4m3fn": no Inf, NaN = S.1111.111, max 448 */
   KAUN_DTYPE_F8_E8M0,
   KAUN_DTYPE_F8_E4M3FNUZ,
   KAUN_DTYPE_F8_E5M2FNUZ,
@@ -38,11 +38,11 @@ typedef enum kaun_dtype {
   KAUN_DTYPE_I32,
   KAUN_DTYPE_U32,
   KAUN_DTYPE_F32,
-  KAUN_DTYPE_C64,         /* complex: two F32 */
+  KAUN_DTYPE_C64, /* complex: two F32 */
   KAUN_DTYPE_F64,
   KAUN_DTYPE_I64,
   KAUN_DTYPE_U64,
-  KAUN_DTYPE_COUNT_       /* not a dtype: the number of dtypes */
+  KAUN_DTYPE_COUNT_ /* not a dtype: the number of dtypes */
 } kaun_dtype;
 
 /* The SafeTensors name ("BF16"), or NULL for an out-of-range value. */

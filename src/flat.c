@@ -113,8 +113,7 @@ kaun_tensor *kaun_flat_take(kaun_flat *f, size_t i) {
 }
 
 int kaun_flat_set_metadata(kaun_flat *f, const char *key, const char *value, kaun_error *err) {
-  if (!key || !value)
-    return kaun__error_set(err, KAUN_EINVAL, "metadata needs a key and a value");
+  if (!key || !value) return kaun__error_set(err, KAUN_EINVAL, "metadata needs a key and a value");
   f->has_metadata = true;
   for (size_t i = 0; i < f->md_count; i++) {
     if (strcmp(f->md_keys[i], key) == 0) {

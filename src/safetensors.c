@@ -74,8 +74,8 @@ static int parse_metadata(kaun_safetensors *st, const kaun__json *md, const char
   if (md->type == KAUN__JSON_NULL) return KAUN_OK;
   if (md->type != KAUN__JSON_OBJECT)
     return kaun__error_set(err, KAUN_EMETADATA,
-                           "%s: line %u: __metadata__ is %s; it must be an object of strings",
-                           name, md->line, kaun__json_type_name(md->type));
+                           "%s: line %u: __metadata__ is %s; it must be an object of strings", name,
+                           md->line, kaun__json_type_name(md->type));
   st->md_keys = malloc((md->count + 1) * sizeof *st->md_keys);
   st->md_values = malloc((md->count + 1) * sizeof *st->md_values);
   if (!st->md_keys || !st->md_values) return kaun__error_nomem(err, "reading __metadata__");
@@ -111,8 +111,8 @@ static int parse_entry(const kaun__json *e, const char *name, kaun_safetensors_i
   const kaun__json *off = kaun__json_get(e, "data_offsets");
   const char *missing = !dt ? "dtype" : !sh ? "shape" : !off ? "data_offsets" : NULL;
   if (missing)
-    return kaun__error_set(err, KAUN_EHEADER_JSON, "%s: line %u: tensor '%s' has no \"%s\"",
-                           name, e->line, t, missing);
+    return kaun__error_set(err, KAUN_EHEADER_JSON, "%s: line %u: tensor '%s' has no \"%s\"", name,
+                           e->line, t, missing);
   if (dt->type != KAUN__JSON_STRING)
     return kaun__error_set(err, KAUN_EHEADER_JSON,
                            "%s: line %u: the dtype of tensor '%s' is %s, not a string", name,
@@ -126,8 +126,8 @@ static int parse_entry(const kaun__json *e, const char *name, kaun_safetensors_i
                            sh->line, t, kaun__json_type_name(sh->type));
   if (sh->count > KAUN_MAX_DIMS)
     return kaun__error_set(err, KAUN_ENOTSUP,
-                           "%s: tensor '%s' has %zu dimensions, more than kaun's limit of %d",
-                           name, t, sh->count, KAUN_MAX_DIMS);
+                           "%s: tensor '%s' has %zu dimensions, more than kaun's limit of %d", name,
+                           t, sh->count, KAUN_MAX_DIMS);
   size_t d = 0;
   for (const kaun__json *x = sh->child; x; x = x->next, d++) {
     if (!kaun__json_u64(x, &shape[d]))
@@ -156,10 +156,9 @@ static int validate_layout(kaun_safetensors *st, const char *name, kaun_error *e
     const kaun_safetensors_info *in = &st->infos[i];
     if (in->begin != expected || in->end < in->begin) {
       if (in->end < in->begin)
-        return kaun__error_set(err, KAUN_EOFFSET,
-                               "%s: tensor '%s' ends (%llu) before it begins (%llu)", name,
-                               in->name, (unsigned long long)in->end,
-                               (unsigned long long)in->begin);
+        return kaun__error_set(
+            err, KAUN_EOFFSET, "%s: tensor '%s' ends (%llu) before it begins (%llu)", name,
+            in->name, (unsigned long long)in->end, (unsigned long long)in->begin);
       return kaun__error_set(err, KAUN_EOFFSET,
                              "%s: tensor '%s' begins at %llu but the data before it ends at %llu: "
                              "tensors must be contiguous, with no gap or overlap",
@@ -170,8 +169,7 @@ static int validate_layout(kaun_safetensors *st, const char *name, kaun_error *e
     uint64_t size;
     kaun_error sub = KAUN_ERROR_INIT;
     int rc = kaun_tensor_size_bytes(in->dtype, in->ndim, in->shape, &size, &sub);
-    if (rc)
-      return kaun__error_set(err, rc, "%s: tensor '%s': %s", name, in->name, sub.message);
+    if (rc) return kaun__error_set(err, rc, "%s: tensor '%s': %s", name, in->name, sub.message);
     if (in->end - in->begin != size) {
       char shape[128];
       return kaun__error_set(err, KAUN_ESIZE,
@@ -255,8 +253,8 @@ fail:
   return rc;
 }
 
-int kaun_safetensors_parse(const void *bytes, size_t size, const char *name,
-                           kaun_safetensors **out, kaun_error *err) {
+int kaun_safetensors_parse(const void *bytes, size_t size, const char *name, kaun_safetensors **out,
+                           kaun_error *err) {
   *out = NULL;
   uint64_t n;
   int rc = kaun_safetensors_header_length(bytes, size, size, name, &n, err);
@@ -379,7 +377,8 @@ int kaun_safetensors_serialize_header(const kaun_flat *flat, char **out, size_t 
     if (!first) kaun__strbuf_append(&sb, ",", 1);
     first = false;
     kaun__strbuf_json_string(&sb, items[i].name, strlen(items[i].name));
-    kaun__strbuf_printf(&sb, ":{\"dtype\":\"%s\",\"shape\":[", kaun_dtype_name(kaun_tensor_dtype(t)));
+    kaun__strbuf_printf(&sb, ":{\"dtype\":\"%s\",\"shape\":[",
+                        kaun_dtype_name(kaun_tensor_dtype(t)));
     const uint64_t *shape = kaun_tensor_shape(t);
     for (size_t d = 0; d < kaun_tensor_ndim(t); d++)
       kaun__strbuf_printf(&sb, "%s%llu", d ? "," : "", (unsigned long long)shape[d]);
@@ -436,14 +435,16 @@ static int save_write(int fd, const char *tmp_path, void *c, kaun_error *err) {
 int kaun_safetensors_save(const char *path, const kaun_flat *flat, kaun_error *err) {
   for (size_t i = 0; i < kaun_flat_count(flat); i++)
     if (!kaun_flat_tensor(flat, i))
-      return kaun__error_set(err, KAUN_EINVAL, "cannot save '%s': tensor '%s' was taken out of "
-                             "the list", path, kaun_flat_name(flat, i));
+      return kaun__error_set(err, KAUN_EINVAL,
+                             "cannot save '%s': tensor '%s' was taken out of "
+                             "the list",
+                             path, kaun_flat_name(flat, i));
   save_ctx sc = {flat, NULL, 0, NULL};
   uint64_t data_size;
   size_t *order;
   char *header;
-  int rc = kaun_safetensors_serialize_header(flat, &header, &sc.header_size, &data_size, &order,
-                                             err);
+  int rc =
+      kaun_safetensors_serialize_header(flat, &header, &sc.header_size, &data_size, &order, err);
   if (rc) return rc;
   sc.header = header;
   sc.order = order;

@@ -151,8 +151,10 @@ static int open_index(const char *index_path, unsigned flags, source *src, kaun_
     goto done;
   }
   char *slash = strrchr(dir, '/');
-  if (slash) *slash = '\0';
-  else strcpy(dir, ".");
+  if (slash)
+    *slash = '\0';
+  else
+    strcpy(dir, ".");
   for (i = 0; i < distinct; i++) {
     shard *sh = &src->shards[src->nshards++];
     sh->fd = -1;
@@ -344,12 +346,12 @@ static int materialize(source *src, const request *reqs, size_t n, unsigned flag
       }
     } else {
       kaun_tensor *view;
-      rc = kaun__tensor_view_unchecked(in.dtype, in.ndim, in.shape, sh->map, offset, nbytes,
-                                       &view, err);
+      rc = kaun__tensor_view_unchecked(in.dtype, in.ndim, in.shape, sh->map, offset, nbytes, &view,
+                                       err);
       if (!rc) {
-        rc = reqs[i].dtype == in.dtype ? kaun_tensor_new_copy(in.dtype, in.ndim, in.shape, bytes,
-                                                              nbytes, &out[i], err)
-                                       : kaun_tensor_cast(view, reqs[i].dtype, &out[i], err);
+        rc = reqs[i].dtype == in.dtype
+                 ? kaun_tensor_new_copy(in.dtype, in.ndim, in.shape, bytes, nbytes, &out[i], err)
+                 : kaun_tensor_cast(view, reqs[i].dtype, &out[i], err);
         kaun_tensor_free(view);
         if (rc) kaun__error_prefix(err, "tensor '%s' in '%s': ", in.name, sh->path);
       }
@@ -421,8 +423,7 @@ done:
   return KAUN_OK;
 }
 
-int kaun_checkpoint_load_tree(const char *path, unsigned flags, kaun_ptree **out,
-                              kaun_error *err) {
+int kaun_checkpoint_load_tree(const char *path, unsigned flags, kaun_ptree **out, kaun_error *err) {
   *out = NULL;
   kaun_flat *flat;
   int rc = kaun_checkpoint_load_flat(path, flags, &flat, err);
@@ -446,16 +447,16 @@ static int collect_leaf(const char *path, kaun_tensor *t, void *c) {
 }
 
 /* A new tree shaped like `like`, whose leaves take tensors[*next...]. */
-static int build_like(const kaun_ptree *like, kaun_tensor **tensors, size_t *next,
-                      kaun_ptree **out, kaun_error *err) {
+static int build_like(const kaun_ptree *like, kaun_tensor **tensors, size_t *next, kaun_ptree **out,
+                      kaun_error *err) {
   kaun_ptree_kind kind = kaun_ptree_kind_of(like);
   if (kind == KAUN_PTREE_TENSOR) {
     kaun_tensor *t = tensors[*next];
     tensors[(*next)++] = NULL;
     return kaun_ptree_new_leaf(t, out, err);
   }
-  int rc = kind == KAUN_PTREE_RECORD ? kaun_ptree_new_record(out, err)
-                                     : kaun_ptree_new_list(out, err);
+  int rc =
+      kind == KAUN_PTREE_RECORD ? kaun_ptree_new_record(out, err) : kaun_ptree_new_list(out, err);
   for (size_t i = 0; !rc && i < kaun_ptree_count(like); i++) {
     kaun_ptree *child;
     rc = build_like(kaun_ptree_child(like, i), tensors, next, &child, err);
@@ -471,8 +472,8 @@ static int build_like(const kaun_ptree *like, kaun_tensor **tensors, size_t *nex
   return rc;
 }
 
-int kaun_checkpoint_load(const char *path, const kaun_ptree *like, unsigned flags,
-                         kaun_ptree **out, kaun_error *err) {
+int kaun_checkpoint_load(const char *path, const kaun_ptree *like, unsigned flags, kaun_ptree **out,
+                         kaun_error *err) {
   *out = NULL;
   if (kaun_ptree_kind_of(like) == KAUN_PTREE_TENSOR)
     return kaun__error_set(err, KAUN_EINVAL,
@@ -514,19 +515,19 @@ int kaun_checkpoint_load(const char *path, const kaun_ptree *like, unsigned flag
     if (in.ndim != kaun_tensor_ndim(want) ||
         memcmp(in.shape, kaun_tensor_shape(want), in.ndim * sizeof(uint64_t)) != 0) {
       char a[128], b[128];
-      rc = kaun__error_set(err, KAUN_ESHAPE,
-                           "%s: tensor '%s' has shape %s in the file but %s in the template",
-                           src.shards[s].path, name, kaun_shape_format(in.ndim, in.shape, a, sizeof a),
-                           kaun_shape_format(kaun_tensor_ndim(want), kaun_tensor_shape(want), b,
-                                             sizeof b));
+      rc = kaun__error_set(
+          err, KAUN_ESHAPE, "%s: tensor '%s' has shape %s in the file but %s in the template",
+          src.shards[s].path, name, kaun_shape_format(in.ndim, in.shape, a, sizeof a),
+          kaun_shape_format(kaun_tensor_ndim(want), kaun_tensor_shape(want), b, sizeof b));
       goto done;
     }
     reqs[i] = (request){s, t, kaun_tensor_dtype(want)};
   }
   if (missing) {
     if (missing == 1)
-      rc = kaun__error_set(err, KAUN_EKEY, "%s: the template's tensor '%s' is not in the checkpoint",
-                           path, first_missing);
+      rc =
+          kaun__error_set(err, KAUN_EKEY, "%s: the template's tensor '%s' is not in the checkpoint",
+                          path, first_missing);
     else
       rc = kaun__error_set(err, KAUN_EKEY,
                            "%s: the template's tensor '%s' is not in the checkpoint (and %zu "
@@ -552,9 +553,8 @@ done:
 int kaun_checkpoint_save(const char *path, const kaun_ptree *tree, const kaun_flat *metadata,
                          kaun_error *err) {
   if (kaun_ptree_kind_of(tree) == KAUN_PTREE_TENSOR)
-    return kaun__error_set(err, KAUN_EINVAL,
-                           "cannot save '%s': the tree's root is a tensor, which has no name",
-                           path);
+    return kaun__error_set(
+        err, KAUN_EINVAL, "cannot save '%s': the tree's root is a tensor, which has no name", path);
   template_ctx tc = {NULL, err, 0};
   int rc = kaun__flat_new_borrowed(&tc.leaves, err);
   if (rc) return rc;

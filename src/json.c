@@ -349,8 +349,10 @@ static int parse_value(parser *ps, kaun__json *v, int depth) {
       rc = literal(ps, "null") ? 0 : fail(ps, "invalid literal");
       break;
     default:
-      if (c == '-' || (c >= '0' && c <= '9')) rc = parse_number(ps, v);
-      else rc = fail(ps, "expected a JSON value");
+      if (c == '-' || (c >= '0' && c <= '9'))
+        rc = parse_number(ps, v);
+      else
+        rc = fail(ps, "expected a JSON value");
   }
   /* members report the line of their key: that is what a reader looks for */
   if (v->key) v->line = key_line;

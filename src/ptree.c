@@ -176,11 +176,13 @@ int kaun_ptree_get(const kaun_ptree *tree, const char *path, kaun_ptree **out, k
     for (;;) {
       const char *dot = strchr(p, '.');
       size_t n = dot ? (size_t)(dot - p) : strlen(p);
-      if (n == 0) return kaun__error_set(err, KAUN_EBADKEY, "the path '%s' has an empty component", path);
+      if (n == 0)
+        return kaun__error_set(err, KAUN_EBADKEY, "the path '%s' has an empty component", path);
       kaun_ptree *c = step(t, p, n);
       if (!c)
-        return kaun__error_set(err, KAUN_EKEY, "the path '%s' is not in the tree: no '%.*s' under '%.*s'",
-                               path, (int)n, p, (int)(p == path ? 0 : p - path - 1), path);
+        return kaun__error_set(err, KAUN_EKEY,
+                               "the path '%s' is not in the tree: no '%.*s' under '%.*s'", path,
+                               (int)n, p, (int)(p == path ? 0 : p - path - 1), path);
       t = c;
       if (!dot) break;
       p = dot + 1;
@@ -271,8 +273,10 @@ static int walk(const kaun_ptree *t, kaun__strbuf *path, kaun_ptree_visit_fn vis
   size_t base = path->len;
   for (size_t i = 0; i < t->count; i++) {
     if (base) kaun__strbuf_append(path, ".", 1);
-    if (t->kind == KAUN_PTREE_RECORD) kaun__strbuf_puts(path, t->keys[i]);
-    else kaun__strbuf_printf(path, "%zu", i);
+    if (t->kind == KAUN_PTREE_RECORD)
+      kaun__strbuf_puts(path, t->keys[i]);
+    else
+      kaun__strbuf_printf(path, "%zu", i);
     if (path->failed) return KAUN_ENOMEM;
     int rc = walk(t->children[i], path, visit, ctx);
     if (rc) return rc;
@@ -380,8 +384,8 @@ static int insert_path(kaun_ptree *root, const char *name, kaun_tensor *tensor, 
     size_t n = dot ? (size_t)(dot - p) : strlen(p);
     if (n == 0) {
       kaun_tensor_free(tensor);
-      return kaun__error_set(err, KAUN_EBADKEY,
-                             "the tensor name '%s' has an empty path component", name);
+      return kaun__error_set(err, KAUN_EBADKEY, "the tensor name '%s' has an empty path component",
+                             name);
     }
     kaun_ptree *c = find_n(t, p, n);
     if (c && !dot) {

@@ -118,11 +118,11 @@ typedef struct value {
   uint64_t u;
 } value;
 
-#define DEFINE_LOAD(name, type)                \
+#define DEFINE_LOAD(name, type)                     \
   static inline type name(const unsigned char *p) { \
-    type v;                                      \
-    memcpy(&v, p, sizeof v);                     \
-    return v;                                    \
+    type v;                                         \
+    memcpy(&v, p, sizeof v);                        \
+    return v;                                       \
   }
 DEFINE_LOAD(load_u16, uint16_t)
 DEFINE_LOAD(load_u32, uint32_t)
@@ -136,24 +136,54 @@ DEFINE_LOAD(load_f64, double)
 static value load(kaun_dtype dt, const unsigned char *p) {
   value v = {VAL_SIGNED, 0, 0, 0};
   switch (dt) {
-    case KAUN_DTYPE_BOOL: v.kind = VAL_UNSIGNED; v.u = p[0] != 0; break;
-    case KAUN_DTYPE_U8: v.kind = VAL_UNSIGNED; v.u = p[0]; break;
-    case KAUN_DTYPE_U16: v.kind = VAL_UNSIGNED; v.u = load_u16(p); break;
-    case KAUN_DTYPE_U32: v.kind = VAL_UNSIGNED; v.u = load_u32(p); break;
-    case KAUN_DTYPE_U64: v.kind = VAL_UNSIGNED; v.u = load_u64(p); break;
+    case KAUN_DTYPE_BOOL:
+      v.kind = VAL_UNSIGNED;
+      v.u = p[0] != 0;
+      break;
+    case KAUN_DTYPE_U8:
+      v.kind = VAL_UNSIGNED;
+      v.u = p[0];
+      break;
+    case KAUN_DTYPE_U16:
+      v.kind = VAL_UNSIGNED;
+      v.u = load_u16(p);
+      break;
+    case KAUN_DTYPE_U32:
+      v.kind = VAL_UNSIGNED;
+      v.u = load_u32(p);
+      break;
+    case KAUN_DTYPE_U64:
+      v.kind = VAL_UNSIGNED;
+      v.u = load_u64(p);
+      break;
     case KAUN_DTYPE_I8: v.i = (int8_t)p[0]; break;
     case KAUN_DTYPE_I16: v.i = load_i16(p); break;
     case KAUN_DTYPE_I32: v.i = load_i32(p); break;
     case KAUN_DTYPE_I64: v.i = load_i64(p); break;
-    case KAUN_DTYPE_F16: v.kind = VAL_FLOAT; v.f = f16_to_f32(load_u16(p)); break;
+    case KAUN_DTYPE_F16:
+      v.kind = VAL_FLOAT;
+      v.f = f16_to_f32(load_u16(p));
+      break;
     case KAUN_DTYPE_BF16:
       v.kind = VAL_FLOAT;
       v.f = f32_from_bits((uint32_t)load_u16(p) << 16);
       break;
-    case KAUN_DTYPE_F32: v.kind = VAL_FLOAT; v.f = load_f32(p); break;
-    case KAUN_DTYPE_F64: v.kind = VAL_FLOAT; v.f = load_f64(p); break;
-    case KAUN_DTYPE_F8_E4M3: v.kind = VAL_FLOAT; v.f = narrow_decode(p[0], &fmt_e4m3); break;
-    case KAUN_DTYPE_F8_E5M2: v.kind = VAL_FLOAT; v.f = narrow_decode(p[0], &fmt_e5m2); break;
+    case KAUN_DTYPE_F32:
+      v.kind = VAL_FLOAT;
+      v.f = load_f32(p);
+      break;
+    case KAUN_DTYPE_F64:
+      v.kind = VAL_FLOAT;
+      v.f = load_f64(p);
+      break;
+    case KAUN_DTYPE_F8_E4M3:
+      v.kind = VAL_FLOAT;
+      v.f = narrow_decode(p[0], &fmt_e4m3);
+      break;
+    case KAUN_DTYPE_F8_E5M2:
+      v.kind = VAL_FLOAT;
+      v.f = narrow_decode(p[0], &fmt_e5m2);
+      break;
     default: break; /* excluded by kaun_dtype_can_cast */
   }
   return v;
@@ -179,9 +209,9 @@ static uint64_t value_to_int_bits(value v, unsigned bits, bool is_signed) {
   f = trunc(f);
   if (is_signed) {
     double lo = -ldexp(1.0, (int)bits - 1);
-    double hi = ldexp(1.0, (int)bits - 1); /* exclusive */
-    if (f <= lo) return (uint64_t)1 << (bits - 1);         /* min: sign bit only */
-    if (f >= hi) return ((uint64_t)1 << (bits - 1)) - 1u;  /* max */
+    double hi = ldexp(1.0, (int)bits - 1);                /* exclusive */
+    if (f <= lo) return (uint64_t)1 << (bits - 1);        /* min: sign bit only */
+    if (f >= hi) return ((uint64_t)1 << (bits - 1)) - 1u; /* max */
     return (uint64_t)(int64_t)f;
   }
   double hi = ldexp(1.0, (int)bits);
@@ -199,9 +229,9 @@ static bool value_nonzero(value v) {
   return false;
 }
 
-#define STORE_AS(type, p, x) \
-  do {                       \
-    type v_ = (type)(x);     \
+#define STORE_AS(type, p, x)   \
+  do {                         \
+    type v_ = (type)(x);       \
     memcpy(p, &v_, sizeof v_); \
   } while (0)
 
@@ -217,14 +247,20 @@ static void store(kaun_dtype dt, unsigned char *p, value v) {
     case KAUN_DTYPE_U64: STORE_AS(uint64_t, p, value_to_int_bits(v, 64, false)); break;
     case KAUN_DTYPE_I64: STORE_AS(uint64_t, p, value_to_int_bits(v, 64, true)); break;
     case KAUN_DTYPE_F64:
-      if (v.kind == VAL_FLOAT) STORE_AS(double, p, v.f);
-      else if (v.kind == VAL_SIGNED) STORE_AS(double, p, (double)v.i);
-      else STORE_AS(double, p, (double)v.u);
+      if (v.kind == VAL_FLOAT)
+        STORE_AS(double, p, v.f);
+      else if (v.kind == VAL_SIGNED)
+        STORE_AS(double, p, (double)v.i);
+      else
+        STORE_AS(double, p, (double)v.u);
       break;
     case KAUN_DTYPE_F32:
-      if (v.kind == VAL_FLOAT) STORE_AS(float, p, (float)v.f);
-      else if (v.kind == VAL_SIGNED) STORE_AS(float, p, (float)v.i);
-      else STORE_AS(float, p, (float)v.u);
+      if (v.kind == VAL_FLOAT)
+        STORE_AS(float, p, (float)v.f);
+      else if (v.kind == VAL_SIGNED)
+        STORE_AS(float, p, (float)v.i);
+      else
+        STORE_AS(float, p, (float)v.u);
       break;
     case KAUN_DTYPE_F16:
       STORE_AS(uint16_t, p, narrow_encode(value_to_double_for_narrowing(v), &fmt_f16));
@@ -258,7 +294,8 @@ static bool cast_fast(kaun_dtype s, const unsigned char *src, kaun_dtype d, unsi
     return true;
   }
   if (s == KAUN_DTYPE_F32 && d == KAUN_DTYPE_BF16) {
-    for (size_t i = 0; i < n; i++) STORE_AS(uint16_t, dst + 2 * i, f32_to_bf16(load_f32(src + 4 * i)));
+    for (size_t i = 0; i < n; i++)
+      STORE_AS(uint16_t, dst + 2 * i, f32_to_bf16(load_f32(src + 4 * i)));
     return true;
   }
   if (s == KAUN_DTYPE_F32 && d == KAUN_DTYPE_F64) {
@@ -272,8 +309,8 @@ static bool cast_fast(kaun_dtype s, const unsigned char *src, kaun_dtype d, unsi
   return false;
 }
 
-int kaun_cast(kaun_dtype src_dtype, const void *src, kaun_dtype dst_dtype, void *dst,
-              size_t count, kaun_error *err) {
+int kaun_cast(kaun_dtype src_dtype, const void *src, kaun_dtype dst_dtype, void *dst, size_t count,
+              kaun_error *err) {
   if (!kaun_dtype_can_cast(src_dtype) || !kaun_dtype_can_cast(dst_dtype)) {
     const char *sn = kaun_dtype_name(src_dtype), *dn = kaun_dtype_name(dst_dtype);
     return kaun__error_set(err, KAUN_ENOTSUP,

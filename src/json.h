@@ -9,7 +9,7 @@
 #define KAUN_JSON_H
 
 #ifndef KAUN_BUILDING_LIBRARY
-#error "core/json.h is private to libkaun"
+#error "src/json.h is private to libkaun"
 #endif
 
 #include "internal.h"
@@ -27,14 +27,14 @@ typedef enum kaun__json_type {
 typedef struct kaun__json kaun__json;
 struct kaun__json {
   kaun__json_type type;
-  unsigned line;      /* 1-based line where the value starts */
-  const char *key;    /* member name when inside an object (NUL-terminated) */
+  unsigned line;   /* 1-based line where the value starts */
+  const char *key; /* member name when inside an object (NUL-terminated) */
   size_t key_len;
-  const char *text;   /* string contents (decoded, NUL-terminated) or number text */
+  const char *text; /* string contents (decoded, NUL-terminated) or number text */
   size_t text_len;
-  size_t count;       /* members of an array or object */
-  kaun__json *child;  /* first member */
-  kaun__json *next;   /* next sibling */
+  size_t count;      /* members of an array or object */
+  kaun__json *child; /* first member */
+  kaun__json *next;  /* next sibling */
 };
 
 typedef struct kaun__json_doc kaun__json_doc;

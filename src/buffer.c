@@ -17,8 +17,8 @@ struct kaun_buffer {
   void *context;
 };
 
-int kaun_buffer_wrap(const void *data, size_t size, kaun_buffer_release_fn release,
-                     void *context, kaun_buffer **out, kaun_error *err) {
+int kaun_buffer_wrap(const void *data, size_t size, kaun_buffer_release_fn release, void *context,
+                     kaun_buffer **out, kaun_error *err) {
   *out = NULL;
   kaun_buffer *b = malloc(sizeof *b);
   if (!b) return kaun__error_nomem(err, "creating a buffer");
@@ -41,8 +41,7 @@ int kaun_buffer_map_file(const char *path, kaun_buffer **out, kaun_error *err) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int e = errno;
-    return kaun__error_sys(err, e == ENOENT ? KAUN_ENOENT : KAUN_EIO, e, "cannot open '%s'",
-                           path);
+    return kaun__error_sys(err, e == ENOENT ? KAUN_ENOENT : KAUN_EIO, e, "cannot open '%s'", path);
   }
   struct stat st;
   if (fstat(fd, &st) != 0) {

@@ -7,8 +7,7 @@
 const char *kaun_status_name(int code) {
   switch ((kaun_status)code) {
 #define KAUN_STATUS_NAME_(name, value, text) \
-  case KAUN_##name:                         \
-    return "KAUN_" #name;
+  case KAUN_##name: return "KAUN_" #name;
     KAUN_STATUS_MAP(KAUN_STATUS_NAME_)
 #undef KAUN_STATUS_NAME_
   }
@@ -18,8 +17,7 @@ const char *kaun_status_name(int code) {
 const char *kaun_strerror(int code) {
   switch ((kaun_status)code) {
 #define KAUN_STATUS_TEXT_(name, value, text) \
-  case KAUN_##name:                         \
-    return text;
+  case KAUN_##name: return text;
     KAUN_STATUS_MAP(KAUN_STATUS_TEXT_)
 #undef KAUN_STATUS_TEXT_
   }

@@ -90,16 +90,14 @@ done:
   return rc;
 }
 
-int kaun__atomic_write(const char *path, kaun__write_fn write_fn, void *context,
-                       kaun_error *err) {
+int kaun__atomic_write(const char *path, kaun__write_fn write_fn, void *context, kaun_error *err) {
   char *tmp = NULL;
   int fd = create_temp(path, &tmp, err);
   if (fd < 0) return fd;
   int rc = write_fn(fd, tmp, context, err);
   if (!rc && fsync(fd) != 0)
     rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot flush '%s' to disk", tmp);
-  if (close(fd) != 0 && !rc)
-    rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot close '%s'", tmp);
+  if (close(fd) != 0 && !rc) rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot close '%s'", tmp);
   if (!rc && rename(tmp, path) != 0)
     rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot rename '%s' to '%s'", tmp, path);
   if (rc) {

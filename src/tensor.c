@@ -23,8 +23,8 @@ int kaun_tensor_size_bytes(kaun_dtype dtype, size_t ndim, const uint64_t *shape,
   unsigned bits = kaun_dtype_bits(dtype);
   if (!bits) return kaun__error_set(err, KAUN_EDTYPE, "invalid dtype value %d", (int)dtype);
   if (ndim > KAUN_MAX_DIMS)
-    return kaun__error_set(err, KAUN_EINVAL, "%zu dimensions is more than kaun's limit of %d",
-                           ndim, KAUN_MAX_DIMS);
+    return kaun__error_set(err, KAUN_EINVAL, "%zu dimensions is more than kaun's limit of %d", ndim,
+                           KAUN_MAX_DIMS);
   uint64_t n = 1;
   for (size_t i = 0; i < ndim; i++) {
     if (kaun__mul_overflow(n, shape[i], &n))
@@ -35,10 +35,9 @@ int kaun_tensor_size_bytes(kaun_dtype dtype, size_t ndim, const uint64_t *shape,
     return kaun__error_set(err, KAUN_EOVERFLOW, "the byte size of %s x %llu elements overflows",
                            kaun_dtype_name(dtype), (unsigned long long)n);
   if (total_bits % 8)
-    return kaun__error_set(err, KAUN_EMISALIGNED,
-                           "%llu elements of %s make %llu bits, not whole bytes",
-                           (unsigned long long)n, kaun_dtype_name(dtype),
-                           (unsigned long long)total_bits);
+    return kaun__error_set(
+        err, KAUN_EMISALIGNED, "%llu elements of %s make %llu bits, not whole bytes",
+        (unsigned long long)n, kaun_dtype_name(dtype), (unsigned long long)total_bits);
   *out_bytes = total_bits / 8;
   return KAUN_OK;
 }
@@ -88,8 +87,8 @@ int kaun_tensor_new(kaun_dtype dtype, size_t ndim, const uint64_t *shape, kaun_t
   return tensor_with_memory(dtype, ndim, shape, true, out, err);
 }
 
-int kaun__tensor_new_uninit(kaun_dtype dtype, size_t ndim, const uint64_t *shape,
-                            kaun_tensor **out, kaun_error *err) {
+int kaun__tensor_new_uninit(kaun_dtype dtype, size_t ndim, const uint64_t *shape, kaun_tensor **out,
+                            kaun_error *err) {
   return tensor_with_memory(dtype, ndim, shape, false, out, err);
 }
 
@@ -137,9 +136,8 @@ int kaun__tensor_view_unchecked(kaun_dtype dtype, size_t ndim, const uint64_t *s
   return KAUN_OK;
 }
 
-int kaun_tensor_new_view(kaun_dtype dtype, size_t ndim, const uint64_t *shape,
-                         kaun_buffer *buffer, size_t offset, size_t nbytes, kaun_tensor **out,
-                         kaun_error *err) {
+int kaun_tensor_new_view(kaun_dtype dtype, size_t ndim, const uint64_t *shape, kaun_buffer *buffer,
+                         size_t offset, size_t nbytes, kaun_tensor **out, kaun_error *err) {
   *out = NULL;
   if (!buffer) return kaun__error_set(err, KAUN_EINVAL, "a view needs a buffer");
   size_t size = kaun_buffer_size(buffer);
@@ -151,8 +149,8 @@ int kaun_tensor_new_view(kaun_dtype dtype, size_t ndim, const uint64_t *shape,
   int rc = kaun_tensor_size_bytes(dtype, ndim, shape, &want, err);
   if (rc) return rc;
   if (want != nbytes)
-    return kaun__error_set(err, KAUN_ESIZE, "%zu bytes given for a tensor that needs %llu",
-                           nbytes, (unsigned long long)want);
+    return kaun__error_set(err, KAUN_ESIZE, "%zu bytes given for a tensor that needs %llu", nbytes,
+                           (unsigned long long)want);
   return kaun__tensor_view_unchecked(dtype, ndim, shape, buffer, offset, nbytes, out, err);
 }
 
@@ -165,10 +163,10 @@ void kaun_tensor_free(kaun_tensor *t) {
 
 int kaun_tensor_clone(const kaun_tensor *t, kaun_tensor **out, kaun_error *err) {
   if (t->buffer)
-    return kaun__tensor_view_unchecked(t->dtype, t->ndim, t->shape, t->buffer,
-                                       (size_t)(t->data - (const unsigned char *)kaun_buffer_data(
-                                                              t->buffer)),
-                                       t->nbytes, out, err);
+    return kaun__tensor_view_unchecked(
+        t->dtype, t->ndim, t->shape, t->buffer,
+        (size_t)(t->data - (const unsigned char *)kaun_buffer_data(t->buffer)), t->nbytes, out,
+        err);
   return kaun_tensor_new_copy(t->dtype, t->ndim, t->shape, t->data, t->nbytes, out, err);
 }
 

@@ -4,7 +4,7 @@
 #define KAUN_INTERNAL_H
 
 #ifndef KAUN_BUILDING_LIBRARY
-#error "core/internal.h is private to libkaun"
+#error "src/internal.h is private to libkaun"
 #endif
 
 #include <kaun.h>
@@ -66,15 +66,14 @@ int kaun__tensor_view_unchecked(kaun_dtype dtype, size_t ndim, const uint64_t *s
 int kaun__tensor_adopt(kaun_dtype dtype, size_t ndim, const uint64_t *shape, void *data,
                        size_t nbytes, kaun_tensor **out, kaun_error *err);
 /* A tensor with uninitialised owned memory, for callers that fill it. */
-int kaun__tensor_new_uninit(kaun_dtype dtype, size_t ndim, const uint64_t *shape,
-                            kaun_tensor **out, kaun_error *err);
+int kaun__tensor_new_uninit(kaun_dtype dtype, size_t ndim, const uint64_t *shape, kaun_tensor **out,
+                            kaun_error *err);
 
 /* Files: writes a file atomically via `tmp` + fsync + rename; the callback
  * writes the contents to `fd`.  On any failure the temporary file is
  * removed and `path` is untouched. */
 typedef int (*kaun__write_fn)(int fd, const char *tmp_path, void *context, kaun_error *err);
-int kaun__atomic_write(const char *path, kaun__write_fn write_fn, void *context,
-                       kaun_error *err);
+int kaun__atomic_write(const char *path, kaun__write_fn write_fn, void *context, kaun_error *err);
 
 /* A flat list whose tensors are borrowed (not freed with it): used to
  * save a tree without copying it. */

@@ -1,0 +1,115 @@
+#!/bin/sh
+# kaun's one entry point for people and CI.
+#
+#   scripts/dev.sh demo    install what is missing, build, run the built-in example
+#   scripts/dev.sh test    install what is missing, build, run every test: the
+#                          normal build, an ASan+UBSan build, the format check
+#                          and make distcheck
+#   scripts/dev.sh deps | build | check | asan | format-check | distcheck | bench
+set -eu
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+JOBS=$(nproc 2>/dev/null || echo 2)
+
+DEBIAN_PACKAGES="build-essential autoconf automake libtool pkg-config \
+  libcunit1-dev libssl-dev libcurl4-openssl-dev libarchive-dev libjson-c-dev \
+  clang-format python3"
+
+deps() {
+  missing=""
+  for p in $DEBIAN_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+  done
+  [ -z "$missing" ] && return 0
+  echo "==> installing:$missing"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+}
+
+bootstrap() {
+  [ -x configure ] && [ configure -nt configure.ac ] && [ Makefile.in -nt Makefile.am ] && return 0
+  echo "==> autoreconf"
+  autoreconf -fi >/dev/null
+}
+
+build() {
+  deps
+  bootstrap
+  mkdir -p build
+  if [ ! -f build/Makefile ]; then
+    (cd build && ../configure --enable-werror --quiet)
+  fi
+  echo "==> building (build/)"
+  make -C build -j"$JOBS" >/dev/null
+}
+
+check() {
+  build
+  echo "==> tests (build/)"
+  make -C build -j"$JOBS" check || { cat build/test-suite.log build/tests/*.log 2>/dev/null; exit 1; }
+  cat build/tests/unit_tests.log | grep -E "^ +(suites|tests|asserts)|Run Summary" || true
+  grep -E 'passed, [0-9]+ failed' build/tests/cli_test.log
+}
+
+asan() {
+  deps
+  bootstrap
+  mkdir -p build-asan
+  if [ ! -f build-asan/Makefile ]; then
+    (cd build-asan && ../configure --enable-werror --quiet \
+      CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+      LDFLAGS="-fsanitize=address,undefined")
+  fi
+  echo "==> tests under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1 \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    make -C build-asan -j"$JOBS" check >/dev/null 2>&1 ||
+    { cat build-asan/tests/*.log; echo "sanitizer build failed" >&2; exit 1; }
+  # a sanitizer report anywhere in the logs fails the run, even if a test ignored it
+  if grep -lE "ERROR: (Address|Leak)Sanitizer|runtime error:" build-asan/tests/*.log; then
+    echo "sanitizer reports found" >&2
+    exit 1
+  fi
+  grep -E "^ +tests " build-asan/tests/unit_tests.log || true
+  grep -E 'passed, [0-9]+ failed' build-asan/tests/cli_test.log
+}
+
+format_check() {
+  deps
+  echo "==> clang-format check"
+  files=$(git ls-files '*.c' '*.h' 2>/dev/null || find core cli include tests bench examples -name '*.[ch]')
+  clang-format --dry-run --Werror $files
+}
+
+distcheck() {
+  build
+  echo "==> make distcheck"
+  make -C build distcheck >/dev/null 2>&1 || { echo "make distcheck failed; rerun 'make -C build distcheck'" >&2; exit 1; }
+}
+
+demo() {
+  build
+  out=$(mktemp -d "${TMPDIR:-/tmp}/kaun-demo-XXXXXX")
+  echo "==> the example: save params and state, then load them back ($out)"
+  build/examples/quickstart "$out"
+  echo "==> kaun ls $out/params.safetensors"
+  build/kaun ls "$out/params.safetensors"
+  echo "==> kaun verify $out/state.safetensors"
+  build/kaun verify "$out/state.safetensors"
+  rm -rf "$out"
+}
+
+case "${1:-}" in
+  deps) deps ;;
+  build) build ;;
+  check) check ;;
+  asan) asan ;;
+  format-check) format_check ;;
+  distcheck) distcheck ;;
+  demo) demo ;;
+  bench) build; make -C build bench ;;
+  test) check; asan; format_check; distcheck; echo "==> all tests passed" ;;
+  *) sed -n '2,10p' "$0"; exit 2 ;;
+esac
