@@ -50,7 +50,7 @@ check() {
   echo "==> tests (build/)"
   make -C build -j"$JOBS" check || { cat build/test-suite.log build/tests/*.log 2>/dev/null; exit 1; }
   cat build/tests/unit_tests.log | grep -E "^ +(suites|tests|asserts)|Run Summary" || true
-  grep -E 'passed, [0-9]+ failed' build/tests/cli_test.log
+  grep -h -E 'passed, [0-9]+ failed' build/tests/*.log
 }
 
 asan() {
@@ -73,7 +73,7 @@ asan() {
     exit 1
   fi
   grep -E "^ +tests " build-asan/tests/unit_tests.log || true
-  grep -E 'passed, [0-9]+ failed' build-asan/tests/cli_test.log
+  grep -h -E 'passed, [0-9]+ failed' build-asan/tests/*.log
 }
 
 format_check() {
