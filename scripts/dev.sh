@@ -6,6 +6,7 @@
 #                          normal build, an ASan+UBSan build, the format check
 #                          and make distcheck
 #   scripts/dev.sh deps | build | check | asan | format-check | distcheck | bench
+#   scripts/dev.sh fuzz [SECONDS]   libFuzzer on the header parser (needs clang)
 set -eu
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -89,6 +90,20 @@ distcheck() {
   make -C build distcheck >/dev/null 2>&1 || { echo "make distcheck failed; rerun 'make -C build distcheck'" >&2; exit 1; }
 }
 
+fuzz() {
+  # libFuzzer on the header parser (needs clang; not part of 'test')
+  seconds=${1:-60}
+  command -v clang >/dev/null || { echo "fuzz needs clang (apt-get install clang)" >&2; exit 1; }
+  mkdir -p build-fuzz/corpus
+  clang -g -O1 -std=c11 -D_GNU_SOURCE -DKAUN_BUILDING_LIBRARY -Iinclude \
+    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+    tests/fuzz/fuzz_safetensors.c src/*.c -lcrypto -lpthread -lm -o build-fuzz/fuzz_safetensors
+  fix="${KAUN_FIXTURES:-$ROOT/../shared/fixtures}/safetensors"
+  [ -d "$fix" ] && find "$fix" -name '*.safetensors' -exec cp {} build-fuzz/corpus/ \;
+  echo "==> fuzzing the SafeTensors parser for ${seconds}s"
+  build-fuzz/fuzz_safetensors -max_total_time="$seconds" -max_len=65536 build-fuzz/corpus
+}
+
 demo() {
   build
   out=$(mktemp -d "${TMPDIR:-/tmp}/kaun-demo-XXXXXX")
@@ -110,6 +125,7 @@ case "${1:-}" in
   distcheck) distcheck ;;
   demo) demo ;;
   bench) build; make -C build bench ;;
+  fuzz) fuzz "${2:-60}" ;;
   test) check; asan; format_check; distcheck; echo "==> all tests passed" ;;
   *) sed -n '2,10p' "$0"; exit 2 ;;
 esac
