@@ -51,7 +51,7 @@ static uint64_t touch(const void *p, size_t n) {
 static void op_kaun_zero_copy(void) {
   kaun_error err = KAUN_ERROR_INIT;
   kaun_flat *flat;
-  if (kaun_checkpoint_load_flat(f32_path, 0, &flat, &err)) die("load", &err);
+  if (kaun_checkpoint_load_flat(NULL, f32_path, 0, &flat, &err)) die("load", &err);
   uint64_t s = 0;
   for (size_t i = 0; i < kaun_flat_count(flat); i++) {
     const kaun_tensor *t = kaun_flat_tensor(flat, i);
@@ -75,7 +75,7 @@ static void op_mmap_touch(void) {
 static void op_kaun_copy(void) {
   kaun_error err = KAUN_ERROR_INIT;
   kaun_flat *flat;
-  if (kaun_checkpoint_load_flat(f32_path, KAUN_LOAD_COPY, &flat, &err)) die("load", &err);
+  if (kaun_checkpoint_load_flat(NULL, f32_path, KAUN_LOAD_COPY, &flat, &err)) die("load", &err);
   sink = kaun_flat_count(flat);
   kaun_flat_free(flat);
 }
@@ -117,7 +117,7 @@ static void op_two_thread_pread(void) {
 static void op_kaun_cast(void) {
   kaun_error err = KAUN_ERROR_INIT;
   kaun_flat *flat;
-  if (kaun_checkpoint_load_flat(bf16_path, 0, &flat, &err)) die("load", &err);
+  if (kaun_checkpoint_load_flat(NULL, bf16_path, 0, &flat, &err)) die("load", &err);
   kaun_tensor *out;
   if (kaun_tensor_cast(kaun_flat_tensor(flat, 0), KAUN_DTYPE_F32, &out, &err)) die("cast", &err);
   sink = kaun_tensor_nbytes(out);
@@ -159,7 +159,7 @@ static void op_header_10g(void) {
 static void op_open_10g(void) {
   kaun_error err = KAUN_ERROR_INIT;
   kaun_flat *flat;
-  if (kaun_checkpoint_load_flat(sparse_path, 0, &flat, &err)) die("open", &err);
+  if (kaun_checkpoint_load_flat(NULL, sparse_path, 0, &flat, &err)) die("open", &err);
   kaun_flat_free(flat);
 }
 
@@ -220,7 +220,7 @@ static void make_file(const char *path, kaun_dtype dtype, uint64_t bytes) {
   kaun_flat *flat;
   kaun_flat_new(&flat, &err);
   kaun_flat_add(flat, "weight", t, &err);
-  if (kaun_safetensors_save(path, flat, &err)) die("save", &err);
+  if (kaun_safetensors_save(NULL, path, flat, &err)) die("save", &err);
   kaun_flat_free(flat);
 }
 

@@ -12,6 +12,21 @@
 
 enum { EXIT_OKAY = 0, EXIT_INPUT = 1, EXIT_USAGE = 2, EXIT_STORAGE = 3 };
 
+/* The config file given with --config (NULL: the default search). */
+static const char *config_file;
+
+/* Makes the context every command works through; prints why it cannot. */
+static kaun_context *open_context(int *status) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx;
+  if (kaun_context_new(config_file, &ctx, &err) != KAUN_OK) {
+    fprintf(stderr, "kaun: %s\n", err.message);
+    *status = EXIT_INPUT;
+    return NULL;
+  }
+  return ctx;
+}
+
 typedef struct command {
   const char *name;
   const char *summary;
@@ -126,7 +141,12 @@ static int cmd_ls(int argc, char **argv) {
   if (n != 1) return usage_error("ls", "expected one checkpoint%s", n ? ", got more" : "");
   kaun_error err = KAUN_ERROR_INIT;
   kaun_flat *flat;
-  if (kaun_checkpoint_load_flat(argv[0], 0, &flat, &err)) return fail(&err);
+  int status;
+  kaun_context *ctx = open_context(&status);
+  if (!ctx) return status;
+  int rc = kaun_checkpoint_load_flat(ctx, argv[0], 0, &flat, &err);
+  kaun_context_free(ctx);
+  if (rc) return fail(&err);
   if (o.json) printf("[");
   for (size_t i = 0; i < kaun_flat_count(flat); i++) {
     const kaun_tensor *t = kaun_flat_tensor(flat, i);
@@ -165,7 +185,12 @@ static int cmd_inspect(int argc, char **argv) {
     return usage_error("inspect", "expected one SafeTensors file%s", n ? ", got more" : "");
   kaun_error err = KAUN_ERROR_INIT;
   kaun_safetensors *st;
-  if (kaun_safetensors_read_file(argv[0], &st, &err)) return fail(&err);
+  int status;
+  kaun_context *ctx = open_context(&status);
+  if (!ctx) return status;
+  int rc = kaun_safetensors_read(ctx, argv[0], &st, &err);
+  kaun_context_free(ctx);
+  if (rc) return fail(&err);
   printf("{\n  \"metadata\": ");
   long md = kaun_safetensors_metadata_count(st);
   if (md < 0) {
@@ -225,7 +250,10 @@ static int cmd_cp(int argc, char **argv) {
   if (n != 2) return usage_error("cp", "expected SRC and DST%s", "");
   kaun_error err = KAUN_ERROR_INIT;
   kaun_flat *in = NULL, *out = NULL;
-  int rc = kaun_checkpoint_load_flat(argv[0], 0, &in, &err);
+  int status;
+  kaun_context *ctx = open_context(&status);
+  if (!ctx) return status;
+  int rc = kaun_checkpoint_load_flat(ctx, argv[0], 0, &in, &err);
   if (!rc && o.cast) {
     rc = kaun_flat_new(&out, &err);
     if (!rc && kaun_flat_has_metadata(in)) {
@@ -242,9 +270,10 @@ static int cmd_cp(int argc, char **argv) {
       if (!rc) rc = kaun_flat_add(out, kaun_flat_name(in, i), c, &err);
     }
   }
-  if (!rc) rc = kaun_safetensors_save(argv[1], out ? out : in, &err);
+  if (!rc) rc = kaun_safetensors_save(ctx, argv[1], out ? out : in, &err);
   kaun_flat_free(in);
   kaun_flat_free(out);
+  kaun_context_free(ctx);
   return rc ? fail(&err) : EXIT_OKAY;
 }
 
@@ -257,14 +286,75 @@ static int cmd_verify(int argc, char **argv) {
   if (n != 1) return usage_error("verify", "expected one checkpoint%s", n ? ", got more" : "");
   kaun_error err = KAUN_ERROR_INIT;
   kaun_flat *flat;
+  int status;
+  kaun_context *ctx = open_context(&status);
+  if (!ctx) return status;
   /* KAUN_LOAD_COPY reads every byte, so unreadable data is caught too */
-  if (kaun_checkpoint_load_flat(argv[0], KAUN_LOAD_COPY, &flat, &err)) return fail(&err);
+  int rc = kaun_checkpoint_load_flat(ctx, argv[0], KAUN_LOAD_COPY, &flat, &err);
+  kaun_context_free(ctx);
+  if (rc) return fail(&err);
   uint64_t bytes = 0;
   for (size_t i = 0; i < kaun_flat_count(flat); i++)
     bytes += kaun_tensor_nbytes(kaun_flat_tensor(flat, i));
   printf("%s: OK, %zu tensors, %llu bytes of data\n", argv[0], kaun_flat_count(flat),
          (unsigned long long)bytes);
   kaun_flat_free(flat);
+  return EXIT_OKAY;
+}
+
+/* ---- plugins and config -------------------------------------------------------------- */
+
+static int cmd_plugins(int argc, char **argv) {
+  int n = parse_args("plugins", argc, argv, NULL, NULL, no_option, NULL);
+  if (n == -1) return -1;
+  if (n < 0) return EXIT_USAGE;
+  if (n != 0) return usage_error("plugins", "takes no arguments%s", "");
+  int status;
+  kaun_context *ctx = open_context(&status);
+  if (!ctx) return status;
+  kaun_error err = KAUN_ERROR_INIT;
+  char *text;
+  int rc = kaun_plugins_describe(ctx, &text, &err);
+  kaun_context_free(ctx);
+  if (rc) return fail(&err);
+  fputs(text, stdout);
+  free(text);
+  return EXIT_OKAY;
+}
+
+typedef struct config_opts {
+  const char *check;
+} config_opts;
+
+static int config_option(const char *opt, const char *value, void *ctx) {
+  (void)opt;
+  ((config_opts *)ctx)->check = value;
+  return 0;
+}
+
+static int cmd_config(int argc, char **argv) {
+  static const char *const values[] = {"--check", NULL};
+  config_opts o = {NULL};
+  int n = parse_args("config", argc, argv, values, NULL, config_option, &o);
+  if (n == -1) return -1;
+  if (n < 0) return EXIT_USAGE;
+  if (n != 0) return usage_error("config", "takes no arguments besides --check FILE%s", "");
+  if (o.check) config_file = o.check;
+  int status;
+  kaun_context *ctx = open_context(&status);
+  if (!ctx) return status;
+  if (o.check) {
+    printf("%s: OK\n", o.check);
+    kaun_context_free(ctx);
+    return EXIT_OKAY;
+  }
+  kaun_error err = KAUN_ERROR_INIT;
+  char *text;
+  int rc = kaun_context_describe(ctx, &text, &err);
+  kaun_context_free(ctx);
+  if (rc) return fail(&err);
+  fputs(text, stdout);
+  free(text);
   return EXIT_OKAY;
 }
 
@@ -305,13 +395,33 @@ static const command commands[] = {
      "checkpoint) and read every byte of data.  Exit 0 when valid, 1 when\n"
      "the checkpoint is malformed, 3 when it cannot be read.\n",
      cmd_verify},
+    {"plugins", "list the storage plugins kaun can find",
+     "Usage: kaun plugins\n"
+     "\n"
+     "Print the plugin search path (KAUN_PLUGIN_PATH, the config's plugin_dirs,\n"
+     "the install directory) and every plugin found: name, version, ABI,\n"
+     "capabilities, the URI schemes it serves and the file it was loaded\n"
+     "from.  A plugin that cannot be loaded is listed as BROKEN with why.\n",
+     cmd_plugins},
+    {"config", "show the effective configuration, or check a config file",
+     "Usage: kaun config [--check FILE]\n"
+     "\n"
+     "Print every setting in effect, one per line, with where it came from\n"
+     "(file and line, environment, default).  Secrets are masked.\n"
+     "\n"
+     "  --check FILE   validate FILE (syntax, keys, types, plugins and their\n"
+     "                 options) and exit 0 when it is valid, 1 when not\n",
+     cmd_config},
 };
 
 static void print_main_help(FILE *out) {
   fprintf(out,
-          "Usage: kaun [--version] [--help] COMMAND [ARGS]\n"
+          "Usage: kaun [--config FILE] [--version] [--help] COMMAND [ARGS]\n"
           "\n"
-          "Save, load and inspect model weights in the SafeTensors format.\n"
+          "Save, load and inspect model weights in the SafeTensors format, from\n"
+          "any storage kaun has a backend for.  Every CHECKPOINT, FILE, SRC and\n"
+          "DST is a URI: a path, file:///path, SCHEME://... for a configured\n"
+          "backend, or MEMBER::OUTER-URI for stacked backends.\n"
           "\n"
           "Commands:\n");
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
@@ -319,10 +429,24 @@ static void print_main_help(FILE *out) {
   fprintf(out,
           "\n"
           "Run 'kaun COMMAND --help' for a command's options.\n"
+          "--config FILE uses FILE instead of $KAUN_CONFIG or the default config.\n"
           "Exit status: 0 success, 1 bad input, 2 usage error, 3 storage failure.\n");
 }
 
 int main(int argc, char **argv) {
+  while (argc > 2 && strncmp(argv[1], "--config", 8) == 0) {
+    if (argv[1][8] == '=') {
+      config_file = argv[1] + 9;
+      argv++;
+      argc--;
+    } else if (argv[1][8] == '\0') {
+      config_file = argv[2];
+      argv += 2;
+      argc -= 2;
+    } else {
+      break;
+    }
+  }
   if (argc < 2) {
     print_main_help(stderr);
     return EXIT_USAGE;

@@ -64,14 +64,14 @@ int main(int argc, char **argv) {
   CHECK(kaun_flat_new(&meta, &err));
   CHECK(kaun_flat_set_metadata(meta, "format", "pt", &err));
   CHECK(kaun_flat_set_metadata(meta, "created_by", "kaun quickstart", &err));
-  CHECK(kaun_checkpoint_save(params_path, params, meta, &err));
-  CHECK(kaun_checkpoint_save(state_path, state, NULL, &err));
+  CHECK(kaun_checkpoint_save(NULL, params_path, params, meta, &err));
+  CHECK(kaun_checkpoint_save(NULL, state_path, state, NULL, &err));
   printf("saved %s and %s\n", params_path, state_path);
 
   /* resume: the in-memory params act as the template (structure + dtypes) */
   kaun_ptree *loaded, *loaded_state;
-  CHECK(kaun_checkpoint_load(params_path, params, 0, &loaded, &err));
-  CHECK(kaun_checkpoint_load_tree(state_path, 0, &loaded_state, &err));
+  CHECK(kaun_checkpoint_load(NULL, params_path, params, 0, &loaded, &err));
+  CHECK(kaun_checkpoint_load_tree(NULL, state_path, 0, &loaded_state, &err));
 
   kaun_ptree *w;
   CHECK(kaun_ptree_get(loaded, "layers.1.weight", &w, &err));

@@ -10,5 +10,7 @@
 #include <kaun/safetensors.h>
 #include <kaun/checkpoint.h>
 #include <kaun/hash.h>
+#include <kaun/storage.h>
+#include <kaun/plugin.h>
 
 #endif

@@ -3,6 +3,7 @@
  * as zero-copy views, or copied with parallel preads on request. */
 #include "index.h"
 #include "json.h"
+#include "storage_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,13 +20,14 @@
 #define MAX_INDEX_BYTES (64u << 20)
 
 typedef struct shard {
-  char *path;
+  char *uri;
+  kaun_object *obj;
   kaun_safetensors *st;
   kaun_buffer *map;
-  int fd; /* for KAUN_LOAD_COPY, else -1 */
 } shard;
 
 typedef struct source {
+  kaun_context *ctx;
   shard *shards;
   size_t nshards;
   bool sharded;
@@ -39,10 +41,10 @@ typedef struct source {
 
 static void source_close(source *src) {
   for (size_t i = 0; i < src->nshards; i++) {
-    free(src->shards[i].path);
+    free(src->shards[i].uri);
     kaun_safetensors_free(src->shards[i].st);
     kaun_buffer_unref(src->shards[i].map);
-    if (src->shards[i].fd >= 0) close(src->shards[i].fd);
+    kaun_object_close(src->shards[i].obj);
   }
   free(src->shards);
   free(src->wm_names);
@@ -52,18 +54,14 @@ static void source_close(source *src) {
   memset(src, 0, sizeof *src);
 }
 
-static int shard_open(shard *sh, unsigned flags, kaun_error *err) {
-  sh->fd = -1;
-  int rc = kaun_buffer_map_file(sh->path, &sh->map, err);
+/* Opens (or adopts `obj`) and parses one shard. */
+static int shard_open(kaun_context *ctx, shard *sh, kaun_object *obj, kaun_error *err) {
+  int rc = obj ? KAUN_OK : kaun_object_open(ctx, sh->uri, &obj, err);
   if (rc) return rc;
-  rc = kaun_safetensors_parse(kaun_buffer_data(sh->map), kaun_buffer_size(sh->map), sh->path,
-                              &sh->st, err);
-  if (rc) return rc;
-  if (flags & KAUN_LOAD_COPY) {
-    sh->fd = open(sh->path, O_RDONLY | O_CLOEXEC);
-    if (sh->fd < 0) return kaun__error_sys(err, KAUN_EIO, errno, "cannot open '%s'", sh->path);
-  }
-  return KAUN_OK;
+  sh->obj = obj;
+  if ((rc = kaun_object_map(obj, &sh->map, err))) return rc;
+  return kaun_safetensors_parse(kaun_buffer_data(sh->map), kaun_buffer_size(sh->map), sh->uri,
+                                &sh->st, err);
 }
 
 static bool ends_with(const char *s, const char *suffix) {
@@ -71,11 +69,32 @@ static bool ends_with(const char *s, const char *suffix) {
   return n >= m && strcmp(s + n - m, suffix) == 0;
 }
 
-static char *join_path(const char *dir, const char *name) {
-  size_t n = strlen(dir) + strlen(name) + 2;
+/* "BASE/NAME" for a URI or path (a stacked URI joins on its left side). */
+static char *join_uri(const char *base, size_t base_len, const char *name, const char *tail) {
+  size_t n = base_len + strlen(name) + strlen(tail) + 2;
   char *p = malloc(n);
-  if (p) snprintf(p, n, "%s/%s", dir, name);
+  if (p)
+    snprintf(p, n, "%.*s%s%s%s", (int)base_len, base,
+             base_len && base[base_len - 1] == '/' ? "" : "/", name, tail);
   return p;
+}
+
+static char *child_uri(const char *uri, const char *name) {
+  const char *chain = strstr(uri, "::");
+  size_t left = chain ? (size_t)(chain - uri) : strlen(uri);
+  return join_uri(uri, left, name, chain ? chain : "");
+}
+
+/* The URI of `name` beside the object at `uri`. */
+static char *sibling_uri(const char *uri, const char *name) {
+  const char *chain = strstr(uri, "::");
+  size_t left = chain ? (size_t)(chain - uri) : strlen(uri);
+  const char *scheme_end = strstr(uri, "://");
+  size_t floor = scheme_end && scheme_end < uri + left ? (size_t)(scheme_end - uri) + 3 : 0;
+  size_t dir = left;
+  while (dir > floor && uri[dir - 1] != '/') dir--;
+  if (dir == 0) return join_uri(".", 1, name, chain ? chain : "");
+  return join_uri(uri, dir, name, chain ? chain : "");
 }
 
 static int cmp_str(const void *a, const void *b) {
@@ -83,6 +102,7 @@ static int cmp_str(const void *a, const void *b) {
 }
 
 static bool safe_shard_name(const char *s) {
+  if (strstr(s, "://")) return true; /* an explicit URI: the index author chose it */
   if (!*s || s[0] == '/') return false;
   for (const char *p = s; *p;) {
     const char *slash = strchr(p, '/');
@@ -94,13 +114,13 @@ static bool safe_shard_name(const char *s) {
   return true;
 }
 
-static int open_index(const char *index_path, unsigned flags, source *src, kaun_error *err) {
-  char *text = NULL, *dir = NULL, **names = NULL;
+static int open_index(const char *index_uri, source *src, kaun_error *err) {
+  char *text = NULL, **names = NULL;
   size_t len;
-  int rc = kaun__read_small_file(index_path, MAX_INDEX_BYTES, &text, &len, err);
+  int rc = kaun_storage_read_all(src->ctx, index_uri, MAX_INDEX_BYTES, &text, &len, err);
   if (rc) return rc;
   src->sharded = true;
-  rc = kaun__json_parse(text, len, index_path, KAUN_EINDEX, &src->doc, err);
+  rc = kaun__json_parse(text, len, index_uri, KAUN_EINDEX, &src->doc, err);
   if (rc == KAUN_EHEADER_UTF8 || rc == KAUN_EDUPLICATE) {
     rc = KAUN_EINDEX; /* the index is at fault, whatever the JSON rule */
     if (err) err->code = rc;
@@ -112,7 +132,7 @@ static int open_index(const char *index_path, unsigned flags, source *src, kaun_
     rc = kaun__error_set(err, KAUN_EINDEX,
                          "%s: there is no \"weight_map\" object mapping tensor names to shard "
                          "files",
-                         index_path);
+                         index_uri);
     goto done;
   }
   src->wm_count = wm->count;
@@ -127,9 +147,9 @@ static int open_index(const char *index_path, unsigned flags, source *src, kaun_
   for (kaun__json *m = wm->child; m; m = m->next, i++) {
     if (m->type != KAUN__JSON_STRING || !safe_shard_name(m->text)) {
       rc = kaun__error_set(err, KAUN_EINDEX,
-                           "%s: line %u: the shard of tensor '%s' must be a relative file name "
-                           "inside the index's directory",
-                           index_path, m->line, m->key);
+                           "%s: line %u: the shard of tensor '%s' must be a file name relative to "
+                           "the index (no '..'), or a URI",
+                           index_uri, m->line, m->key);
       goto done;
     }
     src->wm_names[i] = (char *)m->key;
@@ -145,26 +165,19 @@ static int open_index(const char *index_path, unsigned flags, source *src, kaun_
   for (i = 0; i < wm->count; i++)
     if (!distinct || strcmp(names[distinct - 1], names[i]) != 0) names[distinct++] = names[i];
   src->shards = calloc(distinct + 1, sizeof *src->shards);
-  dir = strdup(index_path);
-  if (!src->shards || !dir) {
+  if (!src->shards) {
     rc = kaun__error_nomem(err, "reading a sharded index");
     goto done;
   }
-  char *slash = strrchr(dir, '/');
-  if (slash)
-    *slash = '\0';
-  else
-    strcpy(dir, ".");
   for (i = 0; i < distinct; i++) {
     shard *sh = &src->shards[src->nshards++];
-    sh->fd = -1;
-    sh->path = join_path(dir, names[i]);
-    if (!sh->path) {
+    sh->uri = strstr(names[i], "://") ? strdup(names[i]) : sibling_uri(index_uri, names[i]);
+    if (!sh->uri) {
       rc = kaun__error_nomem(err, "reading a sharded index");
       goto done;
     }
-    if ((rc = shard_open(sh, flags, err))) {
-      kaun__error_prefix(err, "shard of %s: ", index_path);
+    if ((rc = shard_open(src->ctx, sh, NULL, err))) {
+      kaun__error_prefix(err, "shard of %s: ", index_uri);
       goto done;
     }
   }
@@ -179,51 +192,60 @@ static int open_index(const char *index_path, unsigned flags, source *src, kaun_
       rc = kaun__error_set(err, KAUN_EINDEX,
                            "%s: line %u: the index puts tensor '%s' in '%s', but that shard does "
                            "not contain it",
-                           index_path, m->line, m->key, src->shards[s].path);
+                           index_uri, m->line, m->key, src->shards[s].uri);
       goto done;
     }
   }
 done:
   free(text);
-  free(dir);
   free(names);
   return rc;
 }
 
-static int source_open(const char *path, unsigned flags, source *src, kaun_error *err) {
-  memset(src, 0, sizeof *src);
-  struct stat sb;
-  if (stat(path, &sb) != 0) {
-    int e = errno;
-    return kaun__error_sys(err, e == ENOENT ? KAUN_ENOENT : KAUN_EIO, e, "cannot open '%s'", path);
+static int open_single(const char *uri, kaun_object *obj, source *src, kaun_error *err) {
+  src->shards = calloc(1, sizeof *src->shards);
+  if (!src->shards || !(src->shards[0].uri = strdup(uri))) {
+    kaun_object_close(obj);
+    return kaun__error_nomem(err, "opening a checkpoint");
   }
-  int rc;
-  if (S_ISDIR(sb.st_mode)) {
-    char *single = join_path(path, SINGLE_NAME), *index = join_path(path, INDEX_NAME);
+  src->nshards = 1;
+  return shard_open(src->ctx, &src->shards[0], obj, err);
+}
+
+/* Opens "the model at `uri`": a file, an index, or a folder holding
+ * model.safetensors or, else, the index. */
+static int source_open(kaun_context *ctx, const char *uri, source *src, kaun_error *err) {
+  memset(src, 0, sizeof *src);
+  src->ctx = ctx;
+  kaun_object *obj = NULL;
+  int rc = kaun_object_open(ctx, uri, &obj, err);
+  bool looks_like_file = ends_with(uri, ".safetensors") || ends_with(uri, ".json");
+  if (rc == KAUN_OK) {
+    if (ends_with(uri, ".json")) {
+      kaun_object_close(obj);
+      rc = open_index(uri, src, err);
+    } else {
+      rc = open_single(uri, obj, src, err);
+    }
+  } else if (rc == KAUN_EISDIR || (rc == KAUN_ENOENT && !looks_like_file)) {
+    kaun_error first = err ? *err : (kaun_error)KAUN_ERROR_INIT;
+    char *single = child_uri(uri, SINGLE_NAME), *index = child_uri(uri, INDEX_NAME);
     if (!single || !index) {
       rc = kaun__error_nomem(err, "opening a checkpoint");
-    } else if (access(single, F_OK) == 0) {
-      rc = source_open(single, flags, src, err);
-    } else if (access(index, F_OK) == 0) {
-      rc = source_open(index, flags, src, err);
-    } else {
-      rc = kaun__error_set(err, KAUN_ENOENT,
-                           "'%s' is a directory without " SINGLE_NAME " or " INDEX_NAME, path);
+    } else if ((rc = kaun_object_open(ctx, single, &obj, err)) == KAUN_OK) {
+      rc = open_single(single, obj, src, err);
+    } else if (rc == KAUN_ENOENT && (rc = kaun_object_open(ctx, index, &obj, err)) == KAUN_OK) {
+      kaun_object_close(obj);
+      rc = open_index(index, src, err);
+    } else if (rc == KAUN_ENOENT) {
+      if (first.code == KAUN_EISDIR)
+        rc = kaun__error_set(err, KAUN_ENOENT,
+                             "'%s' is a directory without " SINGLE_NAME " or " INDEX_NAME, uri);
+      else if (err)
+        *err = first; /* nothing there at all: say so as the backend did */
     }
     free(single);
     free(index);
-    return rc;
-  }
-  if (ends_with(path, ".json")) {
-    rc = open_index(path, flags, src, err);
-  } else {
-    src->shards = calloc(1, sizeof *src->shards);
-    if (!src->shards) return kaun__error_nomem(err, "opening a checkpoint");
-    src->nshards = 1;
-    src->shards[0].fd = -1;
-    src->shards[0].path = strdup(path);
-    rc = src->shards[0].path ? shard_open(&src->shards[0], flags, err)
-                             : kaun__error_nomem(err, "opening a checkpoint");
   }
   if (rc) source_close(src);
   return rc;
@@ -253,8 +275,7 @@ typedef struct request {
 } request;
 
 typedef struct read_job {
-  int fd;
-  const char *path;
+  kaun_object *obj;
   uint64_t offset;
   char *dst;
   size_t len;
@@ -264,8 +285,8 @@ typedef struct read_pool {
   read_job *jobs;
   size_t njobs;
   atomic_size_t next;
-  atomic_int failed_errno;
-  atomic_size_t failed_job;
+  atomic_int failed;
+  kaun_error error; /* the first failure, written once */
 } read_pool;
 
 #define CHUNK_BYTES ((size_t)8 << 20)
@@ -274,19 +295,19 @@ static void *read_worker(void *arg) {
   read_pool *pool = arg;
   for (;;) {
     size_t i = atomic_fetch_add(&pool->next, 1);
-    if (i >= pool->njobs || atomic_load(&pool->failed_errno)) break;
+    if (i >= pool->njobs || atomic_load(&pool->failed)) break;
     read_job *j = &pool->jobs[i];
-    if (kaun__pread_full(j->fd, j->dst, j->len, j->offset) != 0) {
+    kaun_error e = KAUN_ERROR_INIT;
+    if (kaun_object_read(j->obj, j->offset, j->dst, j->len, &e) != KAUN_OK) {
       int zero = 0;
-      if (atomic_compare_exchange_strong(&pool->failed_errno, &zero, errno ? errno : EIO))
-        atomic_store(&pool->failed_job, i);
+      if (atomic_compare_exchange_strong(&pool->failed, &zero, 1)) pool->error = e;
     }
   }
   return NULL;
 }
 
 static int run_reads(read_job *jobs, size_t njobs, uint64_t total, kaun_error *err) {
-  read_pool pool = {jobs, njobs, 0, 0, 0};
+  read_pool pool = {jobs, njobs, 0, 0, KAUN_ERROR_INIT};
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   size_t nthreads = total < 2 * CHUNK_BYTES ? 1 : (size_t)(cpus < 1 ? 1 : cpus > 8 ? 8 : cpus);
   if (nthreads > njobs) nthreads = njobs ? njobs : 1;
@@ -298,11 +319,9 @@ static int run_reads(read_job *jobs, size_t njobs, uint64_t total, kaun_error *e
   }
   read_worker(&pool);
   for (size_t i = 0; i < started; i++) pthread_join(threads[i], NULL);
-  int e = atomic_load(&pool.failed_errno);
-  if (e) {
-    read_job *j = &jobs[atomic_load(&pool.failed_job)];
-    return kaun__error_sys(err, KAUN_EIO, e, "reading %zu bytes at offset %llu of '%s' failed",
-                           j->len, (unsigned long long)j->offset, j->path);
+  if (atomic_load(&pool.failed)) {
+    if (err) *err = pool.error;
+    return pool.error.code ? pool.error.code : KAUN_EIO;
   }
   return KAUN_OK;
 }
@@ -316,6 +335,7 @@ static int materialize(source *src, const request *reqs, size_t n, unsigned flag
   for (size_t i = 0; i < n; i++) out[i] = NULL;
   for (size_t i = 0; i < n && !rc; i++) {
     shard *sh = &src->shards[reqs[i].shard];
+    bool copy = (flags & KAUN_LOAD_COPY) != 0;
     kaun_safetensors_info in;
     kaun_safetensors_info_at(sh->st, reqs[i].tensor, &in);
     size_t offset = (size_t)(kaun_safetensors_data_start(sh->st) + in.begin);
@@ -326,7 +346,7 @@ static int materialize(source *src, const request *reqs, size_t n, unsigned flag
     if (reqs[i].dtype == in.dtype && !(flags & KAUN_LOAD_COPY) && aligned) {
       rc = kaun__tensor_view_unchecked(in.dtype, in.ndim, in.shape, sh->map, offset, nbytes,
                                        &out[i], err);
-    } else if (reqs[i].dtype == in.dtype && sh->fd >= 0) {
+    } else if (reqs[i].dtype == in.dtype && copy) {
       rc = kaun__tensor_new_uninit(in.dtype, in.ndim, in.shape, &out[i], err);
       void *dst;
       if (!rc) rc = kaun_tensor_data_mut(out[i], &dst, err);
@@ -341,7 +361,7 @@ static int materialize(source *src, const request *reqs, size_t n, unsigned flag
           jobs = nj;
         }
         size_t len = nbytes - done < CHUNK_BYTES ? nbytes - done : CHUNK_BYTES;
-        jobs[njobs++] = (read_job){sh->fd, sh->path, offset + done, (char *)dst + done, len};
+        jobs[njobs++] = (read_job){sh->obj, offset + done, (char *)dst + done, len};
         total += len;
       }
     } else {
@@ -353,7 +373,7 @@ static int materialize(source *src, const request *reqs, size_t n, unsigned flag
                  ? kaun_tensor_new_copy(in.dtype, in.ndim, in.shape, bytes, nbytes, &out[i], err)
                  : kaun_tensor_cast(view, reqs[i].dtype, &out[i], err);
         kaun_tensor_free(view);
-        if (rc) kaun__error_prefix(err, "tensor '%s' in '%s': ", in.name, sh->path);
+        if (rc) kaun__error_prefix(err, "tensor '%s' in '%s': ", in.name, sh->uri);
       }
     }
   }
@@ -369,11 +389,29 @@ static int materialize(source *src, const request *reqs, size_t n, unsigned flag
 
 /* ---- loading ---------------------------------------------------------------- */
 
-int kaun_checkpoint_load_flat(const char *path, unsigned flags, kaun_flat **out, kaun_error *err) {
+/* Uses `ctx`, or makes a context from the default config for one call. */
+static int context_or_default(kaun_context *ctx, kaun_context **own, kaun_context **use,
+                              kaun_error *err) {
+  *own = NULL;
+  *use = ctx;
+  if (ctx) return KAUN_OK;
+  int rc = kaun_context_new(NULL, own, err);
+  *use = *own;
+  return rc;
+}
+
+int kaun_checkpoint_load_flat(kaun_context *ctx, const char *path, unsigned flags, kaun_flat **out,
+                              kaun_error *err) {
   *out = NULL;
-  source src;
-  int rc = source_open(path, flags, &src, err);
+  kaun_context *own, *use;
+  int rc = context_or_default(ctx, &own, &use, err);
   if (rc) return rc;
+  source src;
+  rc = source_open(use, path, &src, err);
+  if (rc) {
+    kaun_context_free(own);
+    return rc;
+  }
   size_t total = 0;
   for (size_t s = 0; s < src.nshards; s++) total += kaun_safetensors_count(src.shards[s].st);
   request *reqs = malloc((total ? total : 1) * sizeof *reqs);
@@ -415,6 +453,7 @@ done:
   free(tensors);
   free(names);
   source_close(&src);
+  kaun_context_free(own);
   if (rc) {
     kaun_flat_free(flat);
     return rc;
@@ -423,10 +462,11 @@ done:
   return KAUN_OK;
 }
 
-int kaun_checkpoint_load_tree(const char *path, unsigned flags, kaun_ptree **out, kaun_error *err) {
+int kaun_checkpoint_load_tree(kaun_context *ctx, const char *path, unsigned flags, kaun_ptree **out,
+                              kaun_error *err) {
   *out = NULL;
   kaun_flat *flat;
-  int rc = kaun_checkpoint_load_flat(path, flags, &flat, err);
+  int rc = kaun_checkpoint_load_flat(ctx, path, flags, &flat, err);
   if (rc) return rc;
   rc = kaun_ptree_unflatten(flat, out, err);
   if (rc) kaun__error_prefix(err, "%s: ", path);
@@ -472,8 +512,8 @@ static int build_like(const kaun_ptree *like, kaun_tensor **tensors, size_t *nex
   return rc;
 }
 
-int kaun_checkpoint_load(const char *path, const kaun_ptree *like, unsigned flags, kaun_ptree **out,
-                         kaun_error *err) {
+int kaun_checkpoint_load(kaun_context *ctx, const char *path, const kaun_ptree *like,
+                         unsigned flags, kaun_ptree **out, kaun_error *err) {
   *out = NULL;
   if (kaun_ptree_kind_of(like) == KAUN_PTREE_TENSOR)
     return kaun__error_set(err, KAUN_EINVAL,
@@ -486,9 +526,15 @@ int kaun_checkpoint_load(const char *path, const kaun_ptree *like, unsigned flag
     kaun_flat_free(tc.leaves);
     return rc;
   }
-  source src;
-  if ((rc = source_open(path, flags, &src, err))) {
+  kaun_context *own, *use;
+  if ((rc = context_or_default(ctx, &own, &use, err))) {
     kaun_flat_free(tc.leaves);
+    return rc;
+  }
+  source src;
+  if ((rc = source_open(use, path, &src, err))) {
+    kaun_flat_free(tc.leaves);
+    kaun_context_free(own);
     return rc;
   }
   size_t n = kaun_flat_count(tc.leaves);
@@ -517,7 +563,7 @@ int kaun_checkpoint_load(const char *path, const kaun_ptree *like, unsigned flag
       char a[128], b[128];
       rc = kaun__error_set(
           err, KAUN_ESHAPE, "%s: tensor '%s' has shape %s in the file but %s in the template",
-          src.shards[s].path, name, kaun_shape_format(in.ndim, in.shape, a, sizeof a),
+          src.shards[s].uri, name, kaun_shape_format(in.ndim, in.shape, a, sizeof a),
           kaun_shape_format(kaun_tensor_ndim(want), kaun_tensor_shape(want), b, sizeof b));
       goto done;
     }
@@ -544,17 +590,128 @@ done:
   free(tensors);
   free(reqs);
   source_close(&src);
+  kaun_context_free(own);
   kaun_flat_free(tc.leaves);
   return rc;
 }
 
 /* ---- saving ----------------------------------------------------------------- */
 
-int kaun_checkpoint_save(const char *path, const kaun_ptree *tree, const kaun_flat *metadata,
-                         kaun_error *err) {
+/* The header, then each tensor's bytes in on-disk order, as one stream. */
+typedef struct save_stream {
+  const kaun_flat *flat;
+  const char *header;
+  size_t header_size;
+  const size_t *order;
+  uint64_t *starts; /* stream offset of each tensor in on-disk order */
+  size_t count;
+  uint64_t size;
+} save_stream;
+
+static size_t segment_at(const save_stream *ss, uint64_t off) {
+  size_t lo = 0, hi = ss->count; /* last tensor whose start <= off */
+  while (hi - lo > 1) {
+    size_t mid = (lo + hi) / 2;
+    if (ss->starts[mid] <= off)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+static int stream_view(void *c, uint64_t off, const void **ptr, size_t *len) {
+  const save_stream *ss = c;
+  if (off < ss->header_size) {
+    *ptr = ss->header + off;
+    *len = ss->header_size - (size_t)off;
+    return KAUN_OK;
+  }
+  if (!ss->count) return KAUN_EINVAL;
+  size_t i = segment_at(ss, off);
+  const kaun_tensor *t = kaun_flat_tensor(ss->flat, ss->order[i]);
+  uint64_t within = off - ss->starts[i];
+  if (within >= kaun_tensor_nbytes(t)) { /* an empty tensor: look further */
+    while (i + 1 < ss->count && ss->starts[i + 1] <= off) i++;
+    t = kaun_flat_tensor(ss->flat, ss->order[i]);
+    within = off - ss->starts[i];
+    if (within >= kaun_tensor_nbytes(t)) return KAUN_EINVAL;
+  }
+  *ptr = (const char *)kaun_tensor_data(t) + within;
+  *len = kaun_tensor_nbytes(t) - (size_t)within;
+  return KAUN_OK;
+}
+
+static int stream_read(void *c, uint64_t off, void *dst, size_t len, kaun_error *err) {
+  char *d = dst;
+  while (len) {
+    const void *p;
+    size_t n;
+    if (stream_view(c, off, &p, &n) != KAUN_OK)
+      return kaun__error_set(err, KAUN_EINVAL, "read past the end of a save stream");
+    if (n > len) n = len;
+    memcpy(d, p, n);
+    d += n;
+    off += n;
+    len -= n;
+  }
+  return KAUN_OK;
+}
+
+int kaun_safetensors_save(kaun_context *ctx, const char *uri, const kaun_flat *flat,
+                          kaun_error *err) {
+  for (size_t i = 0; i < kaun_flat_count(flat); i++)
+    if (!kaun_flat_tensor(flat, i))
+      return kaun__error_set(err, KAUN_EINVAL,
+                             "cannot save '%s': tensor '%s' was taken out of the list", uri,
+                             kaun_flat_name(flat, i));
+  kaun_context *own, *use;
+  int rc = context_or_default(ctx, &own, &use, err);
+  if (rc) return rc;
+  save_stream ss = {flat, NULL, 0, NULL, NULL, kaun_flat_count(flat), 0};
+  char *header = NULL, *target = NULL;
+  size_t *order = NULL;
+  uint64_t data_size;
+  rc = kaun_safetensors_serialize_header(flat, &header, &ss.header_size, &data_size, &order, err);
+  if (rc) goto done;
+  ss.header = header;
+  ss.order = order;
+  ss.starts = malloc((ss.count ? ss.count : 1) * sizeof *ss.starts);
+  if (!ss.starts) {
+    rc = kaun__error_nomem(err, "saving");
+    goto done;
+  }
+  uint64_t off = ss.header_size;
+  for (size_t i = 0; i < ss.count; i++) {
+    ss.starts[i] = off;
+    off += kaun_tensor_nbytes(kaun_flat_tensor(flat, order[i]));
+  }
+  ss.size = off;
+  /* a folder means the model there */
+  kaun_object *probe;
+  kaun_error ignored = KAUN_ERROR_INIT;
+  int probe_rc = kaun_object_open(use, uri, &probe, &ignored);
+  if (probe_rc == KAUN_OK) kaun_object_close(probe);
+  if (probe_rc == KAUN_EISDIR && !(target = child_uri(uri, SINGLE_NAME))) {
+    rc = kaun__error_nomem(err, "saving");
+    goto done;
+  }
+  kaun_put_source src = {ss.size, stream_read, stream_view, &ss};
+  rc = kaun_storage_put(use, target ? target : uri, &src, err);
+done:
+  free(target);
+  free(ss.starts);
+  free(header);
+  free(order);
+  kaun_context_free(own);
+  return rc;
+}
+
+int kaun_checkpoint_save(kaun_context *ctx, const char *uri, const kaun_ptree *tree,
+                         const kaun_flat *metadata, kaun_error *err) {
   if (kaun_ptree_kind_of(tree) == KAUN_PTREE_TENSOR)
-    return kaun__error_set(
-        err, KAUN_EINVAL, "cannot save '%s': the tree's root is a tensor, which has no name", path);
+    return kaun__error_set(err, KAUN_EINVAL,
+                           "cannot save '%s': the tree's root is a tensor, which has no name", uri);
   template_ctx tc = {NULL, err, 0};
   int rc = kaun__flat_new_borrowed(&tc.leaves, err);
   if (rc) return rc;
@@ -569,18 +726,40 @@ int kaun_checkpoint_save(const char *path, const kaun_ptree *tree, const kaun_fl
                                   kaun_flat_metadata_value(metadata, i), err);
     if (rc) goto done;
   }
-  struct stat sb;
-  char *target = NULL;
-  if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-    target = join_path(path, SINGLE_NAME);
-    if (!target) {
-      rc = kaun__error_nomem(err, "saving a checkpoint");
-      goto done;
-    }
-  }
-  rc = kaun_safetensors_save(target ? target : path, tc.leaves, err);
-  free(target);
+  rc = kaun_safetensors_save(ctx, uri, tc.leaves, err);
 done:
   kaun_flat_free(tc.leaves);
+  return rc;
+}
+
+int kaun_safetensors_read(kaun_context *ctx, const char *uri, kaun_safetensors **out,
+                          kaun_error *err) {
+  *out = NULL;
+  kaun_context *own, *use;
+  int rc = context_or_default(ctx, &own, &use, err);
+  if (rc) return rc;
+  kaun_object *obj;
+  if ((rc = kaun_object_open(use, uri, &obj, err))) {
+    kaun_context_free(own);
+    return rc;
+  }
+  kaun_stat st = {.struct_size = sizeof st};
+  unsigned char first8[8];
+  char *header = NULL;
+  uint64_t n = 0;
+  if ((rc = kaun_object_stat(obj, &st, err))) goto done;
+  size_t avail = st.size < 8 ? (size_t)st.size : 8;
+  if ((rc = kaun_object_read(obj, 0, first8, avail, err))) goto done;
+  if ((rc = kaun_safetensors_header_length(first8, avail, st.size, uri, &n, err))) goto done;
+  if (!(header = malloc(n ? (size_t)n : 1))) {
+    rc = kaun__error_nomem(err, "reading a SafeTensors header");
+    goto done;
+  }
+  if ((rc = kaun_object_read(obj, 8, header, (size_t)n, err))) goto done;
+  rc = kaun_safetensors_parse_header(header, (size_t)n, st.size, uri, out, err);
+done:
+  free(header);
+  kaun_object_close(obj);
+  kaun_context_free(own);
   return rc;
 }

@@ -150,3 +150,38 @@ int kaun__read_small_file(const char *path, size_t max, char **out, size_t *out_
   *out_len = (size_t)sb.st_size;
   return KAUN_OK;
 }
+
+typedef struct put_ctx {
+  const kaun_put_source *src;
+} put_ctx;
+
+static int put_write(int fd, const char *tmp_path, void *c, kaun_error *err) {
+  const kaun_put_source *src = ((put_ctx *)c)->src;
+  char *buf = NULL;
+  const size_t chunk = (size_t)8 << 20;
+  int rc = KAUN_OK;
+  for (uint64_t off = 0; off < src->size && !rc;) {
+    const void *p = NULL;
+    size_t len = 0;
+    if (!src->view || src->view(src->context, off, &p, &len) != KAUN_OK || !p || !len) {
+      if (!buf && !(buf = malloc(chunk))) {
+        rc = kaun__error_nomem(err, "writing a file");
+        break;
+      }
+      len = src->size - off < chunk ? (size_t)(src->size - off) : chunk;
+      if ((rc = src->read(src->context, off, buf, len, err))) break;
+      p = buf;
+    }
+    if (len > src->size - off) len = (size_t)(src->size - off);
+    if (kaun__write_full(fd, p, len) != 0)
+      rc = kaun__error_sys(err, KAUN_EIO, errno, "writing '%s' failed", tmp_path);
+    off += len;
+  }
+  free(buf);
+  return rc;
+}
+
+int kaun_file_put_atomic(const char *path, const kaun_put_source *src, kaun_error *err) {
+  put_ctx c = {src};
+  return kaun__atomic_write(path, put_write, &c, err);
+}

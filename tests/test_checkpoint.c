@@ -44,8 +44,8 @@ static void test_save_load_with_template(void) {
   kaun_error err = KAUN_ERROR_INIT;
   kaun_ptree *tree = make_tree(), *out;
   const char *path = tmp_path("params.safetensors");
-  ASSERT_OK(kaun_checkpoint_save(path, tree, NULL, &err), err);
-  ASSERT_OK(kaun_checkpoint_load(path, tree, 0, &out, &err), err);
+  ASSERT_OK(kaun_checkpoint_save(NULL, path, tree, NULL, &err), err);
+  ASSERT_OK(kaun_checkpoint_load(NULL, path, tree, 0, &out, &err), err);
   const kaun_tensor *w = at(out, "w");
   CU_ASSERT_PTR_NOT_NULL_FATAL(w);
   CU_ASSERT_TRUE(kaun_tensor_is_view(w)); /* same dtype: zero copy */
@@ -55,7 +55,7 @@ static void test_save_load_with_template(void) {
   CU_ASSERT_EQUAL(*(const int64_t *)kaun_tensor_data(at(out, "step")), 7);
   kaun_ptree_free(out);
   /* KAUN_LOAD_COPY gives owned memory with the same bytes */
-  ASSERT_OK(kaun_checkpoint_load(path, tree, KAUN_LOAD_COPY, &out, &err), err);
+  ASSERT_OK(kaun_checkpoint_load(NULL, path, tree, KAUN_LOAD_COPY, &out, &err), err);
   CU_ASSERT_FALSE(kaun_tensor_is_view(at(out, "w")));
   CU_ASSERT_EQUAL(memcmp(kaun_tensor_data(at(out, "w")), kaun_tensor_data(at(tree, "w")), 24), 0);
   kaun_ptree_free(out);
@@ -66,11 +66,11 @@ static void test_template_casts_and_ignores_extras(void) {
   kaun_error err = KAUN_ERROR_INIT;
   kaun_ptree *tree = make_tree(), *like, *out;
   const char *path = tmp_path("cast.safetensors");
-  ASSERT_OK(kaun_checkpoint_save(path, tree, NULL, &err), err);
+  ASSERT_OK(kaun_checkpoint_save(NULL, path, tree, NULL, &err), err);
   const uint64_t s23[] = {2, 3};
   ASSERT_OK(kaun_ptree_new_record(&like, &err), err);
   ASSERT_OK(kaun_ptree_set(like, "w", filled(KAUN_DTYPE_BF16, 2, s23, 0), &err), err);
-  ASSERT_OK(kaun_checkpoint_load(path, like, 0, &out, &err), err);
+  ASSERT_OK(kaun_checkpoint_load(NULL, path, like, 0, &out, &err), err);
   const kaun_tensor *w = at(out, "w");
   CU_ASSERT_EQUAL(kaun_tensor_dtype(w), KAUN_DTYPE_BF16);
   CU_ASSERT_FALSE(kaun_tensor_is_view(w));
@@ -85,21 +85,21 @@ static void test_template_errors(void) {
   kaun_error err = KAUN_ERROR_INIT;
   kaun_ptree *tree = make_tree(), *like, *out;
   const char *path = tmp_path("errors.safetensors");
-  ASSERT_OK(kaun_checkpoint_save(path, tree, NULL, &err), err);
+  ASSERT_OK(kaun_checkpoint_save(NULL, path, tree, NULL, &err), err);
   const uint64_t s32[] = {3, 2}, s1[] = {1};
   ASSERT_OK(kaun_ptree_new_record(&like, &err), err);
   ASSERT_OK(kaun_ptree_set(like, "w", filled(KAUN_DTYPE_F32, 2, s32, 0), &err), err);
-  ASSERT_FAILS(kaun_checkpoint_load(path, like, 0, &out, &err), err, KAUN_ESHAPE,
+  ASSERT_FAILS(kaun_checkpoint_load(NULL, path, like, 0, &out, &err), err, KAUN_ESHAPE,
                "tensor 'w' has shape [2, 3] in the file but [3, 2] in the template");
   CU_ASSERT_PTR_NULL(out);
   kaun_ptree_free(like);
   ASSERT_OK(kaun_ptree_new_record(&like, &err), err);
   ASSERT_OK(kaun_ptree_set(like, "missing.a", filled(KAUN_DTYPE_F32, 1, s1, 0), &err), err);
-  ASSERT_FAILS(kaun_checkpoint_load(path, like, 0, &out, &err), err, KAUN_EKEY,
+  ASSERT_FAILS(kaun_checkpoint_load(NULL, path, like, 0, &out, &err), err, KAUN_EKEY,
                "tensor 'missing.a' is not in the checkpoint");
   ASSERT_OK(kaun_ptree_set(like, "missing.b", filled(KAUN_DTYPE_F32, 1, s1, 0), &err), err);
   ASSERT_OK(kaun_ptree_set(like, "missing.c", filled(KAUN_DTYPE_F32, 1, s1, 0), &err), err);
-  ASSERT_FAILS(kaun_checkpoint_load(path, like, 0, &out, &err), err, KAUN_EKEY,
+  ASSERT_FAILS(kaun_checkpoint_load(NULL, path, like, 0, &out, &err), err, KAUN_EKEY,
                "and 2 more are missing");
   kaun_ptree_free(like);
   /* a cast kaun cannot do names the tensor and the file */
@@ -108,14 +108,14 @@ static void test_template_errors(void) {
   kaun_tensor *odd;
   ASSERT_OK(kaun_tensor_new(KAUN_DTYPE_C64, 2, s23, &odd, &err), err);
   ASSERT_OK(kaun_ptree_set(like, "w", odd, &err), err);
-  ASSERT_FAILS(kaun_checkpoint_load(path, like, 0, &out, &err), err, KAUN_ENOTSUP,
+  ASSERT_FAILS(kaun_checkpoint_load(NULL, path, like, 0, &out, &err), err, KAUN_ENOTSUP,
                "tensor 'w' in '");
   kaun_ptree_free(like);
   ASSERT_OK(kaun_ptree_new_leaf(filled(KAUN_DTYPE_F32, 1, s1, 0), &like, &err), err);
-  ASSERT_FAILS(kaun_checkpoint_load(path, like, 0, &out, &err), err, KAUN_EINVAL, "root");
-  ASSERT_FAILS(kaun_checkpoint_save(path, like, NULL, &err), err, KAUN_EINVAL, "root");
-  ASSERT_FAILS(kaun_checkpoint_load("/nonexistent/ckpt", tree, 0, &out, &err), err, KAUN_ENOENT,
-               "/nonexistent/ckpt");
+  ASSERT_FAILS(kaun_checkpoint_load(NULL, path, like, 0, &out, &err), err, KAUN_EINVAL, "root");
+  ASSERT_FAILS(kaun_checkpoint_save(NULL, path, like, NULL, &err), err, KAUN_EINVAL, "root");
+  ASSERT_FAILS(kaun_checkpoint_load(NULL, "/nonexistent/ckpt", tree, 0, &out, &err), err,
+               KAUN_ENOENT, "/nonexistent/ckpt");
   kaun_ptree_free(like);
   kaun_ptree_free(tree);
 }
@@ -134,12 +134,12 @@ static void test_params_and_state_resume(void) {
   ASSERT_OK(kaun_flat_set_metadata(meta, "epoch", "3", &err), err);
   const char *pp = tmp_path("resume-params.safetensors"),
              *sp = tmp_path("resume-state.safetensors");
-  ASSERT_OK(kaun_checkpoint_save(pp, params, meta, &err), err);
-  ASSERT_OK(kaun_checkpoint_save(sp, state, NULL, &err), err);
-  ASSERT_OK(kaun_checkpoint_load(pp, params, 0, &p2, &err), err);
-  ASSERT_OK(kaun_checkpoint_load(sp, state, 0, &s2, &err), err);
+  ASSERT_OK(kaun_checkpoint_save(NULL, pp, params, meta, &err), err);
+  ASSERT_OK(kaun_checkpoint_save(NULL, sp, state, NULL, &err), err);
+  ASSERT_OK(kaun_checkpoint_load(NULL, pp, params, 0, &p2, &err), err);
+  ASSERT_OK(kaun_checkpoint_load(NULL, sp, state, 0, &s2, &err), err);
   kaun_flat *flat;
-  ASSERT_OK(kaun_checkpoint_load_flat(pp, 0, &flat, &err), err);
+  ASSERT_OK(kaun_checkpoint_load_flat(NULL, pp, 0, &flat, &err), err);
   CU_ASSERT_STRING_EQUAL(kaun_flat_metadata_get(flat, "epoch"), "3");
   kaun_flat_free(flat);
   /* one "training step" on the loaded, zero-copy weights */
@@ -148,13 +148,14 @@ static void test_params_and_state_resume(void) {
   float *w;
   ASSERT_OK(kaun_tensor_data_mut(kaun_ptree_tensor(wnode), (void **)&w, &err), err);
   w[0] = -100.0f;
-  ASSERT_OK(kaun_checkpoint_save(tmp_path("resume-step2.safetensors"), p2, NULL, &err), err);
+  ASSERT_OK(kaun_checkpoint_save(NULL, tmp_path("resume-step2.safetensors"), p2, NULL, &err), err);
   kaun_ptree *orig;
-  ASSERT_OK(kaun_checkpoint_load(pp, params, 0, &orig, &err), err);
+  ASSERT_OK(kaun_checkpoint_load(NULL, pp, params, 0, &orig, &err), err);
   CU_ASSERT_EQUAL(((const float *)kaun_tensor_data(at(orig, "w")))[0], 0.5f);
   kaun_ptree *step2;
-  ASSERT_OK(kaun_checkpoint_load(tmp_path("resume-step2.safetensors"), params, 0, &step2, &err),
-            err);
+  ASSERT_OK(
+      kaun_checkpoint_load(NULL, tmp_path("resume-step2.safetensors"), params, 0, &step2, &err),
+      err);
   CU_ASSERT_EQUAL(((const float *)kaun_tensor_data(at(step2, "w")))[0], -100.0f);
   CU_ASSERT_EQUAL(((const float *)kaun_tensor_data(at(s2, "adam.v.w")))[5], 6.0f);
   kaun_ptree_free(orig);
@@ -171,9 +172,9 @@ static void test_views_outlive_their_load(void) {
   kaun_error err = KAUN_ERROR_INIT;
   kaun_ptree *tree = make_tree(), *loaded;
   const char *path = tmp_path("outlive.safetensors");
-  ASSERT_OK(kaun_checkpoint_save(path, tree, NULL, &err), err);
+  ASSERT_OK(kaun_checkpoint_save(NULL, path, tree, NULL, &err), err);
   kaun_flat *flat;
-  ASSERT_OK(kaun_checkpoint_load_flat(path, 0, &flat, &err), err);
+  ASSERT_OK(kaun_checkpoint_load_flat(NULL, path, 0, &flat, &err), err);
   size_t wi = 0;
   for (size_t i = 0; i < kaun_flat_count(flat); i++)
     if (strcmp(kaun_flat_name(flat, i), "w") == 0) wi = i;
@@ -182,8 +183,8 @@ static void test_views_outlive_their_load(void) {
   unlink(path); /* even the file name may go */
   CU_ASSERT_EQUAL(((const float *)kaun_tensor_data(w))[1], 1.5f);
   kaun_tensor_free(w);
-  ASSERT_OK(kaun_checkpoint_save(path, tree, NULL, &err), err);
-  ASSERT_OK(kaun_checkpoint_load_tree(path, 0, &loaded, &err), err);
+  ASSERT_OK(kaun_checkpoint_save(NULL, path, tree, NULL, &err), err);
+  ASSERT_OK(kaun_checkpoint_load_tree(NULL, path, 0, &loaded, &err), err);
   CU_ASSERT_EQUAL(kaun_ptree_kind_of(kaun_ptree_find(loaded, "layers")), KAUN_PTREE_LIST);
   kaun_ptree_free(tree);
   CU_ASSERT_EQUAL(((const float *)kaun_tensor_data(at(loaded, "layers.0.b")))[0], 10.0f);
@@ -204,7 +205,7 @@ static void test_unaligned_data_is_copied(void) {
   write_all(path, b, len);
   free(b);
   kaun_flat *flat;
-  ASSERT_OK(kaun_checkpoint_load_flat(path, 0, &flat, &err), err);
+  ASSERT_OK(kaun_checkpoint_load_flat(NULL, path, 0, &flat, &err), err);
   const kaun_tensor *x = kaun_flat_tensor(flat, 0);
   CU_ASSERT_EQUAL((uintptr_t)kaun_tensor_data(x) % 4, 0);
   CU_ASSERT_EQUAL(memcmp(kaun_tensor_data(x), v, 8), 0);
@@ -219,9 +220,9 @@ static void test_parallel_copy_load(void) {
   ASSERT_OK(kaun_ptree_new_record(&tree, &err), err);
   ASSERT_OK(kaun_ptree_set(tree, "big", filled(KAUN_DTYPE_F32, 1, shape, 0), &err), err);
   const char *path = tmp_path("big.safetensors");
-  ASSERT_OK(kaun_checkpoint_save(path, tree, NULL, &err), err);
+  ASSERT_OK(kaun_checkpoint_save(NULL, path, tree, NULL, &err), err);
   kaun_ptree *out;
-  ASSERT_OK(kaun_checkpoint_load(path, tree, KAUN_LOAD_COPY, &out, &err), err);
+  ASSERT_OK(kaun_checkpoint_load(NULL, path, tree, KAUN_LOAD_COPY, &out, &err), err);
   const kaun_tensor *a = at(tree, "big"), *b = at(out, "big");
   CU_ASSERT_FALSE(kaun_tensor_is_view(b));
   CU_ASSERT_EQUAL(memcmp(kaun_tensor_data(a), kaun_tensor_data(b), kaun_tensor_nbytes(a)), 0);
@@ -248,7 +249,7 @@ static void test_atomic_save_on_write_failure(void) {
   char path[4200];
   snprintf(path, sizeof path, "%s/model.safetensors", dir);
   kaun_ptree *small = make_tree(), *big;
-  ASSERT_OK(kaun_checkpoint_save(path, small, NULL, &err), err);
+  ASSERT_OK(kaun_checkpoint_save(NULL, path, small, NULL, &err), err);
   size_t before_len;
   unsigned char *before = read_all(path, &before_len);
   ASSERT_OK(kaun_ptree_new_record(&big, &err), err);
@@ -261,7 +262,7 @@ static void test_atomic_save_on_write_failure(void) {
     struct rlimit rl = {64 * 1024, 64 * 1024};
     setrlimit(RLIMIT_FSIZE, &rl);
     kaun_error e = KAUN_ERROR_INIT;
-    int rc = kaun_checkpoint_save(path, big, NULL, &e);
+    int rc = kaun_checkpoint_save(NULL, path, big, NULL, &e);
     bool ok = rc == KAUN_EIO && e.code == KAUN_EIO && strstr(e.message, path) &&
               strstr(e.message, "left it unchanged");
     if (!ok) fprintf(stderr, "\n  child: rc=%d message=%s\n", rc, e.message);
@@ -278,12 +279,12 @@ static void test_atomic_save_on_write_failure(void) {
   free(before);
   free(after);
   /* saving into a directory that does not exist */
-  ASSERT_FAILS(kaun_checkpoint_save("/nonexistent-dir/m.safetensors", small, NULL, &err), err,
+  ASSERT_FAILS(kaun_checkpoint_save(NULL, "/nonexistent-dir/m.safetensors", small, NULL, &err), err,
                KAUN_ENOENT, "/nonexistent-dir");
   /* saving to a directory writes model.safetensors inside it */
-  ASSERT_OK(kaun_checkpoint_save(dir, big, NULL, &err), err);
+  ASSERT_OK(kaun_checkpoint_save(NULL, dir, big, NULL, &err), err);
   kaun_flat *flat;
-  ASSERT_OK(kaun_checkpoint_load_flat(path, 0, &flat, &err), err);
+  ASSERT_OK(kaun_checkpoint_load_flat(NULL, path, 0, &flat, &err), err);
   CU_ASSERT_PTR_NOT_NULL(kaun_flat_find(flat, "x"));
   kaun_flat_free(flat);
   kaun_ptree_free(small);
@@ -304,7 +305,7 @@ static const char *make_sharded(const char *name) {
     if (kaun_ptree_new_record(&t, &err)) abort();
     kaun_ptree_set(t, k ? "b" : "a", filled(KAUN_DTYPE_F32, 1, s2, (float)k * 10), &err);
     snprintf(p, sizeof p, "%s/part-%d.safetensors", dir, k);
-    if (kaun_checkpoint_save(p, t, NULL, &err)) abort();
+    if (kaun_checkpoint_save(NULL, p, t, NULL, &err)) abort();
     kaun_ptree_free(t);
   }
   return dir;
@@ -318,30 +319,31 @@ static void test_sharded_index_errors(void) {
   kaun_flat *flat;
   write_text(index,
              "{\"weight_map\": {\"a\": \"part-0.safetensors\", \"b\": \"part-1.safetensors\"}}");
-  ASSERT_OK(kaun_checkpoint_load_flat(dir, 0, &flat, &err), err);
+  ASSERT_OK(kaun_checkpoint_load_flat(NULL, dir, 0, &flat, &err), err);
   CU_ASSERT_EQUAL(kaun_flat_count(flat), 2);
   CU_ASSERT_EQUAL(((const float *)kaun_tensor_data(kaun_flat_find(flat, "b")))[1], 11.0f);
   kaun_flat_free(flat);
   write_text(index, "{\"metadata\": {}}");
-  ASSERT_FAILS(kaun_checkpoint_load_flat(dir, 0, &flat, &err), err, KAUN_EINDEX, "weight_map");
+  ASSERT_FAILS(kaun_checkpoint_load_flat(NULL, dir, 0, &flat, &err), err, KAUN_EINDEX,
+               "weight_map");
   write_text(index, "{\"weight_map\": {\"a\": \"part-1.safetensors\"}}");
-  ASSERT_FAILS(kaun_checkpoint_load_flat(dir, 0, &flat, &err), err, KAUN_EINDEX,
+  ASSERT_FAILS(kaun_checkpoint_load_flat(NULL, dir, 0, &flat, &err), err, KAUN_EINDEX,
                "puts tensor 'a' in");
   write_text(index, "{\"weight_map\": {\"a\": \"../part-0.safetensors\"}}");
-  ASSERT_FAILS(kaun_checkpoint_load_flat(index, 0, &flat, &err), err, KAUN_EINDEX,
+  ASSERT_FAILS(kaun_checkpoint_load_flat(NULL, index, 0, &flat, &err), err, KAUN_EINDEX,
                "line 1: the shard of tensor 'a'");
   write_text(index, "{\"weight_map\": {\"a\": \"gone.safetensors\"}}");
-  ASSERT_FAILS(kaun_checkpoint_load_flat(index, 0, &flat, &err), err, KAUN_ENOENT,
+  ASSERT_FAILS(kaun_checkpoint_load_flat(NULL, index, 0, &flat, &err), err, KAUN_ENOENT,
                "gone.safetensors");
   write_text(index, "{\"weight_map\": {\"a\": \"part-0.safetensors\",\n\"a\": \"x\"}}");
-  ASSERT_FAILS(kaun_checkpoint_load_flat(index, 0, &flat, &err), err, KAUN_EINDEX,
+  ASSERT_FAILS(kaun_checkpoint_load_flat(NULL, index, 0, &flat, &err), err, KAUN_EINDEX,
                "line 2: duplicate key");
   write_text(index, "{\"weight_map\": [}");
-  ASSERT_FAILS(kaun_checkpoint_load_flat(index, 0, &flat, &err), err, KAUN_EINDEX,
+  ASSERT_FAILS(kaun_checkpoint_load_flat(NULL, index, 0, &flat, &err), err, KAUN_EINDEX,
                "model.safetensors.index.json: line 1");
   const char *empty = tmp_path("empty-dir");
   mkdir(empty, 0755);
-  ASSERT_FAILS(kaun_checkpoint_load_flat(empty, 0, &flat, &err), err, KAUN_ENOENT,
+  ASSERT_FAILS(kaun_checkpoint_load_flat(NULL, empty, 0, &flat, &err), err, KAUN_ENOENT,
                "is a directory without model.safetensors");
   /* a corrupt shard is reported with the index that led to it */
   write_text(index,
@@ -349,7 +351,7 @@ static void test_sharded_index_errors(void) {
   char bad[4200];
   snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
   write_all(bad, "\x10\0\0\0\0\0\0\0{}", 10);
-  ASSERT_FAILS(kaun_checkpoint_load_flat(index, 0, &flat, &err), err, KAUN_EHEADER_LENGTH,
+  ASSERT_FAILS(kaun_checkpoint_load_flat(NULL, index, 0, &flat, &err), err, KAUN_EHEADER_LENGTH,
                "bad.safetensors");
   CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "shard of"));
 }

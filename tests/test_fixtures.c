@@ -56,7 +56,7 @@ static void test_manifest_hashes(void) {
   size_t checked = 0;
   for (size_t i = 0; i < n; i++) {
     kaun_flat *flat;
-    ASSERT_OK(kaun_checkpoint_load_flat(fixture(rows[i].file), 0, &flat, &err), err);
+    ASSERT_OK(kaun_checkpoint_load_flat(NULL, fixture(rows[i].file), 0, &flat, &err), err);
     const kaun_tensor *t = kaun_flat_find(flat, rows[i].name);
     CU_ASSERT_PTR_NOT_NULL(t);
     if (t) {
@@ -93,9 +93,9 @@ static void test_resave_is_byte_identical(void) {
   kaun_error err = KAUN_ERROR_INIT;
   for (const char **f = valid_files; *f; f++) {
     kaun_flat *flat;
-    ASSERT_OK(kaun_checkpoint_load_flat(fixture(*f), 0, &flat, &err), err);
+    ASSERT_OK(kaun_checkpoint_load_flat(NULL, fixture(*f), 0, &flat, &err), err);
     const char *out = tmp_path("resaved.safetensors");
-    ASSERT_OK(kaun_safetensors_save(out, flat, &err), err);
+    ASSERT_OK(kaun_safetensors_save(NULL, out, flat, &err), err);
     size_t la, lb;
     unsigned char *a = read_all(fixture(*f), &la), *b = read_all(out, &lb);
     bool same = a && b && la == lb && memcmp(a, b, la) == 0;
@@ -112,7 +112,7 @@ static void test_invalid_fixture(void) {
   kaun_error err = KAUN_ERROR_INIT;
   kaun_flat *flat;
   const char *p = fixture("invalid/abuse_attempt_1_header_len_1000.safetensors");
-  ASSERT_FAILS(kaun_checkpoint_load_flat(p, 0, &flat, &err), err, KAUN_EHEADER_LENGTH,
+  ASSERT_FAILS(kaun_checkpoint_load_flat(NULL, p, 0, &flat, &err), err, KAUN_EHEADER_LENGTH,
                "abuse_attempt_1_header_len_1000.safetensors");
   kaun_safetensors *st;
   ASSERT_FAILS(kaun_safetensors_read_file(p, &st, &err), err, KAUN_EHEADER_LENGTH, "1000");
@@ -122,9 +122,9 @@ static void test_sharded_fixture(void) {
   if (!fixtures_dir("sharded fixture")) return;
   kaun_error err = KAUN_ERROR_INIT;
   kaun_flat *sharded, *single;
-  ASSERT_OK(kaun_checkpoint_load_flat(fixture("fluxml_sharded"), 0, &sharded, &err), err);
-  ASSERT_OK(kaun_checkpoint_load_flat(fixture("fluxml_torch_with_metadata.safetensors"), 0, &single,
-                                      &err),
+  ASSERT_OK(kaun_checkpoint_load_flat(NULL, fixture("fluxml_sharded"), 0, &sharded, &err), err);
+  ASSERT_OK(kaun_checkpoint_load_flat(NULL, fixture("fluxml_torch_with_metadata.safetensors"), 0,
+                                      &single, &err),
             err);
   CU_ASSERT_EQUAL(kaun_flat_count(sharded), 36);
   CU_ASSERT_EQUAL(kaun_flat_count(single), 36);
@@ -144,8 +144,8 @@ static void test_sharded_fixture(void) {
   kaun_tensor *t;
   ASSERT_OK(kaun_tensor_new(KAUN_DTYPE_F32, 3, s357, &t, &err), err);
   ASSERT_OK(kaun_ptree_set(like, "bfloat16_357", t, &err), err);
-  ASSERT_OK(kaun_checkpoint_load(fixture("fluxml_sharded/model.safetensors.index.json"), like, 0,
-                                 &out, &err),
+  ASSERT_OK(kaun_checkpoint_load(NULL, fixture("fluxml_sharded/model.safetensors.index.json"), like,
+                                 0, &out, &err),
             err);
   kaun_ptree *leaf;
   ASSERT_OK(kaun_ptree_get(out, "bfloat16_357", &leaf, &err), err);
@@ -164,7 +164,7 @@ static void test_bit_exact_values(void) {
   const char *files[] = {"raven_f16_bit_exact.safetensors", "raven_bf16_bit_exact.safetensors"};
   for (int k = 0; k < 2; k++) {
     kaun_flat *flat;
-    ASSERT_OK(kaun_checkpoint_load_flat(fixture(files[k]), 0, &flat, &err), err);
+    ASSERT_OK(kaun_checkpoint_load_flat(NULL, fixture(files[k]), 0, &flat, &err), err);
     kaun_tensor *f32;
     ASSERT_OK(kaun_tensor_cast(kaun_flat_tensor(flat, 0), KAUN_DTYPE_F32, &f32, &err), err);
     const float *v = kaun_tensor_data(f32);

@@ -144,9 +144,9 @@ static void test_every_dtype_round_trips(void) {
     ASSERT_OK(kaun_flat_add(flat, kaun_dtype_name((kaun_dtype)d), t, &err), err);
   }
   const char *path = tmp_path("every.safetensors");
-  ASSERT_OK(kaun_safetensors_save(path, flat, &err), err);
+  ASSERT_OK(kaun_safetensors_save(NULL, path, flat, &err), err);
   kaun_flat *back;
-  ASSERT_OK(kaun_checkpoint_load_flat(path, 0, &back, &err), err);
+  ASSERT_OK(kaun_checkpoint_load_flat(NULL, path, 0, &back, &err), err);
   CU_ASSERT_EQUAL(kaun_flat_count(back), KAUN_DTYPE_COUNT_);
   /* the writer's order: highest dtype rank first */
   CU_ASSERT_STRING_EQUAL(kaun_flat_name(back, 0), "U64");
@@ -161,7 +161,7 @@ static void test_every_dtype_round_trips(void) {
   }
   /* saving what was loaded reproduces the file byte for byte */
   const char *again = tmp_path("every-again.safetensors");
-  ASSERT_OK(kaun_safetensors_save(again, back, &err), err);
+  ASSERT_OK(kaun_safetensors_save(NULL, again, back, &err), err);
   size_t la, lb;
   unsigned char *fa = read_all(path, &la), *fb = read_all(again, &lb);
   CU_ASSERT_EQUAL(la, lb);

@@ -5,6 +5,11 @@
  * from tensor name to shard file).  Paths may name a file, an index, or a
  * directory, which means "the model there": model.safetensors, else
  * model.safetensors.index.json and its shards.
+ *
+ * Every function takes a URI (see storage.h: a plain path is a URI) and a
+ * context.  Pass NULL for the context to use one made from the default
+ * config file for the duration of the call; pass your own to reuse its
+ * backends and read the config once.
  */
 #ifndef KAUN_CHECKPOINT_H
 #define KAUN_CHECKPOINT_H
@@ -12,6 +17,7 @@
 #include <kaun/common.h>
 #include <kaun/error.h>
 #include <kaun/ptree.h>
+#include <kaun/storage.h>
 
 KAUN_BEGIN_DECLS
 
@@ -26,7 +32,7 @@ enum {
  * metadata (`metadata` may be NULL; only its metadata is used).  The save
  * is atomic (see kaun_safetensors_save).  Thread-safe for distinct paths.
  * Errors: KAUN_EINVAL (root is a leaf), KAUN_EIO, KAUN_ENOENT, KAUN_ENOMEM. */
-KAUN_API int kaun_checkpoint_save(const char *path, const kaun_ptree *tree,
+KAUN_API int kaun_checkpoint_save(kaun_context *ctx, const char *uri, const kaun_ptree *tree,
                                   const kaun_flat *metadata, kaun_error *err);
 
 /* Loads the tensors of `like` from `path`.  `like` is a template: it gives
@@ -37,19 +43,19 @@ KAUN_API int kaun_checkpoint_save(const char *path, const kaun_ptree *tree,
  * the same structure.  Errors: KAUN_EKEY (missing path, named, with how
  * many more are missing), KAUN_ESHAPE (names the path and both shapes),
  * KAUN_ENOTSUP (a cast kaun cannot do), and the codec's errors. */
-KAUN_API int kaun_checkpoint_load(const char *path, const kaun_ptree *like, unsigned flags,
-                                  kaun_ptree **out, kaun_error *err);
+KAUN_API int kaun_checkpoint_load(kaun_context *ctx, const char *uri, const kaun_ptree *like,
+                                  unsigned flags, kaun_ptree **out, kaun_error *err);
 
 /* Loads every tensor, in file order (shard by shard for a sharded
  * checkpoint), with the file's metadata.  Errors: the codec's errors,
  * KAUN_EINDEX (bad index), KAUN_ENOENT, KAUN_EIO. */
-KAUN_API int kaun_checkpoint_load_flat(const char *path, unsigned flags, kaun_flat **out,
-                                       kaun_error *err);
+KAUN_API int kaun_checkpoint_load_flat(kaun_context *ctx, const char *uri, unsigned flags,
+                                       kaun_flat **out, kaun_error *err);
 
 /* Loads every tensor and rebuilds the tree from the dotted names (see
  * kaun_ptree_unflatten). */
-KAUN_API int kaun_checkpoint_load_tree(const char *path, unsigned flags, kaun_ptree **out,
-                                       kaun_error *err);
+KAUN_API int kaun_checkpoint_load_tree(kaun_context *ctx, const char *uri, unsigned flags,
+                                       kaun_ptree **out, kaun_error *err);
 
 KAUN_END_DECLS
 

@@ -40,7 +40,15 @@ KAUN_BEGIN_DECLS
   X(ESHAPE, -20, "shape mismatch")                                             \
   X(EINDEX, -21, "sharded checkpoint index is invalid")                        \
   X(EBADKEY, -22, "invalid key or path")                                       \
-  X(EKIND, -23, "wrong kind of tree node")
+  X(EKIND, -23, "wrong kind of tree node")                                     \
+  X(EURI, -24, "malformed URI")                                                \
+  X(ECONFIG, -25, "invalid configuration")                                     \
+  X(EPLUGIN, -26, "plugin cannot be loaded")                                   \
+  X(EABI, -27, "plugin built for an incompatible ABI")                         \
+  X(EBACKEND, -28, "no backend for this URI scheme")                           \
+  X(EISDIR, -29, "object is a directory")                                      \
+  X(ECHECKSUM, -30, "checksum mismatch")                                       \
+  X(EACCESS, -31, "access outside the allowed root")
 
 typedef enum kaun_status {
 #define KAUN_STATUS_ENUM_(name, value, text) KAUN_##name = (value),

@@ -13,6 +13,7 @@
 #include <kaun/common.h>
 #include <kaun/error.h>
 #include <kaun/ptree.h>
+#include <kaun/storage.h>
 #include <kaun/tensor.h>
 
 KAUN_BEGIN_DECLS
@@ -93,13 +94,22 @@ KAUN_API int kaun_safetensors_serialize_header(const kaun_flat *flat, char **out
                                                uint64_t *out_data_size, size_t **order,
                                                kaun_error *err);
 
-/* Writes `flat` as a SafeTensors file at `path`, atomically: a temporary
- * file in the same directory is written, fsync'd and renamed over
- * `path`, so a crash or a full disk never leaves a partial file under the
- * final name (an existing file is kept intact on failure).  Errors:
- * KAUN_EIO (sys_errno set), KAUN_ENOENT (no such directory), and as
- * kaun_safetensors_serialize_header. */
-KAUN_API int kaun_safetensors_save(const char *path, const kaun_flat *flat, kaun_error *err);
+/* Writes `flat` as a SafeTensors object at `uri`, atomically: the backend
+ * stores the whole object or nothing (the file backend writes a temporary
+ * file in the same directory, fsyncs it and renames it over the target),
+ * so a crash or a full disk never leaves a partial file under the final
+ * name, and an existing one stays intact on failure.  A URI naming a
+ * folder writes model.safetensors inside it.  `ctx` may be NULL (a context
+ * from the default config is made for the call).  Errors: KAUN_EIO
+ * (sys_errno set), KAUN_ENOENT (no such directory), KAUN_ENOTSUP (the
+ * backend cannot store), and as kaun_safetensors_serialize_header. */
+KAUN_API int kaun_safetensors_save(kaun_context *ctx, const char *uri, const kaun_flat *flat,
+                                   kaun_error *err);
+
+/* Reads and validates the header of the object at `uri` (two ranged
+ * reads: the data is not touched).  `ctx` may be NULL. */
+KAUN_API int kaun_safetensors_read(kaun_context *ctx, const char *uri, kaun_safetensors **out,
+                                   kaun_error *err);
 
 KAUN_END_DECLS
 

@@ -1,0 +1,156 @@
+/* kaun — what a storage plugin author needs.
+ *
+ * A plugin is a shared object exporting one symbol, KAUN_PLUGIN_ENTRY
+ * ("kaun_plugin_entry"), a function returning a pointer to a `static
+ * const kaun_plugin` descriptor.  The descriptor starts with the ABI
+ * version and its own size, so it can grow: the core copies it into a
+ * record of its own, checks the version and size, and fills absent
+ * optional operations with ones that return KAUN_ENOTSUP.  See
+ * docs/plugins.md for a complete example.
+ *
+ * Rules for operations:
+ *  - return KAUN_OK or a negative KAUN_E* code, and fill `err` with a
+ *    message that names the object (the core adds nothing);
+ *  - never print, never exit;
+ *  - `read` may be called concurrently on one object from several
+ *    threads; every other operation on one object is serialised by the
+ *    caller; distinct objects may be used concurrently;
+ *  - memory is freed by the side that allocated it.
+ */
+#ifndef KAUN_PLUGIN_H
+#define KAUN_PLUGIN_H
+
+#include <kaun/common.h>
+#include <kaun/error.h>
+#include <kaun/storage.h>
+
+KAUN_BEGIN_DECLS
+
+#define KAUN_PLUGIN_ABI_MAJOR 1
+#define KAUN_PLUGIN_ABI_MINOR 0
+#define KAUN_PLUGIN_ENTRY "kaun_plugin_entry"
+
+/* ---- options ---------------------------------------------------------------- */
+
+typedef enum kaun_option_type {
+  KAUN_OPTION_STRING = 0,
+  KAUN_OPTION_INT = 1,
+  KAUN_OPTION_BOOL = 2
+} kaun_option_type;
+
+/* One option a plugin accepts.  Arrays of these end with a {NULL} entry. */
+typedef struct kaun_option_spec {
+  const char *name;
+  kaun_option_type type;
+  const char *default_value; /* as text; NULL = no default */
+  int required;              /* the config must give it */
+  int secret;                /* masked in output; "env:NAME" / "file:PATH" references resolved */
+  const char *help;
+} kaun_option_spec;
+
+/* The resolved options of one backend instance (secrets already read). */
+typedef struct kaun_options kaun_options;
+
+/* The option's value as text (the default when not configured), or NULL. */
+KAUN_API const char *kaun_options_get(const kaun_options *opts, const char *name);
+/* The option as an integer or boolean (0/1), or `fallback` when unset. */
+KAUN_API int64_t kaun_options_get_int(const kaun_options *opts, const char *name, int64_t fallback);
+KAUN_API int kaun_options_get_bool(const kaun_options *opts, const char *name, int fallback);
+
+/* ---- capabilities ------------------------------------------------------------- */
+
+enum {
+  KAUN_CAP_READ = 1u << 0,    /* open/stat/read: every backend */
+  KAUN_CAP_MAP = 1u << 1,     /* map/unmap: zero-copy access */
+  KAUN_CAP_LIST = 1u << 2,    /* list */
+  KAUN_CAP_PUT = 1u << 3,     /* put (atomic) */
+  KAUN_CAP_REMOVE = 1u << 4,  /* remove */
+  KAUN_CAP_STACKED = 1u << 5, /* open() reads through an inner object (tar://M::URI) */
+  KAUN_CAP_FETCH = 1u << 6    /* fetch: materialise into a local cache file */
+};
+
+/* ---- the descriptor ----------------------------------------------------------- */
+
+typedef struct kaun_plugin {
+  /* Version 1.0 fields.  Never reorder; new fields go at the end with a
+   * minor version bump. */
+  uint32_t abi_major;  /* KAUN_PLUGIN_ABI_MAJOR */
+  uint32_t abi_minor;  /* KAUN_PLUGIN_ABI_MINOR */
+  size_t struct_size;  /* sizeof(kaun_plugin) as the plugin was built */
+  const char *name;    /* the plugin's name: [a-z][a-z0-9_-]* */
+  const char *version; /* the plugin's own version, free text */
+  const char *description;
+  const kaun_option_spec *options; /* ends with {NULL}; NULL = none */
+  uint32_t capabilities;           /* KAUN_CAP_* */
+
+  /* Creates an instance.  `ctx` lets the instance open other URIs (an
+   * index elsewhere, an inner object); do not free it, and do not keep
+   * using it after destroy.  `instance` is the name it answers to.
+   * Mandatory. */
+  int (*create)(kaun_context *ctx, const char *instance, const kaun_options *options,
+                void **out_backend, kaun_error *err);
+  /* Mandatory. */
+  void (*destroy)(void *backend);
+
+  /* Opens the object at `path` (the URI after "SCHEME://").  For a
+   * stacked backend `inner` is the object to read through (else NULL);
+   * the plugin does not close it.  A path naming a folder gives
+   * KAUN_EISDIR, a missing object KAUN_ENOENT.  Mandatory. */
+  int (*open)(void *backend, const char *path, kaun_object *inner, void **out_object,
+              kaun_error *err);
+  /* Mandatory. */
+  void (*close)(void *object);
+  /* Fills size (and mtime, etag, local_path when known).  Mandatory. */
+  int (*stat)(void *object, kaun_stat *out, kaun_error *err);
+  /* Reads exactly `len` bytes at `offset` into `dst`.  Mandatory. */
+  int (*read)(void *object, uint64_t offset, void *dst, size_t len, kaun_error *err);
+
+  /* Optional (KAUN_CAP_MAP): the whole object's bytes, valid until unmap
+   * with the same cookie, even after close. */
+  int (*map)(void *object, const void **out_data, size_t *out_size, void **out_cookie,
+             kaun_error *err);
+  void (*unmap)(void *backend, void *cookie);
+  /* Optional (KAUN_CAP_LIST). */
+  int (*list)(void *backend, const char *prefix, kaun_list_fn fn, void *context, kaun_error *err);
+  /* Optional (KAUN_CAP_PUT): store `src` at `path` atomically. */
+  int (*put)(void *backend, const char *path, const kaun_put_source *src, kaun_error *err);
+  /* Optional (KAUN_CAP_REMOVE). */
+  int (*remove)(void *backend, const char *path, kaun_error *err);
+  /* Optional (KAUN_CAP_FETCH): make the object a local file (a cache
+   * entry) and write its path into `path_out`. */
+  int (*fetch)(void *object, char *path_out, size_t path_size, kaun_error *err);
+} kaun_plugin;
+
+/* The size of the version 1.0 descriptor: the loader's minimum. */
+#define KAUN_PLUGIN_SIZE_1_0 (offsetof(kaun_plugin, fetch) + sizeof(void (*)(void)))
+
+/* The entry point's type: `const kaun_plugin *kaun_plugin_entry(void)`. */
+typedef const kaun_plugin *(*kaun_plugin_entry_fn)(void);
+
+/* Declares the entry point in a plugin: KAUN_PLUGIN_DEFINE(my_descriptor) */
+#define KAUN_PLUGIN_DEFINE(descriptor)                 \
+  KAUN_API const kaun_plugin *kaun_plugin_entry(void); \
+  KAUN_API const kaun_plugin *kaun_plugin_entry(void) { return &(descriptor); }
+
+/* ---- helpers for plugins -------------------------------------------------------- */
+
+/* Fills `err` (when not NULL) with `code` and a printf-style message, and
+ * returns `code`.  For plugins: the core's own error formatting. */
+KAUN_API int kaun_error_set(kaun_error *err, int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Writes `src` to the local file `path` atomically (temporary file in the
+ * same directory, fsync, rename).  Errors: KAUN_EIO, KAUN_ENOENT. */
+KAUN_API int kaun_file_put_atomic(const char *path, const kaun_put_source *src, kaun_error *err);
+
+/* Describes the plugins that can be found: the search path in use and,
+ * for each .so in it, its name, version, ABI, path, or why it cannot be
+ * loaded.  Text, one plugin per line; `*out` is malloc'd. */
+KAUN_API int kaun_plugins_describe(kaun_context *ctx, char **out, kaun_error *err);
+
+KAUN_END_DECLS
+
+#endif

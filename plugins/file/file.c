@@ -1,0 +1,299 @@
+/* "SafeTensors local files": the file backend.
+ *
+ * file:///abs/path, plain paths, and named instances with a `root`
+ * directory (models:///bert/model.safetensors = ROOT/bert/...).  Paths
+ * that escape the root — through ".." or a symlink — are refused.
+ * Objects are mapped (zero copy) and read with pread; puts are atomic.
+ *
+ * This backend is compiled into libkaun and registered through the same
+ * descriptor checks as any dlopen'd plugin, so plain paths work without a
+ * plugin directory. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../../src/storage_internal.h"
+
+typedef struct file_backend {
+  char *name;
+  char *root; /* realpath of the root, or NULL */
+} file_backend;
+
+typedef struct file_object {
+  int fd;
+  char *path;
+  uint64_t size;
+  struct stat sb;
+} file_object;
+
+typedef struct file_mapping {
+  void *data;
+  size_t size;
+} file_mapping;
+
+static const kaun_option_spec file_options[] = {
+    {"root", KAUN_OPTION_STRING, NULL, 0, 0,
+     "a directory; the instance's paths are relative to it and cannot leave it"},
+    {NULL, 0, NULL, 0, 0, NULL}};
+
+static int file_create(kaun_context *ctx, const char *instance, const kaun_options *opts,
+                       void **out, kaun_error *err) {
+  (void)ctx;
+  file_backend *b = calloc(1, sizeof *b);
+  if (!b || !(b->name = strdup(instance))) {
+    free(b);
+    return kaun__error_nomem(err, "creating a file backend");
+  }
+  const char *root = kaun_options_get(opts, "root");
+  if (root && *root) {
+    b->root = realpath(root, NULL);
+    struct stat sb;
+    if (!b->root || stat(b->root, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+      int e = errno;
+      free(b->root);
+      free(b->name);
+      free(b);
+      return kaun__error_sys(err, KAUN_ECONFIG, e,
+                             "the root '%s' of backend '%s' is not a directory", root, instance);
+    }
+  }
+  *out = b;
+  return KAUN_OK;
+}
+
+static void file_destroy(void *backend) {
+  file_backend *b = backend;
+  free(b->root);
+  free(b->name);
+  free(b);
+}
+
+static bool inside(const char *root, const char *path) {
+  size_t n = strlen(root);
+  return strncmp(root, path, n) == 0 && (path[n] == '/' || path[n] == '\0' || n == 1);
+}
+
+/* The local path for `path`; with a root, checked to stay inside it.
+ * `must_exist`: check the file itself (else its directory) for symlinks. */
+static int resolve(const file_backend *b, const char *path, bool must_exist, char **out,
+                   kaun_error *err) {
+  *out = NULL;
+  if (!b->root) {
+    if (!*path) return kaun__error_set(err, KAUN_EURI, "an empty path names no file");
+    return (*out = strdup(path)) ? KAUN_OK : kaun__error_nomem(err, "resolving a path");
+  }
+  const char *rel = path;
+  while (*rel == '/') rel++;
+  for (const char *p = rel; *p;) { /* no ".." component */
+    const char *slash = strchr(p, '/');
+    size_t n = slash ? (size_t)(slash - p) : strlen(p);
+    if (n == 2 && p[0] == '.' && p[1] == '.')
+      return kaun__error_set(err, KAUN_EACCESS, "%s://%s: '..' would leave the backend's root %s",
+                             b->name, path, b->root);
+    if (!slash) break;
+    p = slash + 1;
+  }
+  size_t len = strlen(b->root) + strlen(rel) + 2;
+  char *full = malloc(len);
+  if (!full) return kaun__error_nomem(err, "resolving a path");
+  snprintf(full, len, "%s%s%s", b->root, *rel ? "/" : "", rel);
+  /* symlinks: the real location must still be inside the root */
+  char *probe = strdup(full);
+  if (!probe) {
+    free(full);
+    return kaun__error_nomem(err, "resolving a path");
+  }
+  char *real = realpath(probe, NULL);
+  if (!real && !must_exist) {
+    char *slash = strrchr(probe, '/');
+    if (slash && slash != probe) *slash = '\0';
+    real = realpath(probe, NULL);
+  }
+  free(probe);
+  if (real && !inside(b->root, real)) {
+    free(real);
+    free(full);
+    return kaun__error_set(err, KAUN_EACCESS,
+                           "%s://%s: a symbolic link leads outside the backend's root %s", b->name,
+                           path, b->root);
+  }
+  free(real);
+  *out = full;
+  return KAUN_OK;
+}
+
+static int file_open(void *backend, const char *path, kaun_object *inner, void **out,
+                     kaun_error *err) {
+  (void)inner;
+  file_backend *b = backend;
+  char *full;
+  int rc = resolve(b, path, true, &full, err);
+  if (rc) return rc;
+  int fd = open(full, O_RDONLY | O_CLOEXEC);
+  struct stat sb;
+  if (fd < 0 || fstat(fd, &sb) != 0) {
+    int e = errno;
+    if (fd >= 0) close(fd);
+    rc = kaun__error_sys(err, e == ENOENT ? KAUN_ENOENT : KAUN_EIO, e, "cannot open '%s'", full);
+    free(full);
+    return rc;
+  }
+  if (S_ISDIR(sb.st_mode)) {
+    close(fd);
+    rc = kaun__error_set(err, KAUN_EISDIR, "'%s' is a directory", full);
+    free(full);
+    return rc;
+  }
+  if (!S_ISREG(sb.st_mode)) {
+    close(fd);
+    rc = kaun__error_set(err, KAUN_EINVAL, "'%s' is not a regular file", full);
+    free(full);
+    return rc;
+  }
+  file_object *o = calloc(1, sizeof *o);
+  if (!o) {
+    close(fd);
+    free(full);
+    return kaun__error_nomem(err, "opening a file");
+  }
+  o->fd = fd;
+  o->path = full;
+  o->size = (uint64_t)sb.st_size;
+  o->sb = sb;
+  *out = o;
+  return KAUN_OK;
+}
+
+static void file_close(void *object) {
+  file_object *o = object;
+  close(o->fd);
+  free(o->path);
+  free(o);
+}
+
+static int file_stat(void *object, kaun_stat *out, kaun_error *err) {
+  file_object *o = object;
+  (void)err;
+  out->size = o->size;
+  out->mtime = (int64_t)o->sb.st_mtime;
+  snprintf(out->etag, sizeof out->etag, "%llx-%llx-%lx", (unsigned long long)o->sb.st_ino,
+           (unsigned long long)o->size, (long)o->sb.st_mtim.tv_nsec ^ (long)o->sb.st_mtime);
+  char *real = realpath(o->path, NULL);
+  snprintf(out->local_path, sizeof out->local_path, "%s", real ? real : o->path);
+  free(real);
+  return KAUN_OK;
+}
+
+static int file_read(void *object, uint64_t offset, void *dst, size_t len, kaun_error *err) {
+  file_object *o = object;
+  if (offset > o->size || len > o->size - offset)
+    return kaun__error_set(err, KAUN_EIO, "'%s' has %llu bytes; cannot read %zu at offset %llu",
+                           o->path, (unsigned long long)o->size, len, (unsigned long long)offset);
+  if (kaun__pread_full(o->fd, dst, len, offset) != 0)
+    return kaun__error_sys(err, KAUN_EIO, errno, "reading %zu bytes at offset %llu of '%s' failed",
+                           len, (unsigned long long)offset, o->path);
+  return KAUN_OK;
+}
+
+static int file_map(void *object, const void **data, size_t *size, void **cookie, kaun_error *err) {
+  file_object *o = object;
+  file_mapping *m = calloc(1, sizeof *m);
+  if (!m) return kaun__error_nomem(err, "mapping a file");
+  m->size = (size_t)o->size;
+  if (m->size) {
+    m->data = mmap(NULL, m->size, PROT_READ, MAP_PRIVATE, o->fd, 0);
+    if (m->data == MAP_FAILED) {
+      int e = errno;
+      free(m);
+      return kaun__error_sys(err, KAUN_EIO, e, "cannot map '%s'", o->path);
+    }
+  }
+  *data = m->data;
+  *size = m->size;
+  *cookie = m;
+  return KAUN_OK;
+}
+
+static void file_unmap(void *backend, void *cookie) {
+  (void)backend;
+  file_mapping *m = cookie;
+  if (m->size) munmap(m->data, m->size);
+  free(m);
+}
+
+static int file_list(void *backend, const char *prefix, kaun_list_fn fn, void *context,
+                     kaun_error *err) {
+  file_backend *b = backend;
+  char *full;
+  int rc = resolve(b, *prefix || b->root ? prefix : ".", true, &full, err);
+  if (rc) return rc;
+  DIR *d = opendir(full);
+  if (!d) {
+    int e = errno;
+    rc = kaun__error_sys(err, e == ENOENT ? KAUN_ENOENT : KAUN_EIO, e, "cannot list '%s'", full);
+    free(full);
+    return rc;
+  }
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.') continue;
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/%s", full, e->d_name);
+    struct stat sb;
+    if (stat(p, &sb) != 0 || !S_ISREG(sb.st_mode)) continue;
+    if (fn(e->d_name, (uint64_t)sb.st_size, context)) break;
+  }
+  closedir(d);
+  free(full);
+  return KAUN_OK;
+}
+
+static int file_put(void *backend, const char *path, const kaun_put_source *src, kaun_error *err) {
+  char *full;
+  int rc = resolve(backend, path, false, &full, err);
+  if (rc) return rc;
+  rc = kaun_file_put_atomic(full, src, err);
+  free(full);
+  return rc;
+}
+
+static int file_remove(void *backend, const char *path, kaun_error *err) {
+  char *full;
+  int rc = resolve(backend, path, true, &full, err);
+  if (rc) return rc;
+  if (unlink(full) != 0) {
+    int e = errno;
+    rc = kaun__error_sys(err, e == ENOENT ? KAUN_ENOENT : KAUN_EIO, e, "cannot remove '%s'", full);
+  }
+  free(full);
+  return rc;
+}
+
+const kaun_plugin kaun__file_plugin = {
+    .abi_major = KAUN_PLUGIN_ABI_MAJOR,
+    .abi_minor = KAUN_PLUGIN_ABI_MINOR,
+    .struct_size = sizeof(kaun_plugin),
+    .name = "file",
+    .version = KAUN_VERSION_STRING,
+    .description = "SafeTensors local files",
+    .options = file_options,
+    .capabilities = KAUN_CAP_READ | KAUN_CAP_MAP | KAUN_CAP_LIST | KAUN_CAP_PUT | KAUN_CAP_REMOVE,
+    .create = file_create,
+    .destroy = file_destroy,
+    .open = file_open,
+    .close = file_close,
+    .stat = file_stat,
+    .read = file_read,
+    .map = file_map,
+    .unmap = file_unmap,
+    .list = file_list,
+    .put = file_put,
+    .remove = file_remove,
+};

@@ -1,0 +1,230 @@
+/* The plugin registry: loads plugins with dlopen, checks their ABI, and
+ * keeps them loaded while any instance of theirs lives.  This is kaun's
+ * only process-wide mutable state; a mutex guards it. */
+#include <dirent.h>
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "storage_internal.h"
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static kaun__plugin *loaded; /* dlopen'd plugins */
+static kaun__plugin builtin_file;
+static bool builtin_ready;
+
+/* Defaults for absent optional operations: "not supported", named. */
+static int no_map(void *o, const void **d, size_t *s, void **c, kaun_error *err) {
+  (void)o, (void)d, (void)s, (void)c;
+  return kaun__error_set(err, KAUN_ENOTSUP, "this backend cannot map objects");
+}
+static void no_unmap(void *b, void *c) { (void)b, (void)c; }
+static int no_list(void *b, const char *p, kaun_list_fn fn, void *ctx, kaun_error *err) {
+  (void)b, (void)fn, (void)ctx;
+  return kaun__error_set(err, KAUN_ENOTSUP, "this backend cannot list '%s'", p);
+}
+static int no_put(void *b, const char *p, const kaun_put_source *s, kaun_error *err) {
+  (void)b, (void)s;
+  return kaun__error_set(err, KAUN_ENOTSUP, "this backend cannot store objects ('%s')", p);
+}
+static int no_remove(void *b, const char *p, kaun_error *err) {
+  (void)b;
+  return kaun__error_set(err, KAUN_ENOTSUP, "this backend cannot remove objects ('%s')", p);
+}
+static int no_fetch(void *o, char *p, size_t n, kaun_error *err) {
+  (void)o, (void)p, (void)n;
+  return kaun__error_set(err, KAUN_ENOTSUP, "this backend has no local cache");
+}
+
+static bool valid_plugin_name(const char *s) {
+  if (!s || !(*s >= 'a' && *s <= 'z')) return false;
+  for (; *s; s++)
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_' || *s == '-'))
+      return false;
+  return true;
+}
+
+int kaun__plugin_check(const kaun_plugin *d, size_t reported_size, const char *path,
+                       kaun_plugin *out, kaun_error *err) {
+  (void)reported_size;
+  if (d->abi_major != KAUN_PLUGIN_ABI_MAJOR)
+    return kaun__error_set(err, KAUN_EABI,
+                           "plugin '%s' was built for ABI %u, this kaun speaks ABI %u; rebuild "
+                           "it against this kaun's <kaun/plugin.h>",
+                           path, d->abi_major, KAUN_PLUGIN_ABI_MAJOR);
+  if (d->abi_minor > KAUN_PLUGIN_ABI_MINOR)
+    return kaun__error_set(err, KAUN_EABI,
+                           "plugin '%s' needs ABI %u.%u, newer than this kaun's %u.%u; upgrade "
+                           "kaun or use an older build of the plugin",
+                           path, d->abi_major, d->abi_minor, KAUN_PLUGIN_ABI_MAJOR,
+                           KAUN_PLUGIN_ABI_MINOR);
+  if (d->struct_size < KAUN_PLUGIN_SIZE_1_0)
+    return kaun__error_set(err, KAUN_EABI,
+                           "plugin '%s' has a descriptor of %zu bytes, smaller than ABI %u.%u's "
+                           "%zu: it is corrupt or not a kaun plugin",
+                           path, d->struct_size, d->abi_major, d->abi_minor,
+                           (size_t)KAUN_PLUGIN_SIZE_1_0);
+  if (!valid_plugin_name(d->name))
+    return kaun__error_set(err, KAUN_EPLUGIN,
+                           "plugin '%s' has an invalid name (lowercase letters, digits, '-' "
+                           "and '_', starting with a letter)",
+                           path);
+  const char *missing = !d->create    ? "create"
+                        : !d->destroy ? "destroy"
+                        : !d->open    ? "open"
+                        : !d->close   ? "close"
+                        : !d->stat    ? "stat"
+                        : !d->read    ? "read"
+                                      : NULL;
+  if (missing)
+    return kaun__error_set(err, KAUN_EPLUGIN, "plugin '%s' (%s) lacks the mandatory operation '%s'",
+                           path, d->name, missing);
+  /* copy what this version of the struct has; newer fields we do not know */
+  memset(out, 0, sizeof *out);
+  memcpy(out, d, d->struct_size < sizeof *out ? d->struct_size : sizeof *out);
+  out->struct_size = sizeof *out;
+  if (!out->map || !(out->capabilities & KAUN_CAP_MAP)) out->map = no_map;
+  if (!out->unmap) out->unmap = no_unmap;
+  if (!out->list || !(out->capabilities & KAUN_CAP_LIST)) out->list = no_list;
+  if (!out->put || !(out->capabilities & KAUN_CAP_PUT)) out->put = no_put;
+  if (!out->remove || !(out->capabilities & KAUN_CAP_REMOVE)) out->remove = no_remove;
+  if (!out->fetch || !(out->capabilities & KAUN_CAP_FETCH)) out->fetch = no_fetch;
+  out->capabilities |= KAUN_CAP_READ;
+  return KAUN_OK;
+}
+
+static kaun__plugin *builtin(void) {
+  /* called with the lock held */
+  if (!builtin_ready) {
+    if (kaun__plugin_check(&kaun__file_plugin, sizeof kaun__file_plugin, "(built-in)",
+                           &builtin_file.ops, NULL) != KAUN_OK)
+      abort(); /* a bug in kaun itself */
+    builtin_file.path = "(built-in)";
+    builtin_ready = true;
+  }
+  return &builtin_file;
+}
+
+static kaun__plugin *find_loaded(const char *name) {
+  if (strcmp(name, "file") == 0) return builtin();
+  for (kaun__plugin *p = loaded; p; p = p->next)
+    if (strcmp(p->ops.name, name) == 0) return p;
+  return NULL;
+}
+
+/* Loads `path` with the lock held. */
+static int load_locked(const char *path, kaun__plugin **out, kaun_error *err) {
+  for (kaun__plugin *p = loaded; p; p = p->next)
+    if (strcmp(p->path, path) == 0) {
+      atomic_fetch_add(&p->refs, 1);
+      *out = p;
+      return KAUN_OK;
+    }
+  dlerror();
+  void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!dl) {
+    const char *why = dlerror(); /* copied at once, before anything else runs */
+    return kaun__error_set(err, KAUN_EPLUGIN, "cannot load plugin '%s': %s", path,
+                           why ? why : "unknown dlopen error");
+  }
+  dlerror();
+  void *sym = dlsym(dl, KAUN_PLUGIN_ENTRY);
+  const char *why = dlerror();
+  if (!sym || why) {
+    dlclose(dl);
+    return kaun__error_set(err, KAUN_EPLUGIN,
+                           "'%s' is not a kaun plugin: no entry symbol " KAUN_PLUGIN_ENTRY, path);
+  }
+  kaun_plugin_entry_fn entry;
+  memcpy(&entry, &sym, sizeof entry);
+  const kaun_plugin *desc = entry();
+  kaun__plugin *p = calloc(1, sizeof *p);
+  int rc = KAUN_OK;
+  if (!desc) {
+    rc = kaun__error_set(err, KAUN_EPLUGIN, "plugin '%s' returned no descriptor", path);
+  } else if (!p || !(p->path = strdup(path))) {
+    rc = kaun__error_nomem(err, "loading a plugin");
+  } else if ((rc = kaun__plugin_check(desc, desc->struct_size, path, &p->ops, err)) == KAUN_OK) {
+    kaun__plugin *other = find_loaded(p->ops.name);
+    if (other)
+      rc = kaun__error_set(err, KAUN_EPLUGIN,
+                           "plugin '%s' is named '%s', a name already taken by '%s'", path,
+                           p->ops.name, other->path);
+  }
+  if (rc) {
+    if (p) free(p->path);
+    free(p);
+    dlclose(dl);
+    return rc;
+  }
+  p->dl = dl;
+  atomic_init(&p->refs, 1);
+  p->next = loaded;
+  loaded = p;
+  *out = p;
+  return KAUN_OK;
+}
+
+int kaun__plugin_by_path(const char *path, kaun__plugin **out, kaun_error *err) {
+  pthread_mutex_lock(&registry_lock);
+  int rc = load_locked(path, out, err);
+  pthread_mutex_unlock(&registry_lock);
+  return rc;
+}
+
+int kaun__plugin_by_name(const char *name, char *const *dirs, size_t ndirs, kaun__plugin **out,
+                         kaun_error *err) {
+  *out = NULL;
+  pthread_mutex_lock(&registry_lock);
+  kaun__plugin *p = find_loaded(name);
+  if (p) {
+    atomic_fetch_add(&p->refs, 1);
+    pthread_mutex_unlock(&registry_lock);
+    *out = p;
+    return KAUN_OK;
+  }
+  kaun__strbuf looked = {0};
+  int rc = KAUN_EPLUGIN;
+  bool found = false;
+  for (size_t i = 0; i < ndirs && !found; i++) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s.so", dirs[i], name);
+    kaun__strbuf_printf(&looked, "%s%s", looked.len ? ", " : "", dirs[i]);
+    struct stat sb;
+    if (stat(path, &sb) != 0) continue;
+    found = true;
+    rc = load_locked(path, out, err);
+    if (rc == KAUN_OK && strcmp((*out)->ops.name, name) != 0) {
+      rc = kaun__error_set(err, KAUN_EPLUGIN, "'%s' holds the plugin '%s', not '%s'", path,
+                           (*out)->ops.name, name);
+      p = *out;
+      *out = NULL;
+    }
+  }
+  pthread_mutex_unlock(&registry_lock);
+  if (p) kaun__plugin_unref(p);
+  if (!found)
+    kaun__error_set(err, KAUN_EPLUGIN, "no plugin '%s' (%s.so) in the plugin path: %s", name, name,
+                    looked.len ? looked.data : "(empty)");
+  kaun__strbuf_free(&looked);
+  return rc;
+}
+
+void kaun__plugin_unref(kaun__plugin *p) {
+  if (!p || !p->dl) return; /* built-ins stay */
+  pthread_mutex_lock(&registry_lock);
+  if (atomic_fetch_sub(&p->refs, 1) == 1) {
+    for (kaun__plugin **pp = &loaded; *pp; pp = &(*pp)->next)
+      if (*pp == p) {
+        *pp = p->next;
+        break;
+      }
+    dlclose(p->dl);
+    free(p->path);
+    free(p);
+  }
+  pthread_mutex_unlock(&registry_lock);
+}

@@ -1,0 +1,889 @@
+/* Contexts, URIs, backend instances, objects and mirrors. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "storage_internal.h"
+
+#ifndef KAUN_PLUGINDIR
+#define KAUN_PLUGINDIR "/usr/local/lib/kaun/plugins"
+#endif
+
+#define MAX_NESTING 16
+
+struct kaun_context {
+  kaun__config cfg;
+  size_t ndirs;
+  char **dirs;
+  char **dir_origins;
+  kaun__plugin **plugins; /* one per configured backend */
+  pthread_mutex_t lock;
+  size_t ninstances;
+  kaun__instance **instances;
+};
+
+struct kaun_object {
+  kaun__instance *inst;
+  void *handle;
+  char *uri;
+  kaun_object *inner;
+};
+
+/* How deep URI opening has recursed on this thread (an index whose URI
+ * leads back to itself must fail, not overflow the stack). */
+static _Thread_local int open_depth;
+
+int kaun_error_set(kaun_error *err, int code, const char *fmt, ...) {
+  if (!err) return code;
+  va_list ap;
+  va_start(ap, fmt);
+  err->code = code;
+  err->sys_errno = 0;
+  err->http_status = 0;
+  vsnprintf(err->message, sizeof err->message, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+/* ---- URIs ---------------------------------------------------------------------- */
+
+void kaun_uri_free(kaun_uri *u) {
+  if (!u) return;
+  free(u->scheme);
+  free(u->path);
+  kaun_uri_free(u->inner);
+  free(u);
+}
+
+int kaun_uri_parse(const char *text, kaun_uri **out, kaun_error *err) {
+  *out = NULL;
+  if (!text || !*text) return kaun__error_set(err, KAUN_EURI, "an empty string is not a URI");
+  kaun_uri *u = calloc(1, sizeof *u);
+  if (!u) return kaun__error_nomem(err, "parsing a URI");
+  int rc = KAUN_OK;
+  const char *sep = strstr(text, "://");
+  const char *slash = strchr(text, '/');
+  if (!sep || (slash && slash < sep)) {
+    /* a plain path: /abs, ./rel, rel/ative */
+    u->scheme = strdup("file");
+    u->path = strdup(text);
+    if (!u->scheme || !u->path) rc = kaun__error_nomem(err, "parsing a URI");
+    goto done;
+  }
+  size_t slen = (size_t)(sep - text);
+  bool ok = slen > 0 && text[0] >= 'a' && text[0] <= 'z';
+  for (size_t i = 0; ok && i < slen; i++) {
+    char c = text[i];
+    ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.' ||
+         c == '_';
+  }
+  if (!ok) {
+    rc = kaun__error_set(err, KAUN_EURI,
+                         "'%s': the scheme must be lowercase letters, digits, '+', '-', '.' or "
+                         "'_', starting with a letter",
+                         text);
+    goto done;
+  }
+  const char *rest = sep + 3;
+  const char *chain = strstr(rest, "::");
+  size_t plen = chain ? (size_t)(chain - rest) : strlen(rest);
+  u->scheme = strndup(text, slen);
+  u->path = strndup(rest, plen);
+  if (!u->scheme || !u->path) {
+    rc = kaun__error_nomem(err, "parsing a URI");
+    goto done;
+  }
+  if (chain) {
+    if (!chain[2]) {
+      rc = kaun__error_set(err, KAUN_EURI, "'%s': nothing follows '::' (want MEMBER::OUTER-URI)",
+                           text);
+      goto done;
+    }
+    if ((rc = kaun_uri_parse(chain + 2, &u->inner, err))) goto done;
+  }
+  if (strcmp(u->scheme, "file") == 0) {
+    if (u->path[0] != '/') {
+      rc = kaun__error_set(err, KAUN_EURI,
+                           "'%s': a file URI names an absolute path (file:///abs/path); "
+                           "file://HOST/ is not supported",
+                           text);
+      goto done;
+    }
+  }
+  if (!*u->path && !u->inner && strcmp(u->scheme, "file") != 0) {
+    /* "scheme://" alone: the backend's root; allowed, the backend decides */
+  }
+done:
+  if (rc) {
+    kaun_uri_free(u);
+    return rc;
+  }
+  *out = u;
+  return KAUN_OK;
+}
+
+/* ---- options ------------------------------------------------------------------- */
+
+const kaun_option_spec *kaun__option_spec(const kaun_option_spec *specs, const char *name) {
+  for (const kaun_option_spec *s = specs; s && s->name; s++)
+    if (strcmp(s->name, name) == 0) return s;
+  return NULL;
+}
+
+void kaun__options_free(kaun_options *o) {
+  for (size_t i = 0; i < o->count; i++) {
+    free(o->names[i]);
+    if (o->values[i]) {
+      memset(o->values[i], 0, strlen(o->values[i])); /* secrets do not linger */
+      free(o->values[i]);
+    }
+  }
+  free(o->names);
+  free(o->values);
+  memset(o, 0, sizeof *o);
+}
+
+const char *kaun_options_get(const kaun_options *o, const char *name) {
+  for (size_t i = 0; i < o->count; i++)
+    if (strcmp(o->names[i], name) == 0) return o->values[i];
+  const kaun_option_spec *s = kaun__option_spec(o->specs, name);
+  return s ? s->default_value : NULL;
+}
+
+int64_t kaun_options_get_int(const kaun_options *o, const char *name, int64_t fallback) {
+  const char *v = kaun_options_get(o, name);
+  if (!v) return fallback;
+  char *end;
+  long long x = strtoll(v, &end, 10);
+  return *end ? fallback : (int64_t)x;
+}
+
+int kaun_options_get_bool(const kaun_options *o, const char *name, int fallback) {
+  const char *v = kaun_options_get(o, name);
+  if (!v) return fallback;
+  if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0) return 1;
+  if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0) return 0;
+  return fallback;
+}
+
+/* Reads "env:NAME" or "file:PATH" for a secret option; other text is the
+ * value itself.  Messages name the key, never the secret. */
+static int resolve_secret(const char *cfg_path, const char *key, const char *raw, char **out,
+                          kaun_error *err) {
+  if (strncmp(raw, "env:", 4) == 0) {
+    const char *v = getenv(raw + 4);
+    if (!v)
+      return kaun__error_set(err, KAUN_ECONFIG,
+                             "%s: %s refers to the environment variable %s, which is not set",
+                             cfg_path, key, raw + 4);
+    *out = strdup(v);
+  } else if (strncmp(raw, "file:", 5) == 0) {
+    size_t len;
+    int rc = kaun__read_small_file(raw + 5, 1 << 20, out, &len, err);
+    if (rc)
+      return kaun__error_set(err, KAUN_ECONFIG,
+                             "%s: %s refers to the file %s, which cannot be read", cfg_path, key,
+                             raw + 5);
+    while (len && ((*out)[len - 1] == '\n' || (*out)[len - 1] == '\r')) (*out)[--len] = '\0';
+  } else {
+    *out = strdup(raw);
+  }
+  return *out ? KAUN_OK : kaun__error_nomem(err, "reading a secret");
+}
+
+/* Checks a backend's settings against its plugin's options. */
+static int validate_backend(const kaun__config *cfg, const kaun__backend_conf *b,
+                            const kaun__plugin *p, kaun_error *err) {
+  const kaun_option_spec *specs = p->ops.options;
+  for (size_t i = 0; i < b->count; i++) {
+    const kaun__setting *s = &b->settings[i];
+    const kaun_option_spec *spec = kaun__option_spec(specs, s->key);
+    if (!spec) {
+      kaun__strbuf known = {0};
+      for (const kaun_option_spec *o = specs; o && o->name; o++)
+        kaun__strbuf_printf(&known, "%s%s", known.len ? ", " : "", o->name);
+      kaun__error_set(err, KAUN_ECONFIG,
+                      "%s: line %u: backends.%s.%s is not an option of the '%s' plugin (its "
+                      "options: %s)",
+                      cfg->path, s->line, b->name, s->key, p->ops.name,
+                      known.len ? known.data : "none");
+      kaun__strbuf_free(&known);
+      return KAUN_ECONFIG;
+    }
+    if (spec->type != s->type) {
+      static const char *names[] = {"a string", "an integer", "a boolean"};
+      return kaun__error_set(err, KAUN_ECONFIG, "%s: line %u: backends.%s.%s must be %s", cfg->path,
+                             s->line, b->name, s->key, names[spec->type]);
+    }
+    if (spec->type == KAUN_OPTION_INT && strpbrk(s->value, ".eE"))
+      return kaun__error_set(err, KAUN_ECONFIG, "%s: line %u: backends.%s.%s must be an integer",
+                             cfg->path, s->line, b->name, s->key);
+  }
+  for (const kaun_option_spec *o = specs; o && o->name; o++) {
+    if (!o->required) continue;
+    bool given = false;
+    for (size_t i = 0; i < b->count; i++) given |= strcmp(b->settings[i].key, o->name) == 0;
+    if (!given)
+      return kaun__error_set(err, KAUN_ECONFIG,
+                             "%s: line %u: backends.%s.%s is missing: the '%s' plugin needs it "
+                             "(%s)",
+                             cfg->path, b->line, b->name, o->name, p->ops.name,
+                             o->help ? o->help : "no help");
+  }
+  return KAUN_OK;
+}
+
+/* ---- contexts ------------------------------------------------------------------- */
+
+static int add_dir(kaun_context *ctx, const char *dir, const char *origin) {
+  char **d = realloc(ctx->dirs, (ctx->ndirs + 1) * sizeof *d);
+  if (!d) return KAUN_ENOMEM;
+  ctx->dirs = d;
+  char **o = realloc(ctx->dir_origins, (ctx->ndirs + 1) * sizeof *o);
+  if (!o) return KAUN_ENOMEM;
+  ctx->dir_origins = o;
+  ctx->dirs[ctx->ndirs] = strdup(dir);
+  ctx->dir_origins[ctx->ndirs] = strdup(origin);
+  if (!ctx->dirs[ctx->ndirs] || !ctx->dir_origins[ctx->ndirs]) {
+    free(ctx->dirs[ctx->ndirs]);
+    free(ctx->dir_origins[ctx->ndirs]);
+    return KAUN_ENOMEM;
+  }
+  ctx->ndirs++;
+  return KAUN_OK;
+}
+
+static bool file_exists(const char *p) {
+  struct stat sb;
+  return stat(p, &sb) == 0;
+}
+
+/* Finds the config file: returns KAUN_OK with *path NULL for defaults. */
+static int find_config(const char *explicit_path, char *path, size_t size, const char **origin,
+                       kaun_error *err) {
+  path[0] = '\0';
+  const char *env = getenv("KAUN_CONFIG");
+  if (explicit_path) {
+    snprintf(path, size, "%s", explicit_path);
+    *origin = "given by the program";
+  } else if (env && *env) {
+    if (!file_exists(env))
+      return kaun__error_set(err, KAUN_ENOENT, "KAUN_CONFIG names '%s', which does not exist", env);
+    snprintf(path, size, "%s", env);
+    *origin = "$KAUN_CONFIG";
+  } else {
+    const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+    if (xdg && *xdg)
+      snprintf(path, size, "%s/kaun/config.json", xdg);
+    else if (home && *home)
+      snprintf(path, size, "%s/.config/kaun/config.json", home);
+    *origin = xdg && *xdg ? "$XDG_CONFIG_HOME" : "~/.config";
+    if (!path[0] || !file_exists(path)) {
+      snprintf(path, size, "/etc/kaun/config.json");
+      *origin = "/etc";
+      if (!file_exists(path)) path[0] = '\0';
+    }
+  }
+  return KAUN_OK;
+}
+
+int kaun_context_new(const char *config_path, kaun_context **out, kaun_error *err) {
+  *out = NULL;
+  kaun_context *ctx = calloc(1, sizeof *ctx);
+  if (!ctx) return kaun__error_nomem(err, "creating a context");
+  pthread_mutex_init(&ctx->lock, NULL);
+  char path[4096];
+  const char *origin = NULL;
+  int rc = find_config(config_path, path, sizeof path, &origin, err);
+  if (!rc && path[0]) rc = kaun__config_read(path, origin, &ctx->cfg, err);
+  if (rc) goto fail;
+  /* the plugin search path: environment, config, install directory */
+  const char *env = getenv("KAUN_PLUGIN_PATH");
+  if (env) {
+    char *copy = strdup(env), *save = NULL;
+    if (!copy) rc = KAUN_ENOMEM;
+    for (char *d = copy ? strtok_r(copy, ":", &save) : NULL; d && !rc;
+         d = strtok_r(NULL, ":", &save))
+      rc = add_dir(ctx, d, "$KAUN_PLUGIN_PATH");
+    free(copy);
+  }
+  for (size_t i = 0; i < ctx->cfg.ndirs && !rc; i++) {
+    char origin_text[4200];
+    snprintf(origin_text, sizeof origin_text, "%s:%u", ctx->cfg.path, ctx->cfg.dir_lines[i]);
+    rc = add_dir(ctx, ctx->cfg.plugin_dirs[i], origin_text);
+  }
+  if (!rc) rc = add_dir(ctx, KAUN_PLUGINDIR, "install directory");
+  if (rc) {
+    rc = kaun__error_nomem(err, "creating a context");
+    goto fail;
+  }
+  /* load and validate every configured backend's plugin now */
+  ctx->plugins = calloc(ctx->cfg.nbackends + 1, sizeof *ctx->plugins);
+  if (!ctx->plugins) {
+    rc = kaun__error_nomem(err, "creating a context");
+    goto fail;
+  }
+  for (size_t i = 0; i < ctx->cfg.nbackends; i++) {
+    kaun__backend_conf *b = &ctx->cfg.backends[i];
+    rc = strchr(b->plugin, '/')
+             ? kaun__plugin_by_path(b->plugin, &ctx->plugins[i], err)
+             : kaun__plugin_by_name(b->plugin, ctx->dirs, ctx->ndirs, &ctx->plugins[i], err);
+    if (rc) {
+      kaun__error_prefix(err, "%s: line %u: backends.%s.plugin: ", ctx->cfg.path, b->line, b->name);
+      if (rc == KAUN_EPLUGIN) rc = KAUN_ECONFIG; /* the config names a plugin that is not there */
+      if (err) err->code = rc;
+      goto fail;
+    }
+    if ((rc = validate_backend(&ctx->cfg, b, ctx->plugins[i], err))) goto fail;
+  }
+  *out = ctx;
+  return KAUN_OK;
+fail:
+  kaun_context_free(ctx);
+  return rc;
+}
+
+void kaun_context_free(kaun_context *ctx) {
+  if (!ctx) return;
+  for (size_t i = 0; i < ctx->ninstances; i++) kaun__instance_unref(ctx->instances[i]);
+  free(ctx->instances);
+  for (size_t i = 0; i < ctx->cfg.nbackends; i++) kaun__plugin_unref(ctx->plugins[i]);
+  free(ctx->plugins);
+  for (size_t i = 0; i < ctx->ndirs; i++) {
+    free(ctx->dirs[i]);
+    free(ctx->dir_origins[i]);
+  }
+  free(ctx->dirs);
+  free(ctx->dir_origins);
+  kaun__config_free(&ctx->cfg);
+  pthread_mutex_destroy(&ctx->lock);
+  free(ctx);
+}
+
+const char *kaun_context_config_path(const kaun_context *ctx) { return ctx->cfg.path; }
+
+int kaun_context_describe(const kaun_context *ctx, char **out, kaun_error *err) {
+  kaun__strbuf sb = {0};
+  const kaun__config *c = &ctx->cfg;
+  if (c->path)
+    kaun__strbuf_printf(&sb, "config_file = %s\t(found via %s)\n", c->path, c->origin);
+  else
+    kaun__strbuf_puts(&sb, "config_file = (none: defaults)\n");
+  for (size_t i = 0; i < ctx->ndirs; i++)
+    kaun__strbuf_printf(&sb, "plugin_dirs[%zu] = %s\t(%s)\n", i, ctx->dirs[i], ctx->dir_origins[i]);
+  if (c->cache_dir)
+    kaun__strbuf_printf(&sb, "cache_dir = %s\t(%s:%u)\n", c->cache_dir, c->path, c->cache_line);
+  else
+    kaun__strbuf_puts(&sb, "cache_dir = (default)\t(default)\n");
+  kaun__strbuf_puts(&sb, "backends.file.plugin = file\t(built-in)\n");
+  for (size_t i = 0; i < c->nbackends; i++) {
+    const kaun__backend_conf *b = &c->backends[i];
+    const kaun__plugin *p = ctx->plugins[i];
+    kaun__strbuf_printf(&sb, "backends.%s.plugin = %s\t(%s:%u; loaded from %s)\n", b->name,
+                        p->ops.name, c->path, b->line, p->path);
+    for (const kaun_option_spec *o = p->ops.options; o && o->name; o++) {
+      const kaun__setting *s = NULL;
+      for (size_t k = 0; k < b->count; k++)
+        if (strcmp(b->settings[k].key, o->name) == 0) s = &b->settings[k];
+      const char *value = s ? s->value : o->default_value;
+      bool is_ref = value && (strncmp(value, "env:", 4) == 0 || strncmp(value, "file:", 5) == 0);
+      if (o->secret && value && !is_ref) value = "********";
+      if (s)
+        kaun__strbuf_printf(&sb, "backends.%s.%s = %s\t(%s:%u)\n", b->name, o->name, value, c->path,
+                            s->line);
+      else
+        kaun__strbuf_printf(&sb, "backends.%s.%s = %s\t(default)\n", b->name, o->name,
+                            value ? value : "(unset)");
+    }
+  }
+  for (size_t i = 0; i < c->nmirrors; i++) {
+    kaun__strbuf_printf(&sb, "mirrors.%s = ", c->mirrors[i].prefix);
+    for (size_t k = 0; k < c->mirrors[i].count; k++)
+      kaun__strbuf_printf(&sb, "%s%s", k ? ", " : "", c->mirrors[i].targets[k]);
+    kaun__strbuf_printf(&sb, "\t(%s:%u)\n", c->path, c->mirrors[i].line);
+  }
+  if (sb.failed) {
+    kaun__strbuf_free(&sb);
+    return kaun__error_nomem(err, "describing the config");
+  }
+  *out = sb.data;
+  return KAUN_OK;
+}
+
+/* ---- backend instances ------------------------------------------------------------ */
+
+void kaun__instance_unref(kaun__instance *inst) {
+  if (!inst || atomic_fetch_sub(&inst->refs, 1) != 1) return;
+  inst->plugin->ops.destroy(inst->backend);
+  kaun__options_free(&inst->options);
+  kaun__plugin_unref(inst->plugin);
+  free(inst->name);
+  free(inst);
+}
+
+static int build_options(const kaun_context *ctx, const kaun__backend_conf *b,
+                         const kaun__plugin *p, kaun_options *o, kaun_error *err) {
+  o->specs = p->ops.options;
+  size_t n = b ? b->count : 0;
+  o->names = calloc(n + 1, sizeof *o->names);
+  o->values = calloc(n + 1, sizeof *o->values);
+  if (!o->names || !o->values) return kaun__error_nomem(err, "building options");
+  for (size_t i = 0; i < n; i++) {
+    const kaun__setting *s = &b->settings[i];
+    const kaun_option_spec *spec = kaun__option_spec(p->ops.options, s->key);
+    char key[512];
+    snprintf(key, sizeof key, "backends.%s.%s", b->name, s->key);
+    if (!(o->names[o->count] = strdup(s->key))) return kaun__error_nomem(err, "building options");
+    o->count++;
+    int rc = spec && spec->secret
+                 ? resolve_secret(ctx->cfg.path, key, s->value, &o->values[o->count - 1], err)
+                 : ((o->values[o->count - 1] = strdup(s->value))
+                        ? KAUN_OK
+                        : kaun__error_nomem(err, "building options"));
+    if (rc) return rc;
+  }
+  if (!b)
+    for (const kaun_option_spec *s = p->ops.options; s && s->name; s++)
+      if (s->required)
+        return kaun__error_set(err, KAUN_ECONFIG,
+                               "the '%s' backend needs the option '%s' (%s): add backends.%s.%s "
+                               "to %s",
+                               p->ops.name, s->name, s->help ? s->help : "no help", p->ops.name,
+                               s->name, ctx->cfg.path ? ctx->cfg.path : "a config file");
+  return KAUN_OK;
+}
+
+/* The instance answering to `scheme`, created on first use.  Takes a ref. */
+static int get_instance(kaun_context *ctx, const char *scheme, kaun__instance **out,
+                        kaun_error *err) {
+  *out = NULL;
+  pthread_mutex_lock(&ctx->lock);
+  for (size_t i = 0; i < ctx->ninstances; i++)
+    if (strcmp(ctx->instances[i]->name, scheme) == 0) {
+      *out = ctx->instances[i];
+      atomic_fetch_add(&(*out)->refs, 1);
+      pthread_mutex_unlock(&ctx->lock);
+      return KAUN_OK;
+    }
+  pthread_mutex_unlock(&ctx->lock);
+  const kaun__backend_conf *conf = NULL;
+  kaun__plugin *plugin = NULL;
+  int rc;
+  for (size_t i = 0; i < ctx->cfg.nbackends; i++)
+    if (strcmp(ctx->cfg.backends[i].name, scheme) == 0) {
+      conf = &ctx->cfg.backends[i];
+      plugin = ctx->plugins[i];
+    }
+  if (plugin) {
+    rc = strchr(conf->plugin, '/')
+             ? kaun__plugin_by_path(conf->plugin, &plugin, err)
+             : kaun__plugin_by_name(conf->plugin, ctx->dirs, ctx->ndirs, &plugin, err);
+  } else {
+    rc = kaun__plugin_by_name(scheme, ctx->dirs, ctx->ndirs, &plugin, err);
+    if (rc == KAUN_EPLUGIN && err && strstr(err->message, "no plugin '")) {
+      char why[KAUN_ERROR_MESSAGE_MAX];
+      snprintf(why, sizeof why, "%s", err->message);
+      rc = kaun__error_set(err, KAUN_EBACKEND,
+                           "no backend answers to '%s://': configure backends.%s in %s, or install "
+                           "a plugin named '%s' (%s)",
+                           scheme, scheme, ctx->cfg.path ? ctx->cfg.path : "a config file", scheme,
+                           why);
+    }
+  }
+  if (rc) return rc;
+  kaun__instance *inst = calloc(1, sizeof *inst);
+  if (!inst || !(inst->name = strdup(scheme))) {
+    free(inst);
+    kaun__plugin_unref(plugin);
+    return kaun__error_nomem(err, "creating a backend");
+  }
+  inst->plugin = plugin;
+  atomic_init(&inst->refs, 1);
+  rc = build_options(ctx, conf, plugin, &inst->options, err);
+  if (!rc) {
+    rc = plugin->ops.create(ctx, scheme, &inst->options, &inst->backend, err);
+    if (rc) kaun__error_prefix(err, "backend '%s' (plugin %s): ", scheme, plugin->ops.name);
+  }
+  if (rc) {
+    kaun__options_free(&inst->options);
+    kaun__plugin_unref(plugin);
+    free(inst->name);
+    free(inst);
+    return rc;
+  }
+  pthread_mutex_lock(&ctx->lock);
+  for (size_t i = 0; i < ctx->ninstances; i++)
+    if (strcmp(ctx->instances[i]->name, scheme) == 0) { /* another thread won the race */
+      kaun__instance *theirs = ctx->instances[i];
+      atomic_fetch_add(&theirs->refs, 1);
+      pthread_mutex_unlock(&ctx->lock);
+      kaun__instance_unref(inst);
+      *out = theirs;
+      return KAUN_OK;
+    }
+  kaun__instance **grown = realloc(ctx->instances, (ctx->ninstances + 1) * sizeof *grown);
+  if (!grown) {
+    pthread_mutex_unlock(&ctx->lock);
+    kaun__instance_unref(inst);
+    return kaun__error_nomem(err, "creating a backend");
+  }
+  ctx->instances = grown;
+  ctx->instances[ctx->ninstances++] = inst; /* the context's reference */
+  atomic_fetch_add(&inst->refs, 1);         /* the caller's */
+  pthread_mutex_unlock(&ctx->lock);
+  *out = inst;
+  return KAUN_OK;
+}
+
+/* ---- objects --------------------------------------------------------------------- */
+
+static int open_parsed(kaun_context *ctx, const kaun_uri *u, const char *text, kaun_object **out,
+                       kaun_error *err) {
+  kaun_object *inner = NULL;
+  int rc;
+  if (u->inner) {
+    char *inner_text = strstr(text, "::");
+    if ((rc = kaun_object_open(ctx, inner_text + 2, &inner, err))) return rc;
+  }
+  kaun__instance *inst;
+  if ((rc = get_instance(ctx, u->scheme, &inst, err))) {
+    kaun_object_close(inner);
+    return rc;
+  }
+  if (inner && !(inst->plugin->ops.capabilities & KAUN_CAP_STACKED)) {
+    kaun_object_close(inner);
+    kaun__instance_unref(inst);
+    return kaun__error_set(err, KAUN_EURI,
+                           "'%s': the '%s' backend does not read through another object ('::')",
+                           text, inst->name);
+  }
+  kaun_object *o = calloc(1, sizeof *o);
+  if (!o || !(o->uri = strdup(text))) {
+    free(o);
+    kaun_object_close(inner);
+    kaun__instance_unref(inst);
+    return kaun__error_nomem(err, "opening an object");
+  }
+  o->inst = inst;
+  o->inner = inner;
+  rc = inst->plugin->ops.open(inst->backend, u->path, inner, &o->handle, err);
+  if (rc) {
+    o->handle = NULL;
+    kaun_object_close(o);
+    return rc;
+  }
+  *out = o;
+  return KAUN_OK;
+}
+
+static int open_direct(kaun_context *ctx, const char *uri, kaun_object **out, kaun_error *err) {
+  kaun_uri *u;
+  int rc = kaun_uri_parse(uri, &u, err);
+  if (rc) return rc;
+  if (++open_depth > MAX_NESTING) {
+    rc = kaun__error_set(err, KAUN_EURI, "'%s': opening it leads through more than %d backends",
+                         uri, MAX_NESTING);
+  } else {
+    rc = open_parsed(ctx, u, uri, out, err);
+  }
+  open_depth--;
+  kaun_uri_free(u);
+  return rc;
+}
+
+static const kaun__mirror *find_mirror(const kaun_context *ctx, const char *uri) {
+  const kaun__mirror *best = NULL;
+  for (size_t i = 0; i < ctx->cfg.nmirrors; i++) {
+    const kaun__mirror *m = &ctx->cfg.mirrors[i];
+    if (strncmp(uri, m->prefix, strlen(m->prefix)) == 0 &&
+        (!best || strlen(m->prefix) > strlen(best->prefix)))
+      best = m;
+  }
+  return best;
+}
+
+int kaun_object_open(kaun_context *ctx, const char *uri, kaun_object **out, kaun_error *err) {
+  *out = NULL;
+  const kaun__mirror *m = find_mirror(ctx, uri);
+  if (!m) return open_direct(ctx, uri, out, err);
+  kaun__strbuf tried = {0};
+  kaun_error first = KAUN_ERROR_INIT;
+  int rc = KAUN_ENOENT;
+  for (size_t i = 0; i < m->count; i++) {
+    kaun__strbuf cand = {0};
+    kaun__strbuf_puts(&cand, m->targets[i]);
+    kaun__strbuf_puts(&cand, uri + strlen(m->prefix));
+    if (cand.failed) {
+      kaun__strbuf_free(&cand);
+      rc = kaun__error_nomem(err, "trying mirrors");
+      break;
+    }
+    kaun_error e = KAUN_ERROR_INIT;
+    rc = open_direct(ctx, cand.data, out, &e);
+    kaun__strbuf_printf(&tried, "%s%s", tried.len ? ", " : "", cand.data);
+    kaun__strbuf_free(&cand);
+    if (rc == KAUN_OK) break;
+    if (!first.code) first = e;
+    if (rc == KAUN_EISDIR) { /* a folder is an answer, not a failure to fall through */
+      if (err) *err = e;
+      break;
+    }
+  }
+  if (rc && rc != KAUN_EISDIR) {
+    kaun__error_set(err, first.code,
+                    "no mirror of '%s' could open it (tried %s); the first said: %s", uri,
+                    tried.data ? tried.data : "nothing", first.message);
+    rc = first.code;
+  }
+  kaun__strbuf_free(&tried);
+  return rc;
+}
+
+void kaun_object_close(kaun_object *o) {
+  if (!o) return;
+  if (o->handle) o->inst->plugin->ops.close(o->handle);
+  kaun__instance_unref(o->inst);
+  kaun_object_close(o->inner);
+  free(o->uri);
+  free(o);
+}
+
+const char *kaun_object_uri(const kaun_object *o) { return o->uri; }
+
+int kaun_object_stat(kaun_object *o, kaun_stat *out, kaun_error *err) {
+  kaun_stat tmp;
+  memset(&tmp, 0, sizeof tmp);
+  tmp.struct_size = sizeof tmp;
+  int rc = o->inst->plugin->ops.stat(o->handle, &tmp, err);
+  if (rc) return rc;
+  size_t n = out->struct_size && out->struct_size < sizeof tmp ? out->struct_size : sizeof tmp;
+  memcpy(out, &tmp, n);
+  out->struct_size = n;
+  return KAUN_OK;
+}
+
+int kaun_object_read(kaun_object *o, uint64_t offset, void *dst, size_t len, kaun_error *err) {
+  if (!len) return KAUN_OK;
+  return o->inst->plugin->ops.read(o->handle, offset, dst, len, err);
+}
+
+typedef struct mapping {
+  kaun__instance *inst;
+  void *cookie;
+} mapping;
+
+static void release_mapping(void *data, size_t size, void *context) {
+  (void)data, (void)size;
+  mapping *m = context;
+  m->inst->plugin->ops.unmap(m->inst->backend, m->cookie);
+  kaun__instance_unref(m->inst);
+  free(m);
+}
+
+static void release_malloc(void *data, size_t size, void *context) {
+  (void)size, (void)context;
+  free(data);
+}
+
+int kaun_object_map(kaun_object *o, kaun_buffer **out, kaun_error *err) {
+  *out = NULL;
+  const kaun_plugin *ops = &o->inst->plugin->ops;
+  if (ops->capabilities & KAUN_CAP_MAP) {
+    mapping *m = calloc(1, sizeof *m);
+    if (!m) return kaun__error_nomem(err, "mapping an object");
+    const void *data;
+    size_t size;
+    int rc = ops->map(o->handle, &data, &size, &m->cookie, err);
+    if (rc) {
+      free(m);
+      return rc;
+    }
+    m->inst = o->inst;
+    atomic_fetch_add(&m->inst->refs, 1);
+    rc = kaun_buffer_wrap(data, size, release_mapping, m, out, err);
+    if (rc) release_mapping(NULL, 0, m);
+    return rc;
+  }
+  kaun_stat st = {.struct_size = sizeof st};
+  int rc = kaun_object_stat(o, &st, err);
+  if (rc) return rc;
+  if (st.size > SIZE_MAX) return kaun__error_set(err, KAUN_ENOMEM, "'%s' is too large", o->uri);
+  void *mem = malloc(st.size ? (size_t)st.size : 1);
+  if (!mem)
+    return kaun__error_set(err, KAUN_ENOMEM, "out of memory reading %llu bytes of '%s'",
+                           (unsigned long long)st.size, o->uri);
+  if ((rc = kaun_object_read(o, 0, mem, (size_t)st.size, err)) ||
+      (rc = kaun_buffer_wrap(mem, (size_t)st.size, release_malloc, NULL, out, err)))
+    free(mem);
+  return rc;
+}
+
+/* ---- whole-URI operations ---------------------------------------------------------- */
+
+/* Resolves a URI for put/remove/list: no stacking. */
+static int backend_for(kaun_context *ctx, const char *uri, kaun__instance **inst, char **path,
+                       kaun_error *err) {
+  kaun_uri *u;
+  int rc = kaun_uri_parse(uri, &u, err);
+  if (rc) return rc;
+  if (u->inner) {
+    rc = kaun__error_set(err, KAUN_ENOTSUP, "'%s': objects inside another object are read-only",
+                         uri);
+  } else if (!(rc = get_instance(ctx, u->scheme, inst, err))) {
+    *path = u->path;
+    u->path = NULL;
+  }
+  kaun_uri_free(u);
+  return rc;
+}
+
+int kaun_storage_put(kaun_context *ctx, const char *uri, const kaun_put_source *src,
+                     kaun_error *err) {
+  kaun__instance *inst;
+  char *path;
+  int rc = backend_for(ctx, uri, &inst, &path, err);
+  if (rc) return rc;
+  rc = inst->plugin->ops.put(inst->backend, path, src, err);
+  free(path);
+  kaun__instance_unref(inst);
+  return rc;
+}
+
+int kaun_storage_remove(kaun_context *ctx, const char *uri, kaun_error *err) {
+  kaun__instance *inst;
+  char *path;
+  int rc = backend_for(ctx, uri, &inst, &path, err);
+  if (rc) return rc;
+  rc = inst->plugin->ops.remove(inst->backend, path, err);
+  free(path);
+  kaun__instance_unref(inst);
+  return rc;
+}
+
+int kaun_storage_list(kaun_context *ctx, const char *uri, kaun_list_fn fn, void *context,
+                      kaun_error *err) {
+  kaun__instance *inst;
+  char *path;
+  int rc = backend_for(ctx, uri, &inst, &path, err);
+  if (rc) return rc;
+  rc = inst->plugin->ops.list(inst->backend, path, fn, context, err);
+  free(path);
+  kaun__instance_unref(inst);
+  return rc;
+}
+
+int kaun_storage_read_all(kaun_context *ctx, const char *uri, size_t max, char **out,
+                          size_t *out_len, kaun_error *err) {
+  *out = NULL;
+  kaun_object *o;
+  int rc = kaun_object_open(ctx, uri, &o, err);
+  if (rc) return rc;
+  kaun_stat st = {.struct_size = sizeof st};
+  char *buf = NULL;
+  if (!(rc = kaun_object_stat(o, &st, err))) {
+    if (st.size > max)
+      rc = kaun__error_set(err, KAUN_EINVAL, "'%s' is %llu bytes, more than the %zu allowed", uri,
+                           (unsigned long long)st.size, max);
+    else if (!(buf = malloc((size_t)st.size + 1)))
+      rc = kaun__error_nomem(err, "reading an object");
+    else
+      rc = kaun_object_read(o, 0, buf, (size_t)st.size, err);
+  }
+  kaun_object_close(o);
+  if (rc) {
+    free(buf);
+    return rc;
+  }
+  buf[st.size] = '\0';
+  *out = buf;
+  *out_len = (size_t)st.size;
+  return KAUN_OK;
+}
+
+/* ---- describing plugins ------------------------------------------------------------- */
+
+static void describe_plugin(kaun__strbuf *sb, const kaun_context *ctx, const kaun__plugin *p) {
+  static const struct {
+    unsigned bit;
+    const char *name;
+  } caps[] = {{KAUN_CAP_MAP, "map"},         {KAUN_CAP_LIST, "list"},
+              {KAUN_CAP_PUT, "put"},         {KAUN_CAP_REMOVE, "remove"},
+              {KAUN_CAP_STACKED, "stacked"}, {KAUN_CAP_FETCH, "fetch"}};
+  kaun__strbuf_printf(sb, "%s\t%s\tABI %u.%u\tread", p->ops.name,
+                      p->ops.version ? p->ops.version : "?", p->ops.abi_major, p->ops.abi_minor);
+  for (size_t i = 0; i < sizeof caps / sizeof *caps; i++)
+    if (p->ops.capabilities & caps[i].bit) kaun__strbuf_printf(sb, ",%s", caps[i].name);
+  kaun__strbuf_puts(sb, "\tschemes: ");
+  bool any = false;
+  if (strcmp(p->ops.name, "file") == 0) {
+    kaun__strbuf_puts(sb, "file (and plain paths)");
+    any = true;
+  }
+  for (size_t i = 0; i < ctx->cfg.nbackends; i++)
+    if (ctx->plugins[i] == p) {
+      kaun__strbuf_printf(sb, "%s%s", any ? ", " : "", ctx->cfg.backends[i].name);
+      any = true;
+    }
+  if (!any) kaun__strbuf_printf(sb, "%s (default instance)", p->ops.name);
+  kaun__strbuf_printf(sb, "\t%s\n", p->path);
+}
+
+static int cmp_names(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+#include <dirent.h>
+
+int kaun_plugins_describe(kaun_context *ctx, char **out, kaun_error *err) {
+  *out = NULL;
+  kaun__strbuf sb = {0};
+  kaun__plugin *file;
+  kaun__plugin_by_name("file", NULL, 0, &file, NULL);
+  kaun__strbuf_puts(&sb, "plugin path:\n");
+  for (size_t i = 0; i < ctx->ndirs; i++)
+    kaun__strbuf_printf(&sb, "  %s\t(%s)\n", ctx->dirs[i], ctx->dir_origins[i]);
+  kaun__strbuf_puts(&sb, "plugins:\n  ");
+  describe_plugin(&sb, ctx, file);
+  for (size_t i = 0; i < ctx->ndirs; i++) {
+    DIR *d = opendir(ctx->dirs[i]);
+    if (!d) continue;
+    char **names = NULL;
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+      size_t len = strlen(e->d_name);
+      if (len < 4 || strcmp(e->d_name + len - 3, ".so") != 0) continue;
+      char **grown = realloc(names, (n + 1) * sizeof *names);
+      if (!grown) break;
+      names = grown;
+      if ((names[n] = strdup(e->d_name))) n++;
+    }
+    closedir(d);
+    qsort(names, n, sizeof *names, cmp_names);
+    for (size_t k = 0; k < n; k++) {
+      char path[4200];
+      snprintf(path, sizeof path, "%s/%s", ctx->dirs[i], names[k]);
+      kaun__plugin *p;
+      kaun_error e2 = KAUN_ERROR_INIT;
+      if (kaun__plugin_by_path(path, &p, &e2) == KAUN_OK) {
+        kaun__strbuf_puts(&sb, "  ");
+        describe_plugin(&sb, ctx, p);
+        kaun__plugin_unref(p);
+      } else {
+        kaun__strbuf_printf(&sb, "  BROKEN\t%s\t%s\n", path, e2.message);
+      }
+      free(names[k]);
+    }
+    free(names);
+  }
+  if (sb.failed) {
+    kaun__strbuf_free(&sb);
+    return kaun__error_nomem(err, "describing plugins");
+  }
+  *out = sb.data;
+  return KAUN_OK;
+}

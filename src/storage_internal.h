@@ -1,0 +1,108 @@
+/* kaun — private declarations of the storage layer: plugin registry,
+ * configuration, backend instances.  Private to libkaun. */
+#ifndef KAUN_STORAGE_INTERNAL_H
+#define KAUN_STORAGE_INTERNAL_H
+
+#ifndef KAUN_BUILDING_LIBRARY
+#error "src/storage_internal.h is private to libkaun"
+#endif
+
+#include <kaun/plugin.h>
+#include <stdatomic.h>
+
+#include "internal.h"
+
+/* ---- the plugin registry (the only process-wide mutable state) ---------- */
+
+typedef struct kaun__plugin {
+  kaun_plugin ops; /* the plugin's descriptor, copied, optional slots filled */
+  char *path;      /* the .so, or "(built-in)" */
+  void *dl;        /* dlopen handle; NULL for built-ins */
+  atomic_long refs;
+  struct kaun__plugin *next;
+} kaun__plugin;
+
+/* The plugin called `name`, loaded from the first directory of `dirs` that
+ * has NAME.so (or already loaded).  Takes a reference.  Errors:
+ * KAUN_EPLUGIN / KAUN_EABI naming the file, why and where it looked. */
+int kaun__plugin_by_name(const char *name, char *const *dirs, size_t ndirs, kaun__plugin **out,
+                         kaun_error *err);
+/* The plugin in the file `path`.  Takes a reference. */
+int kaun__plugin_by_path(const char *path, kaun__plugin **out, kaun_error *err);
+void kaun__plugin_unref(kaun__plugin *p);
+/* Validates a descriptor and copies it into `out` with defaults filled. */
+int kaun__plugin_check(const kaun_plugin *desc, size_t reported_size, const char *path,
+                       kaun_plugin *out, kaun_error *err);
+
+/* The built-in local-file plugin (plugins/file/file.c). */
+extern const kaun_plugin kaun__file_plugin;
+
+/* ---- options ------------------------------------------------------------------- */
+
+struct kaun_options {
+  const kaun_option_spec *specs; /* the plugin's, may be NULL */
+  size_t count;
+  char **names;
+  char **values; /* resolved (secrets read) */
+};
+
+/* Looks up a spec by name, or NULL. */
+const kaun_option_spec *kaun__option_spec(const kaun_option_spec *specs, const char *name);
+void kaun__options_free(kaun_options *o);
+
+/* ---- configuration ---------------------------------------------------------------- */
+
+typedef struct kaun__setting {
+  char *key;   /* option name */
+  char *value; /* as text, unresolved ("env:X" stays so) */
+  unsigned line;
+  kaun_option_type type; /* what the JSON value was */
+} kaun__setting;
+
+typedef struct kaun__backend_conf {
+  char *name;
+  char *plugin; /* a name or a path to a .so */
+  unsigned line;
+  size_t count;
+  kaun__setting *settings;
+} kaun__backend_conf;
+
+typedef struct kaun__mirror {
+  char *prefix;
+  size_t count;
+  char **targets;
+  unsigned line;
+} kaun__mirror;
+
+typedef struct kaun__config {
+  char *path;         /* NULL: defaults */
+  const char *origin; /* how the file was found */
+  size_t ndirs;
+  char **plugin_dirs;
+  unsigned *dir_lines;
+  char *cache_dir;
+  unsigned cache_line;
+  size_t nbackends;
+  kaun__backend_conf *backends;
+  size_t nmirrors;
+  kaun__mirror *mirrors;
+} kaun__config;
+
+/* Reads and checks the syntax and types of a config file (not the
+ * plugins' options: the context does that once plugins are loaded). */
+int kaun__config_read(const char *path, const char *origin, kaun__config *out, kaun_error *err);
+void kaun__config_free(kaun__config *c);
+
+/* ---- contexts and instances ------------------------------------------------------ */
+
+typedef struct kaun__instance {
+  char *name;
+  kaun__plugin *plugin;
+  void *backend;
+  kaun_options options;
+  atomic_long refs;
+} kaun__instance;
+
+void kaun__instance_unref(kaun__instance *inst);
+
+#endif
