@@ -50,7 +50,7 @@ check() {
   build
   echo "==> tests (build/)"
   make -C build -j"$JOBS" check || { cat build/test-suite.log build/tests/*.log 2>/dev/null; exit 1; }
-  cat build/tests/unit_tests.log | grep -E "^ +(suites|tests|asserts)|Run Summary" || true
+  grep -h -E "^ +tests " build/tests/*_tests.log || true
   grep -h -E 'passed, [0-9]+ failed' build/tests/*.log
 }
 
@@ -73,7 +73,7 @@ asan() {
     echo "sanitizer reports found" >&2
     exit 1
   fi
-  grep -E "^ +tests " build-asan/tests/unit_tests.log || true
+  grep -h -E "^ +tests " build-asan/tests/*_tests.log || true
   grep -h -E 'passed, [0-9]+ failed' build-asan/tests/*.log
 }
 

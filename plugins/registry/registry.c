@@ -1,0 +1,277 @@
+/* registry: an in-house model registry as a kaun plugin — the extension
+ * story, and a useful one.
+ *
+ *   registry://NAME[@VERSION][/PATH]
+ *
+ * resolves through an index, a JSON document at any URI (option `index`):
+ *
+ *   {"bert": {"1.2":  {"model.safetensors": {"uri": "s3://weights/bert-1.2.st",
+ *                                             "sha256": "9f2c..."}},
+ *             "1.10": {...}}}
+ *
+ * Without a version the latest is used (versions compare numerically,
+ * component by component: 1.10 > 1.9).  Without a PATH the URI names a
+ * folder, so kaun looks for model.safetensors, then the sharded index, in
+ * it.  The sha256, when given, is verified when an object is opened
+ * (option `verify`, default true).  The files themselves can live on any
+ * backend kaun has.
+ *
+ * This plugin uses only <kaun/plugin.h> (and json-c for the index). */
+#include <kaun/hash.h>
+#include <kaun/plugin.h>
+
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct registry {
+  kaun_context *ctx;
+  char *name;
+  char *index_uri;
+  int verify;
+  pthread_mutex_t lock;
+  json_object *index; /* loaded on first open */
+} registry;
+
+typedef struct entry {
+  kaun_object *inner;
+  kaun_buffer *bytes; /* kept when the checksum was verified */
+  char uri[1024];
+} entry;
+
+static const kaun_option_spec options[] = {
+    {"index", KAUN_OPTION_STRING, NULL, 1, 0,
+     "the URI of the registry's JSON index (name -> version -> file -> {uri, sha256})"},
+    {"verify", KAUN_OPTION_BOOL, "true", 0, 0, "check each file's sha256 when it is opened"},
+    {NULL, 0, NULL, 0, 0, NULL}};
+
+static int r_create(kaun_context *ctx, const char *instance, const kaun_options *opts, void **out,
+                    kaun_error *err) {
+  registry *r = calloc(1, sizeof *r);
+  if (!r) return kaun_error_set(err, KAUN_ENOMEM, "registry: out of memory");
+  r->ctx = ctx;
+  r->name = strdup(instance);
+  r->index_uri = strdup(kaun_options_get(opts, "index"));
+  r->verify = kaun_options_get_bool(opts, "verify", 1);
+  pthread_mutex_init(&r->lock, NULL);
+  if (!r->name || !r->index_uri) {
+    free(r->name);
+    free(r->index_uri);
+    free(r);
+    return kaun_error_set(err, KAUN_ENOMEM, "registry: out of memory");
+  }
+  *out = r;
+  return KAUN_OK;
+}
+
+static void r_destroy(void *be) {
+  registry *r = be;
+  if (r->index) json_object_put(r->index);
+  pthread_mutex_destroy(&r->lock);
+  free(r->name);
+  free(r->index_uri);
+  free(r);
+}
+
+static int load_index(registry *r, kaun_error *err) {
+  pthread_mutex_lock(&r->lock);
+  int rc = KAUN_OK;
+  if (!r->index) {
+    char *text;
+    size_t len;
+    rc = kaun_storage_read_all(r->ctx, r->index_uri, 64u << 20, &text, &len, err);
+    if (!rc) {
+      json_tokener *tok = json_tokener_new();
+      if (!tok) {
+        free(text);
+        pthread_mutex_unlock(&r->lock);
+        return kaun_error_set(err, KAUN_ENOMEM, "registry: out of memory");
+      }
+      json_object *doc = json_tokener_parse_ex(tok, text, (int)len);
+      enum json_tokener_error jerr = json_tokener_get_error(tok);
+      if (!doc || jerr != json_tokener_success || !json_object_is_type(doc, json_type_object)) {
+        rc = kaun_error_set(
+            err, KAUN_EINVAL, "registry '%s': the index %s is not a JSON object of models (%s)",
+            r->name, r->index_uri,
+            jerr != json_tokener_success ? json_tokener_error_desc(jerr) : "wrong shape");
+        if (doc) json_object_put(doc);
+      } else {
+        r->index = doc;
+      }
+      json_tokener_free(tok);
+      free(text);
+    }
+  }
+  pthread_mutex_unlock(&r->lock);
+  return rc;
+}
+
+/* Compares dotted versions numerically ("1.10" > "1.9"). */
+static int version_cmp(const char *a, const char *b) {
+  while (*a || *b) {
+    char *ea, *eb;
+    unsigned long x = strtoul(a, &ea, 10), y = strtoul(b, &eb, 10);
+    if (x != y) return x < y ? -1 : 1;
+    if (ea == a || eb == b) return strcmp(a, b); /* not numeric: text order */
+    a = *ea == '.' ? ea + 1 : ea;
+    b = *eb == '.' ? eb + 1 : eb;
+  }
+  return 0;
+}
+
+static void list_keys(json_object *o, char *out, size_t size) {
+  size_t n = 0;
+  out[0] = '\0';
+  json_object_object_foreach(o, key, val) {
+    (void)val;
+    int w = snprintf(out + n, size - n, "%s%s", n ? ", " : "", key);
+    if (w < 0 || (size_t)w >= size - n) break;
+    n += (size_t)w;
+  }
+}
+
+static int sha256_check(registry *r, entry *e, const char *path, const char *want,
+                        kaun_error *err) {
+  int rc = kaun_object_map(e->inner, &e->bytes, err);
+  if (rc) return rc;
+  char got[KAUN_SHA256_HEX_SIZE];
+  if ((rc = kaun_sha256_hex(kaun_buffer_data(e->bytes), kaun_buffer_size(e->bytes), got, err)))
+    return rc;
+  if (strcmp(got, want) != 0)
+    return kaun_error_set(err, KAUN_ECHECKSUM,
+                          "%s://%s: the sha256 of %s is %s, but the registry's index says %s; "
+                          "the file was changed or corrupted",
+                          r->name, path, e->uri, got, want);
+  return KAUN_OK;
+}
+
+static int r_open(void *be, const char *path, kaun_object *inner, void **out, kaun_error *err) {
+  (void)inner;
+  registry *r = be;
+  int rc = load_index(r, err);
+  if (rc) return rc;
+  /* NAME[@VERSION][/PATH] */
+  char name[256], version[128] = "", file[1024] = "";
+  const char *slash = strchr(path, '/');
+  size_t head = slash ? (size_t)(slash - path) : strlen(path);
+  const char *at = memchr(path, '@', head);
+  size_t nlen = at ? (size_t)(at - path) : head;
+  if (nlen == 0 || nlen >= sizeof name)
+    return kaun_error_set(err, KAUN_EURI, "%s://%s: want %s://NAME[@VERSION][/PATH]", r->name, path,
+                          r->name);
+  memcpy(name, path, nlen);
+  name[nlen] = '\0';
+  if (at) snprintf(version, sizeof version, "%.*s", (int)(head - nlen - 1), at + 1);
+  if (slash) snprintf(file, sizeof file, "%s", slash + 1);
+  char known[512];
+  json_object *model, *ver = NULL, *files, *item, *uri, *sha;
+  if (!json_object_object_get_ex(r->index, name, &model) ||
+      !json_object_is_type(model, json_type_object)) {
+    list_keys(r->index, known, sizeof known);
+    return kaun_error_set(err, KAUN_ENOENT, "%s://%s: no model '%s' in %s (it has: %s)", r->name,
+                          path, name, r->index_uri, known);
+  }
+  if (!*version) { /* the latest */
+    const char *best = NULL;
+    json_object_object_foreach(model, key, val) {
+      (void)val;
+      if (!best || version_cmp(key, best) > 0) best = key;
+    }
+    if (!best)
+      return kaun_error_set(err, KAUN_ENOENT, "%s://%s: model '%s' has no versions", r->name, path,
+                            name);
+    snprintf(version, sizeof version, "%s", best);
+  }
+  if (!json_object_object_get_ex(model, version, &ver) ||
+      !json_object_is_type(ver, json_type_object)) {
+    list_keys(model, known, sizeof known);
+    return kaun_error_set(err, KAUN_ENOENT, "%s://%s: model '%s' has no version '%s' (it has: %s)",
+                          r->name, path, name, version, known);
+  }
+  files = ver;
+  if (!*file)
+    return kaun_error_set(err, KAUN_EISDIR, "%s://%s is a model, a folder of files", r->name, path);
+  if (!json_object_object_get_ex(files, file, &item) ||
+      !json_object_object_get_ex(item, "uri", &uri) ||
+      !json_object_is_type(uri, json_type_string)) {
+    list_keys(files, known, sizeof known);
+    return kaun_error_set(err, KAUN_ENOENT, "%s://%s: %s@%s has no file '%s' (it has: %s)", r->name,
+                          path, name, version, file, known);
+  }
+  entry *e = calloc(1, sizeof *e);
+  if (!e) return kaun_error_set(err, KAUN_ENOMEM, "registry: out of memory");
+  snprintf(e->uri, sizeof e->uri, "%s", json_object_get_string(uri));
+  rc = kaun_object_open(r->ctx, e->uri, &e->inner, err);
+  if (!rc && r->verify && json_object_object_get_ex(item, "sha256", &sha))
+    rc = sha256_check(r, e, path, json_object_get_string(sha), err);
+  if (rc) {
+    kaun_buffer_unref(e->bytes);
+    kaun_object_close(e->inner);
+    free(e);
+    return rc;
+  }
+  *out = e;
+  return KAUN_OK;
+}
+
+static void r_close(void *obj) {
+  entry *e = obj;
+  kaun_buffer_unref(e->bytes);
+  kaun_object_close(e->inner);
+  free(e);
+}
+
+static int r_stat(void *obj, kaun_stat *out, kaun_error *err) {
+  entry *e = obj;
+  return kaun_object_stat(e->inner, out, err);
+}
+
+static int r_read(void *obj, uint64_t off, void *dst, size_t len, kaun_error *err) {
+  entry *e = obj;
+  return kaun_object_read(e->inner, off, dst, len, err);
+}
+
+/* The bytes through the inner object's own mapping (zero copy when the
+ * file lives on a backend that maps). */
+static int r_map(void *obj, const void **data, size_t *size, void **cookie, kaun_error *err) {
+  entry *e = obj;
+  kaun_buffer *b = NULL;
+  if (e->bytes) {
+    b = kaun_buffer_ref(e->bytes);
+  } else {
+    int rc = kaun_object_map(e->inner, &b, err);
+    if (rc) return rc;
+  }
+  *data = kaun_buffer_data(b);
+  *size = kaun_buffer_size(b);
+  *cookie = b;
+  return KAUN_OK;
+}
+
+static void r_unmap(void *be, void *cookie) {
+  (void)be;
+  kaun_buffer_unref(cookie);
+}
+
+static const kaun_plugin descriptor = {
+    .abi_major = KAUN_PLUGIN_ABI_MAJOR,
+    .abi_minor = KAUN_PLUGIN_ABI_MINOR,
+    .struct_size = sizeof(kaun_plugin),
+    .name = "registry",
+    .version = "1.0",
+    .description = "an in-house model registry: names and versions resolved through an index",
+    .options = options,
+    .capabilities = KAUN_CAP_READ | KAUN_CAP_MAP,
+    .create = r_create,
+    .destroy = r_destroy,
+    .open = r_open,
+    .close = r_close,
+    .stat = r_stat,
+    .read = r_read,
+    .map = r_map,
+    .unmap = r_unmap,
+};
+
+KAUN_PLUGIN_DEFINE(descriptor)
