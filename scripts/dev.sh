@@ -104,6 +104,32 @@ fuzz() {
   build-fuzz/fuzz_safetensors -max_total_time="$seconds" -max_len=65536 build-fuzz/corpus
 }
 
+# The plugin guide's example, built out of tree against the *installed*
+# headers through pkg-config only, loaded through a config file.
+plugin_out_of_tree() {
+  build
+  echo "==> out-of-tree plugin (docs/examples/hello_plugin.c) against an installed kaun"
+  t=$(mktemp -d "${TMPDIR:-/tmp}/kaun-oot-XXXXXX")
+  make -C build install DESTDIR="$t/dest" >/dev/null 2>&1
+  prefix=$(sed -n 's/^prefix=//p' build/kaun.pc)
+  export PKG_CONFIG_PATH="$t/dest$prefix/lib/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$t/dest"
+  mkdir -p "$t/plugins"
+  cc -shared -fPIC -Wall -Wextra -Werror -o "$t/plugins/hello.so" docs/examples/hello_plugin.c \
+    $(pkg-config --cflags --libs kaun)
+  unset PKG_CONFIG_PATH PKG_CONFIG_SYSROOT_DIR
+  printf '{"plugin_dirs": ["%s"], "backends": {"greet": {"plugin": "hello", "value": "2.5"}}}\n' \
+    "$t/plugins" >"$t/config.json"
+  got=$(LD_LIBRARY_PATH="$t/dest$prefix/lib" "$t/dest$prefix/bin/kaun" --config "$t/config.json" \
+    ls greet://greeting.safetensors)
+  want=$(printf 'greeting\tF32\t[2]\t8')
+  rm -rf "$t"
+  if [ "$got" != "$want" ]; then
+    echo "out-of-tree plugin: got '$got', wanted '$want'" >&2
+    exit 1
+  fi
+  echo "1 passed, 0 failed"
+}
+
 demo() {
   build
   out=$(mktemp -d "${TMPDIR:-/tmp}/kaun-demo-XXXXXX")
@@ -111,8 +137,40 @@ demo() {
   build/examples/quickstart "$out"
   echo "==> kaun ls $out/params.safetensors"
   build/kaun ls "$out/params.safetensors"
-  echo "==> kaun verify $out/state.safetensors"
-  build/kaun verify "$out/state.safetensors"
+
+  echo "==> mixed storage: two file backends and an in-house registry (config: $out/config.json)"
+  mkdir -p "$out/team" "$out/archive"
+  cat >"$out/config.json" <<JSON
+{
+  "plugin_dirs": ["$ROOT/build/plugins/registry/.libs"],
+  "backends": {
+    "team": {"plugin": "file", "root": "$out/team"},
+    "archive": {"plugin": "file", "root": "$out/archive"},
+    "models": {"plugin": "registry", "index": "team://registry.json"}
+  }
+}
+JSON
+  k="build/kaun --config $out/config.json"
+  $k cp "$out/params.safetensors" team://demo/params.safetensors   # weights with the team
+  $k cp "$out/state.safetensors" archive://demo/state.safetensors  # optimizer state archived
+  cat >"$out/team/demo/model.safetensors.index.json" <<'JSON'
+{"weight_map": {
+  "embed": "team://demo/params.safetensors",
+  "layers.0.weight": "team://demo/params.safetensors",
+  "layers.0.bias": "team://demo/params.safetensors",
+  "layers.1.weight": "team://demo/params.safetensors",
+  "layers.1.bias": "team://demo/params.safetensors",
+  "step": "archive://demo/state.safetensors",
+  "momentum.embed": "archive://demo/state.safetensors"}}
+JSON
+  cat >"$out/team/registry.json" <<'JSON'
+{"demo": {"1.0": {"model.safetensors.index.json":
+                  {"uri": "team://demo/model.safetensors.index.json"}}}}
+JSON
+  echo "==> kaun ls models://demo@1.0   (one load: registry -> index -> shards on two backends)"
+  $k ls models://demo@1.0
+  echo "==> kaun verify models://demo"
+  $k verify models://demo
   rm -rf "$out"
 }
 
@@ -126,6 +184,7 @@ case "${1:-}" in
   demo) demo ;;
   bench) build; make -C build bench ;;
   fuzz) fuzz "${2:-60}" ;;
-  test) check; asan; format_check; distcheck; echo "==> all tests passed" ;;
+  plugin-oot) plugin_out_of_tree ;;
+  test) check; asan; format_check; plugin_out_of_tree; distcheck; echo "==> all tests passed" ;;
   *) sed -n '2,10p' "$0"; exit 2 ;;
 esac

@@ -39,6 +39,47 @@ expect_status 2 "cp --dtype I32"; expect_err_contains "--dtype must be" "cp --dt
 run "$KAUN" cp "$TEST_TMP/params.safetensors" "/nonexistent-dir/x.safetensors"
 expect_status 1 "cp into a missing directory"; expect_err_contains "/nonexistent-dir" "cp into a missing directory"
 
+# --- plugins, config files and URIs ---
+export KAUN_PLUGIN_PATH="$KAUN_TEST_PLUGINS:$KAUN_BUILT_PLUGINS"
+run "$KAUN" plugins; expect_status 0 "kaun plugins"
+expect_out_contains "$(printf 'registry\t1.0\tABI 1.0')" "kaun plugins lists the registry"
+expect_out_contains "$(printf 'file\t')" "kaun plugins lists the built-in file backend"
+expect_out_contains "BROKEN" "kaun plugins lists broken plugins"
+expect_out_contains "built for ABI 2, this kaun speaks ABI 1" "kaun plugins says why"
+mkdir -p "$TEST_TMP/store"
+cat >"$TEST_TMP/kaun.json" <<JSON
+{
+  "backends": {
+    "store": {"plugin": "file", "root": "$TEST_TMP/store"},
+    "corp": {"plugin": "registry", "index": "store://index.json"},
+    "mem": {"plugin": "testmem", "dir": "$TEST_TMP/store", "token": "s3cr3t-value"}
+  }
+}
+JSON
+run "$KAUN" --config "$TEST_TMP/kaun.json" cp "$TEST_TMP/params.safetensors" store://bert/1.2/model.safetensors
+expect_status 0 "cp into a configured backend"
+printf '{"bert": {"1.2": {"model.safetensors": {"uri": "store://bert/1.2/model.safetensors"}}}}' >"$TEST_TMP/store/index.json"
+run "$KAUN" --config "$TEST_TMP/kaun.json" ls registry://bert@1.2
+expect_status 1 "ls through an unconfigured registry"; expect_err_contains "needs the option 'index'" "unconfigured registry"
+run "$KAUN" --config "$TEST_TMP/kaun.json" ls corp://bert@1.2
+expect_status 0 "kaun ls corp://bert@1.2"; expect_out_contains "$(printf 'layers.1.weight\tF32\t[4,4]\t64')" "ls through the registry"
+export KAUN_CONFIG="$TEST_TMP/kaun.json"
+run "$KAUN" inspect corp://bert/model.safetensors
+expect_status 0 "inspect through the registry, config from KAUN_CONFIG"
+unset KAUN_CONFIG
+run "$KAUN" --config "$TEST_TMP/kaun.json" config; expect_status 0 "kaun config"
+expect_out_contains "backends.store.root = $TEST_TMP/store" "kaun config shows values"
+expect_out_contains "kaun.json:4" "kaun config says where a value came from"
+expect_out_contains "backends.mem.token = ********" "kaun config masks secrets"
+case "$out" in *s3cr3t*) bad "kaun config printed a secret" ;; *) ok ;; esac
+run "$KAUN" config --check "$TEST_TMP/kaun.json"; expect_status 0 "config --check good"; expect_out_contains "OK" "config --check good"
+printf '{\n  "backends": {\n    "x": {"plugin": "file", "rooot": "/"}\n  }\n}\n' >"$TEST_TMP/bad.json"
+run "$KAUN" config --check "$TEST_TMP/bad.json"; expect_status 1 "config --check bad"
+expect_err_contains "bad.json: line 3: backends.x.rooot is not an option" "config --check names file, line and key"
+run "$KAUN" ls nosuch://a/b; expect_status 1 "unknown scheme"; expect_err_contains "no backend answers to 'nosuch://'" "unknown scheme"
+run "$KAUN" ls Bad://a; expect_status 1 "malformed URI"; expect_err_contains "'Bad://a'" "malformed URI"
+unset KAUN_PLUGIN_PATH
+
 if [ -d "$FIX" ]; then
   # --- real files from other tools ---
   run "$KAUN" inspect "$FIX/raven_f16_bit_exact.safetensors"; expect_status 0 "inspect fixture"

@@ -255,10 +255,31 @@ static int file_list(void *backend, const char *prefix, kaun_list_fn fn, void *c
   return KAUN_OK;
 }
 
+/* Creates the missing directories above `full` (inside a root only). */
+static int make_parents(const file_backend *b, char *full, kaun_error *err) {
+  for (char *p = full + strlen(b->root) + 1; (p = strchr(p, '/')); p++) {
+    *p = '\0';
+    int r = mkdir(full, 0777);
+    int e = errno;
+    *p = '/';
+    if (r != 0 && e != EEXIST)
+      return kaun__error_sys(err, e == ENOENT ? KAUN_ENOENT : KAUN_EIO, e,
+                             "cannot create the directories of '%s'", full);
+  }
+  return KAUN_OK;
+}
+
 static int file_put(void *backend, const char *path, const kaun_put_source *src, kaun_error *err) {
+  file_backend *b = backend;
   char *full;
-  int rc = resolve(backend, path, false, &full, err);
+  int rc = resolve(b, path, false, &full, err);
   if (rc) return rc;
+  /* an instance with a root behaves as an object store: keys need no
+   * folders made first; plain paths keep file semantics */
+  if (b->root && (rc = make_parents(b, full, err))) {
+    free(full);
+    return rc;
+  }
   rc = kaun_file_put_atomic(full, src, err);
   free(full);
   return rc;
