@@ -52,6 +52,7 @@ cat >"$TEST_TMP/kaun.json" <<JSON
   "backends": {
     "store": {"plugin": "file", "root": "$TEST_TMP/store"},
     "corp": {"plugin": "registry", "index": "store://index.json"},
+    "registry": {"index": "store://index.json"},
     "mem": {"plugin": "testmem", "dir": "$TEST_TMP/store", "token": "s3cr3t-value"}
   }
 }
@@ -59,8 +60,10 @@ JSON
 run "$KAUN" --config "$TEST_TMP/kaun.json" cp "$TEST_TMP/params.safetensors" store://bert/1.2/model.safetensors
 expect_status 0 "cp into a configured backend"
 printf '{"bert": {"1.2": {"model.safetensors": {"uri": "store://bert/1.2/model.safetensors"}}}}' >"$TEST_TMP/store/index.json"
-run "$KAUN" --config "$TEST_TMP/kaun.json" ls registry://bert@1.2
+run "$KAUN" ls registry://bert@1.2
 expect_status 1 "ls through an unconfigured registry"; expect_err_contains "needs the option 'index'" "unconfigured registry"
+run "$KAUN" --config "$TEST_TMP/kaun.json" ls registry://bert@1.2
+expect_status 0 "kaun ls registry://bert@1.2"; expect_out_contains "$(printf 'embed\tF32\t[8,4]\t128')" "ls registry://bert@1.2"
 run "$KAUN" --config "$TEST_TMP/kaun.json" ls corp://bert@1.2
 expect_status 0 "kaun ls corp://bert@1.2"; expect_out_contains "$(printf 'layers.1.weight\tF32\t[4,4]\t64')" "ls through the registry"
 export KAUN_CONFIG="$TEST_TMP/kaun.json"

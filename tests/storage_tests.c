@@ -457,6 +457,43 @@ static void test_mirrors(void) {
   kaun_context_free(ctx);
 }
 
+static int count_entry(const char *name, uint64_t size, void *c) {
+  (void)size;
+  if (strcmp(name, "mirrored.safetensors") == 0) ++*(int *)c;
+  return 0;
+}
+
+static void test_stacked_and_list(void) {
+  set_plugin_path();
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx = mixed_context();
+  save_model(ctx, "team://stacked.safetensors", 3);
+  kaun_flat *flat;
+  ASSERT_OK(
+      kaun_checkpoint_load_flat(ctx, "passthru://x::team://stacked.safetensors", 0, &flat, &err),
+      err);
+  CU_ASSERT_EQUAL(first_of(flat, "w"), 3.0f);
+  kaun_flat_free(flat);
+  ASSERT_FAILS(
+      kaun_checkpoint_load_flat(ctx, "passthru://x::team://none.safetensors", 0, &flat, &err), err,
+      KAUN_ENOENT, "none.safetensors");
+  ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "passthru://x.safetensors", 0, &flat, &err), err,
+               KAUN_EURI, "want passthru://NAME::INNER-URI");
+  kaun_object *o;
+  ASSERT_FAILS(kaun_object_open(ctx, "team://a::team://stacked.safetensors", &o, &err), err,
+               KAUN_EURI, "does not read through another object");
+  /* list: the file backend lists a folder of its root */
+  save_model(ctx, "team://listed/mirrored.safetensors", 1);
+  int seen = 0;
+  ASSERT_OK(kaun_storage_list(ctx, "team://listed", count_entry, &seen, &err), err);
+  CU_ASSERT_EQUAL(seen, 1);
+  ASSERT_FAILS(kaun_storage_list(ctx, "archive://", count_entry, &seen, &err), err, KAUN_ENOTSUP,
+               "cannot list");
+  ASSERT_FAILS(kaun_storage_list(ctx, "team://nope", count_entry, &seen, &err), err, KAUN_ENOENT,
+               "nope");
+  kaun_context_free(ctx);
+}
+
 /* ---- the registry plugin ----------------------------------------------------------------------
  */
 
@@ -510,7 +547,12 @@ static void test_registry(void) {
   kaun_flat_free(flat);
   ASSERT_OK(kaun_checkpoint_load_flat(ctx, "corp://bert@1.9/model.safetensors", 0, &flat, &err),
             err);
+  /* the registry .so must stay loaded while its mappings live: free the
+   * context first, use the tensors, then free them (unmap runs in it) */
+  kaun_context_free(ctx);
+  CU_ASSERT_EQUAL(first_of(flat, "w"), 19.0f);
   kaun_flat_free(flat);
+  ASSERT_OK(kaun_context_new(cfg, &ctx, &err), err);
   ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "corp://bert@0.1", 0, &flat, &err), err,
                KAUN_ECHECKSUM, "the sha256 of store://bert-1.9.safetensors is");
   ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "corp://gpt@1", 0, &flat, &err), err, KAUN_ENOENT,
@@ -561,6 +603,7 @@ int main(void) {
   CU_add_test(s, "a plugin failing on the Nth call: errors propagate", test_injected_failures);
   CU_add_test(s, "one index, shards in two backends", test_mixed_storage_sharded);
   CU_add_test(s, "mirrors: the first that opens wins", test_mirrors);
+  CU_add_test(s, "a stacked backend reads through another; list", test_stacked_and_list);
   CU_add_test(s, "the registry plugin resolves, picks latest, verifies", test_registry);
   CU_add_test(s, "saving needs a backend that can store", test_save_needs_put);
   CU_basic_set_mode(CU_BRM_VERBOSE);
