@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "check.h"
+
 static char tmp_root[4096];
 
 static const char *tmp(const char *fmt, ...) {
@@ -37,26 +39,6 @@ static void write_text(const char *path, const char *fmt, ...) {
   va_end(ap);
   fclose(f);
 }
-
-#define ASSERT_FAILS(call, err, want, needle)                                                  \
-  do {                                                                                         \
-    kaun_error_clear(&(err));                                                                  \
-    int rc_ = (call);                                                                          \
-    CU_ASSERT_EQUAL(rc_, (want));                                                              \
-    CU_ASSERT_EQUAL((err).code, (want));                                                       \
-    if (rc_ != (want) || !strstr((err).message, (needle))) {                                   \
-      fprintf(stderr, "\n  %s:%d: got %s \"%s\", wanted %s with \"%s\"\n", __FILE__, __LINE__, \
-              kaun_status_name(rc_), (err).message, kaun_status_name(want), (needle));         \
-      CU_FAIL("wrong error");                                                                  \
-    }                                                                                          \
-  } while (0)
-
-#define ASSERT_OK(call, err)                                                                   \
-  do {                                                                                         \
-    int rc_ = (call);                                                                          \
-    if (rc_ != KAUN_OK) fprintf(stderr, "\n  %s:%d: %s\n", __FILE__, __LINE__, (err).message); \
-    CU_ASSERT_FATAL(rc_ == KAUN_OK);                                                           \
-  } while (0)
 
 static void set_plugin_path(void) {
   char path[8192];

@@ -41,24 +41,6 @@ void write_all(const char *path, const void *data, size_t len);
  * (filled with i & 0xff); caller frees. */
 unsigned char *make_st(const char *header, size_t data_len, size_t *out_len);
 
-/* Asserts that a call failed with `code` and a message containing `needle`. */
-#define ASSERT_FAILS(call, err, want, needle)                                        \
-  do {                                                                               \
-    kaun_error_clear(&(err));                                                        \
-    int rc_ = (call);                                                                \
-    CU_ASSERT_EQUAL(rc_, (want));                                                    \
-    CU_ASSERT_EQUAL((err).code, (want));                                             \
-    if (!strstr((err).message, (needle))) {                                          \
-      fprintf(stderr, "\n  message \"%s\" lacks \"%s\"\n", (err).message, (needle)); \
-      CU_FAIL("error message does not name the thing at fault");                     \
-    }                                                                                \
-  } while (0)
-
-#define ASSERT_OK(call, err)                                                          \
-  do {                                                                                \
-    int rc_ = (call);                                                                 \
-    if (rc_ != KAUN_OK) fprintf(stderr, "\n  unexpected error: %s\n", (err).message); \
-    CU_ASSERT_FATAL(rc_ == KAUN_OK);                                                  \
-  } while (0)
+#include "check.h"
 
 #endif
