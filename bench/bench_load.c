@@ -175,33 +175,52 @@ static int cmp_double(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-static result measure(void (*op)(void), int runs) {
-  double times[64], rss[64];
-  for (int r = 0; r < runs; r++) {
-    int fds[2];
-    if (pipe(fds) != 0) die("pipe", NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-      close(fds[0]);
-      double t0 = now();
-      op();
-      double dt = now() - t0;
-      if (write(fds[1], &dt, sizeof dt) != sizeof dt) _exit(1);
-      _exit(0);
-    }
-    close(fds[1]);
-    double dt = 0;
-    if (read(fds[0], &dt, sizeof dt) != sizeof dt) die("child", NULL);
+/* One run of `op` in a fresh child: its time and peak RSS. */
+static void run_once(void (*op)(void), double *time_s, double *rss_mib) {
+  int fds[2];
+  if (pipe(fds) != 0) die("pipe", NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
     close(fds[0]);
-    int status;
-    struct rusage ru;
-    wait4(pid, &status, 0, &ru);
-    times[r] = dt;
-    rss[r] = (double)ru.ru_maxrss / 1024.0;
+    double t0 = now();
+    op();
+    double dt = now() - t0;
+    if (write(fds[1], &dt, sizeof dt) != sizeof dt) _exit(1);
+    _exit(0);
   }
+  close(fds[1]);
+  double dt = 0;
+  if (read(fds[0], &dt, sizeof dt) != sizeof dt) die("child", NULL);
+  close(fds[0]);
+  int status;
+  struct rusage ru;
+  wait4(pid, &status, 0, &ru);
+  *time_s = dt;
+  *rss_mib = (double)ru.ru_maxrss / 1024.0;
+}
+
+static result summarize(double *times, double *rss, int runs) {
   qsort(times, (size_t)runs, sizeof *times, cmp_double);
   qsort(rss, (size_t)runs, sizeof *rss, cmp_double);
   return (result){times[runs / 2], rss[runs - 1]};
+}
+
+static result measure(void (*op)(void), int runs) {
+  double times[64], rss[64];
+  for (int r = 0; r < runs; r++) run_once(op, &times[r], &rss[r]);
+  return summarize(times, rss, runs);
+}
+
+/* kaun and its limit alternate run by run, so that a change in the
+ * machine's load during the benchmark falls on both alike. */
+static void measure_pair(void (*a)(void), void (*b)(void), int runs, result *ra, result *rb) {
+  double ta[64], sa[64], tb[64], sb[64];
+  for (int r = 0; r < runs; r++) {
+    run_once(a, &ta[r], &sa[r]);
+    run_once(b, &tb[r], &sb[r]);
+  }
+  *ra = summarize(ta, sa, runs);
+  *rb = summarize(tb, sb, runs);
 }
 
 static void make_file(const char *path, kaun_dtype dtype, uint64_t bytes) {
@@ -287,13 +306,14 @@ int main(int argc, char **argv) {
   for (size_t i = 0; i < sizeof rows / sizeof *rows; i++) {
     /* sub-0.1 s operations are noisy on shared machines: give them more runs */
     int n = i == 0 ? (runs * 3 > 64 ? 64 : runs * 3) : runs;
-    result k = measure(rows[i].kaun, n);
+    result k, l;
     if (!rows[i].limit) {
+      k = measure(rows[i].kaun, n);
       printf("| %s | %.3f s (%.2f GB/s) | | | | | %.0f MiB | |\n", rows[i].name, k.median_s,
              (double)(1ull << 30) / k.median_s / 1e9, k.peak_rss_mib);
       continue;
     }
-    result l = measure(rows[i].limit, n);
+    measure_pair(rows[i].kaun, rows[i].limit, n, &k, &l);
     printf("| %s | %.3f s | %.3f s | %s | %.2fx | <= %.2fx | %.0f MiB | %.0f MiB |\n", rows[i].name,
            k.median_s, l.median_s, rows[i].limit_name, k.median_s / l.median_s, rows[i].target,
            k.peak_rss_mib, l.peak_rss_mib);
