@@ -732,6 +732,10 @@ done:
   return rc;
 }
 
+static int object_read(void *obj, uint64_t offset, void *dst, size_t len, kaun_error *err) {
+  return kaun_object_read(obj, offset, dst, len, err);
+}
+
 int kaun_safetensors_read(kaun_context *ctx, const char *uri, kaun_safetensors **out,
                           kaun_error *err) {
   *out = NULL;
@@ -739,27 +743,12 @@ int kaun_safetensors_read(kaun_context *ctx, const char *uri, kaun_safetensors *
   int rc = context_or_default(ctx, &own, &use, err);
   if (rc) return rc;
   kaun_object *obj;
-  if ((rc = kaun_object_open(use, uri, &obj, err))) {
-    kaun_context_free(own);
-    return rc;
+  if (!(rc = kaun_object_open(use, uri, &obj, err))) {
+    kaun_stat st = {.struct_size = sizeof st};
+    if (!(rc = kaun_object_stat(obj, &st, err)))
+      rc = kaun__safetensors_read_via(object_read, obj, st.size, uri, out, err);
+    kaun_object_close(obj);
   }
-  kaun_stat st = {.struct_size = sizeof st};
-  unsigned char first8[8];
-  char *header = NULL;
-  uint64_t n = 0;
-  if ((rc = kaun_object_stat(obj, &st, err))) goto done;
-  size_t avail = st.size < 8 ? (size_t)st.size : 8;
-  if ((rc = kaun_object_read(obj, 0, first8, avail, err))) goto done;
-  if ((rc = kaun_safetensors_header_length(first8, avail, st.size, uri, &n, err))) goto done;
-  if (!(header = malloc(n ? (size_t)n : 1))) {
-    rc = kaun__error_nomem(err, "reading a SafeTensors header");
-    goto done;
-  }
-  if ((rc = kaun_object_read(obj, 8, header, (size_t)n, err))) goto done;
-  rc = kaun_safetensors_parse_header(header, (size_t)n, st.size, uri, out, err);
-done:
-  free(header);
-  kaun_object_close(obj);
   kaun_context_free(own);
   return rc;
 }

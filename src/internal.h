@@ -82,6 +82,14 @@ int kaun__flat_new_borrowed(kaun_flat **out, kaun_error *err);
  * ("__metadata__": {} is written back as such). */
 void kaun__flat_mark_metadata(kaun_flat *flat);
 
+/* Reads `len` bytes at `offset` of some source (a file, an object). */
+typedef int (*kaun__read_fn)(void *source, uint64_t offset, void *dst, size_t len, kaun_error *err);
+
+/* Reads and validates a header through `read` from a source of `size`
+ * bytes: two reads, the data is never touched. */
+int kaun__safetensors_read_via(kaun__read_fn read, void *source, uint64_t size, const char *name,
+                               kaun_safetensors **out, kaun_error *err);
+
 /* Reads a whole small file (index.json) into a NUL-terminated string. */
 int kaun__read_small_file(const char *path, size_t max, char **out, size_t *out_len,
                           kaun_error *err);

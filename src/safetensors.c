@@ -262,6 +262,35 @@ int kaun_safetensors_parse(const void *bytes, size_t size, const char *name, kau
   return kaun_safetensors_parse_header((const char *)bytes + 8, (size_t)n, size, name, out, err);
 }
 
+int kaun__safetensors_read_via(kaun__read_fn read, void *source, uint64_t size, const char *name,
+                               kaun_safetensors **out, kaun_error *err) {
+  *out = NULL;
+  unsigned char first8[8];
+  size_t avail = size < 8 ? (size_t)size : 8;
+  uint64_t n = 0;
+  int rc = read(source, 0, first8, avail, err);
+  if (!rc) rc = kaun_safetensors_header_length(first8, avail, size, name, &n, err);
+  if (rc) return rc;
+  char *header = malloc(n ? (size_t)n : 1);
+  if (!header) return kaun__error_nomem(err, "reading a SafeTensors header");
+  if (!(rc = read(source, 8, header, (size_t)n, err)))
+    rc = kaun_safetensors_parse_header(header, (size_t)n, size, name, out, err);
+  free(header);
+  return rc;
+}
+
+typedef struct local_file {
+  int fd;
+  const char *path;
+} local_file;
+
+static int local_read(void *source, uint64_t offset, void *dst, size_t len, kaun_error *err) {
+  local_file *f = source;
+  if (len && kaun__pread_full(f->fd, dst, len, offset) != 0)
+    return kaun__error_sys(err, KAUN_EIO, errno, "cannot read '%s'", f->path);
+  return KAUN_OK;
+}
+
 int kaun_safetensors_read_file(const char *path, kaun_safetensors **out, kaun_error *err) {
   *out = NULL;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -271,36 +300,14 @@ int kaun_safetensors_read_file(const char *path, kaun_safetensors **out, kaun_er
   }
   int rc;
   struct stat sb;
-  unsigned char first8[8];
-  char *header = NULL;
-  uint64_t n = 0;
   if (fstat(fd, &sb) != 0) {
     rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot stat '%s'", path);
-    goto done;
-  }
-  if (!S_ISREG(sb.st_mode)) {
+  } else if (!S_ISREG(sb.st_mode)) {
     rc = kaun__error_set(err, KAUN_EINVAL, "'%s' is not a regular file", path);
-    goto done;
+  } else {
+    local_file f = {fd, path};
+    rc = kaun__safetensors_read_via(local_read, &f, (uint64_t)sb.st_size, path, out, err);
   }
-  uint64_t size = (uint64_t)sb.st_size;
-  size_t avail = size < 8 ? (size_t)size : 8;
-  if (avail && kaun__pread_full(fd, first8, avail, 0) != 0) {
-    rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot read '%s'", path);
-    goto done;
-  }
-  if ((rc = kaun_safetensors_header_length(first8, avail, size, path, &n, err))) goto done;
-  header = malloc(n ? (size_t)n : 1);
-  if (!header) {
-    rc = kaun__error_nomem(err, "reading a SafeTensors header");
-    goto done;
-  }
-  if (n && kaun__pread_full(fd, header, (size_t)n, 8) != 0) {
-    rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot read the header of '%s'", path);
-    goto done;
-  }
-  rc = kaun_safetensors_parse_header(header, (size_t)n, size, path, out, err);
-done:
-  free(header);
   close(fd);
   return rc;
 }

@@ -37,6 +37,7 @@ KAUN_API int kaun_ptree_new_leaf(kaun_tensor *tensor, kaun_ptree **out, kaun_err
 /* Frees a tree, its children and their tensors.  Accepts NULL. */
 KAUN_API void kaun_ptree_free(kaun_ptree *tree);
 
+/* Whether the node is a tensor leaf, a record or a list. */
 KAUN_API kaun_ptree_kind kaun_ptree_kind_of(const kaun_ptree *tree);
 
 /* The tensor of a leaf (owned by the tree), NULL for a record or list. */
@@ -95,13 +96,17 @@ KAUN_API int kaun_ptree_foreach(const kaun_ptree *tree, kaun_ptree_visit_fn visi
  * what a SafeTensors file holds.  Owns its names and tensors. */
 typedef struct kaun_flat kaun_flat;
 
+/* An empty list.  Errors: KAUN_ENOMEM. */
 KAUN_API int kaun_flat_new(kaun_flat **out, kaun_error *err);
+/* Frees the list, its names and the tensors it still holds.  Accepts NULL. */
 KAUN_API void kaun_flat_free(kaun_flat *flat);
 
 /* Appends `name` (copied) and `tensor` (owned; freed on failure).
  * Names must be unique.  Errors: KAUN_EDUPLICATE, KAUN_EINVAL, KAUN_ENOMEM. */
 KAUN_API int kaun_flat_add(kaun_flat *flat, const char *name, kaun_tensor *tensor, kaun_error *err);
 
+/* Entries in insertion (for loads: file) order.  Names and tensors are
+ * owned by the list; out-of-range indices give NULL. */
 KAUN_API size_t kaun_flat_count(const kaun_flat *flat);
 KAUN_API const char *kaun_flat_name(const kaun_flat *flat, size_t index);
 KAUN_API kaun_tensor *kaun_flat_tensor(const kaun_flat *flat, size_t index);

@@ -52,6 +52,7 @@ KAUN_API int kaun_safetensors_parse(const void *bytes, size_t size, const char *
  * kaun_safetensors_parse_header, KAUN_ENOENT, KAUN_EIO. */
 KAUN_API int kaun_safetensors_read_file(const char *path, kaun_safetensors **out, kaun_error *err);
 
+/* Frees a parsed header.  Accepts NULL. */
 KAUN_API void kaun_safetensors_free(kaun_safetensors *st);
 
 /* Offset of the data section in the file: 8 + header length. */

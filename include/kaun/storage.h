@@ -63,6 +63,7 @@ typedef struct kaun_uri {
  * (empty, bad scheme characters, "file://host/...", empty path, empty
  * inner URI). */
 KAUN_API int kaun_uri_parse(const char *text, kaun_uri **out, kaun_error *err);
+/* Frees a parsed URI and its inner URIs.  Accepts NULL. */
 KAUN_API void kaun_uri_free(kaun_uri *uri);
 
 /* ---- objects ---------------------------------------------------------------- */
@@ -89,6 +90,8 @@ KAUN_API void kaun_object_close(kaun_object *obj);
 /* The URI the object was opened from (after mirror rewriting). */
 KAUN_API const char *kaun_object_uri(const kaun_object *obj);
 
+/* Fills `out` (set out->struct_size first; fields beyond it are left
+ * alone).  Errors: the backend's. */
 KAUN_API int kaun_object_stat(kaun_object *obj, kaun_stat *out, kaun_error *err);
 
 /* Reads exactly `len` bytes at `offset`.  Thread-safe on one object.

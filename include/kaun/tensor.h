@@ -96,6 +96,7 @@ KAUN_API kaun_buffer *kaun_buffer_ref(kaun_buffer *buffer);
 /* Drops one reference; the last one releases the memory.  Accepts NULL. */
 KAUN_API void kaun_buffer_unref(kaun_buffer *buffer);
 
+/* The bytes and their size (NULL and 0 for NULL). */
 KAUN_API const void *kaun_buffer_data(const kaun_buffer *buffer);
 KAUN_API size_t kaun_buffer_size(const kaun_buffer *buffer);
 
@@ -140,6 +141,7 @@ KAUN_API void kaun_tensor_free(kaun_tensor *tensor);
  * Errors: KAUN_ENOMEM. */
 KAUN_API int kaun_tensor_clone(const kaun_tensor *tensor, kaun_tensor **out, kaun_error *err);
 
+/* Accessors: constant time, thread-safe while nobody writes the tensor. */
 KAUN_API kaun_dtype kaun_tensor_dtype(const kaun_tensor *tensor);
 KAUN_API size_t kaun_tensor_ndim(const kaun_tensor *tensor);
 /* The shape: ndim entries, owned by the tensor. */
