@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -476,6 +477,48 @@ static void test_stacked_and_list(void) {
   kaun_context_free(ctx);
 }
 
+typedef struct load_job {
+  kaun_context *ctx;
+  const char *uri;
+  int failures;
+} load_job;
+
+static void *load_many(void *arg) {
+  load_job *job = arg;
+  for (int i = 0; i < 25; i++) {
+    kaun_error err = KAUN_ERROR_INIT;
+    kaun_flat *flat;
+    if (kaun_checkpoint_load_flat(job->ctx, job->uri, i % 2 ? KAUN_LOAD_COPY : 0, &flat, &err) !=
+            KAUN_OK ||
+        first_of(flat, "w") != 7.0f)
+      job->failures++;
+    else
+      kaun_flat_free(flat);
+  }
+  return NULL;
+}
+
+/* One context shared by threads: backends are created once, under a race. */
+static void test_threads_share_a_context(void) {
+  set_plugin_path();
+  kaun_context *ctx = mixed_context();
+  save_model(ctx, "archive://threads.safetensors", 7);
+  kaun_context_free(ctx);
+  ctx = mixed_context(); /* fresh: no backend instance exists yet */
+  pthread_t th[4];
+  load_job jobs[4];
+  for (int i = 0; i < 4; i++) {
+    jobs[i] =
+        (load_job){ctx, i % 2 ? "hub://threads.safetensors" : "archive://threads.safetensors", 0};
+    pthread_create(&th[i], NULL, load_many, &jobs[i]);
+  }
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    CU_ASSERT_EQUAL(jobs[i].failures, 0);
+  }
+  kaun_context_free(ctx);
+}
+
 /* ---- the registry plugin ----------------------------------------------------------------------
  */
 
@@ -586,6 +629,7 @@ int main(void) {
   CU_add_test(s, "one index, shards in two backends", test_mixed_storage_sharded);
   CU_add_test(s, "mirrors: the first that opens wins", test_mirrors);
   CU_add_test(s, "a stacked backend reads through another; list", test_stacked_and_list);
+  CU_add_test(s, "threads share one context", test_threads_share_a_context);
   CU_add_test(s, "the registry plugin resolves, picks latest, verifies", test_registry);
   CU_add_test(s, "saving needs a backend that can store", test_save_needs_put);
   CU_basic_set_mode(CU_BRM_VERBOSE);
