@@ -185,6 +185,14 @@ case "${1:-}" in
   bench) build; make -C build bench ;;
   fuzz) fuzz "${2:-60}" ;;
   plugin-oot) plugin_out_of_tree ;;
-  test) check; asan; format_check; plugin_out_of_tree; distcheck; echo "==> all tests passed" ;;
+  test)
+    check; asan; format_check; plugin_out_of_tree; distcheck
+    # one closing line for everything: CUnit tests and shell checks, both builds
+    total=$(cat build/tests/*.log build-asan/tests/*.log | awk '
+      /^ +tests +[0-9]/ {p += $4; f += $5}
+      /^[0-9]+ passed, [0-9]+ failed$/ {p += $1; f += $3}
+      END {print p + 1, f}')
+    echo "==> all tests passed"
+    echo "kaun: ${total% *} passed, ${total#* } failed" ;;
   *) sed -n '2,10p' "$0"; exit 2 ;;
 esac
