@@ -114,9 +114,6 @@ int kaun_uri_parse(const char *text, kaun_uri **out, kaun_error *err) {
       goto done;
     }
   }
-  if (!*u->path && !u->inner && strcmp(u->scheme, "file") != 0) {
-    /* "scheme://" alone: the backend's root; allowed, the backend decides */
-  }
 done:
   if (rc) {
     kaun_uri_free(u);

@@ -183,8 +183,10 @@ static int file_stat(void *object, kaun_stat *out, kaun_error *err) {
   (void)err;
   out->size = o->size;
   out->mtime = (int64_t)o->sb.st_mtime;
-  snprintf(out->etag, sizeof out->etag, "%llx-%llx-%lx", (unsigned long long)o->sb.st_ino,
-           (unsigned long long)o->size, (long)o->sb.st_mtim.tv_nsec ^ (long)o->sb.st_mtime);
+  /* inode, size and modification time: changes whenever the content can */
+  snprintf(out->etag, sizeof out->etag, "%llx-%llx-%llx.%09ld", (unsigned long long)o->sb.st_ino,
+           (unsigned long long)o->size, (unsigned long long)o->sb.st_mtim.tv_sec,
+           (long)o->sb.st_mtim.tv_nsec);
   char *real = realpath(o->path, NULL);
   snprintf(out->local_path, sizeof out->local_path, "%s", real ? real : o->path);
   free(real);
