@@ -97,7 +97,7 @@ fuzz() {
   mkdir -p build-fuzz/corpus
   clang -g -O1 -std=c11 -D_GNU_SOURCE -DKAUN_BUILDING_LIBRARY -Iinclude \
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-    tests/fuzz/fuzz_safetensors.c src/*.c -lcrypto -lpthread -lm -o build-fuzz/fuzz_safetensors
+    tests/fuzz/fuzz_safetensors.c core/*.c -lcrypto -lpthread -lm -o build-fuzz/fuzz_safetensors
   fix="${KAUN_FIXTURES:-$ROOT/../shared/fixtures}/safetensors"
   [ -d "$fix" ] && find "$fix" -name '*.safetensors' -exec cp {} build-fuzz/corpus/ \;
   echo "==> fuzzing the SafeTensors parser for ${seconds}s"

@@ -2,7 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../src/json.h"
+#include "../core/json.h"
 #include "unit.h"
 
 static int parse(const char *text, kaun__json_doc **doc, kaun_error *err) {

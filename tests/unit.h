@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../src/internal.h"
+#include "../core/internal.h"
 
 void register_tensor_tests(void);
 void register_cast_tests(void);

@@ -19,7 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../../src/storage_internal.h"
+#include "../../core/storage_internal.h"
 
 typedef struct file_backend {
   char *name;

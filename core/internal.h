@@ -4,7 +4,7 @@
 #define KAUN_INTERNAL_H
 
 #ifndef KAUN_BUILDING_LIBRARY
-#error "src/internal.h is private to libkaun"
+#error "core/internal.h is private to libkaun"
 #endif
 
 #include <kaun.h>

@@ -9,7 +9,7 @@
 #define KAUN_JSON_H
 
 #ifndef KAUN_BUILDING_LIBRARY
-#error "src/json.h is private to libkaun"
+#error "core/json.h is private to libkaun"
 #endif
 
 #include "internal.h"

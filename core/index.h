@@ -4,7 +4,7 @@
 #define KAUN_INDEX_H
 
 #ifndef KAUN_BUILDING_LIBRARY
-#error "src/index.h is private to libkaun"
+#error "core/index.h is private to libkaun"
 #endif
 
 #include "internal.h"

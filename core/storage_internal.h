@@ -4,7 +4,7 @@
 #define KAUN_STORAGE_INTERNAL_H
 
 #ifndef KAUN_BUILDING_LIBRARY
-#error "src/storage_internal.h is private to libkaun"
+#error "core/storage_internal.h is private to libkaun"
 #endif
 
 #include <kaun/plugin.h>
