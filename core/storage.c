@@ -363,6 +363,10 @@ void kaun_context_free(kaun_context *ctx) {
 
 const char *kaun_context_config_path(const kaun_context *ctx) { return ctx->cfg.path; }
 
+const char *kaun__context_cache_dir(const kaun_context *ctx) {
+  return ctx ? ctx->cfg.cache_dir : NULL;
+}
+
 int kaun_context_describe(const kaun_context *ctx, char **out, kaun_error *err) {
   kaun__strbuf sb = {0};
   const kaun__config *c = &ctx->cfg;

@@ -105,4 +105,7 @@ typedef struct kaun__instance {
 
 void kaun__instance_unref(kaun__instance *inst);
 
+/* The config's cache_dir, or NULL when the config has none. */
+const char *kaun__context_cache_dir(const kaun_context *ctx);
+
 #endif

@@ -11,6 +11,7 @@
 #include <kaun/checkpoint.h>
 #include <kaun/hash.h>
 #include <kaun/storage.h>
+#include <kaun/io.h>
 #include <kaun/plugin.h>
 
 #endif

@@ -48,7 +48,11 @@ KAUN_BEGIN_DECLS
   X(EBACKEND, -28, "no backend for this URI scheme")                           \
   X(EISDIR, -29, "object is a directory")                                      \
   X(ECHECKSUM, -30, "checksum mismatch")                                       \
-  X(EACCESS, -31, "access outside the allowed root")
+  X(EACCESS, -31, "access outside the allowed root")                          \
+  X(ETRANSIENT, -32, "temporary failure: retrying later may succeed")          \
+  X(EAUTH, -33, "authentication or permission refused")                        \
+  X(ECHANGED, -34, "object changed while it was being read")                   \
+  X(ECANCELED, -35, "operation canceled")
 
 typedef enum kaun_status {
 #define KAUN_STATUS_ENUM_(name, value, text) KAUN_##name = (value),
