@@ -63,10 +63,9 @@ int kaun__plugin_check(const kaun_plugin *d, size_t reported_size, const char *p
                            KAUN_PLUGIN_ABI_MINOR);
   if (d->struct_size < KAUN_PLUGIN_SIZE_1_0)
     return kaun__error_set(err, KAUN_EABI,
-                           "plugin '%s' has a descriptor of %zu bytes, smaller than ABI %u.%u's "
+                           "plugin '%s' has a descriptor of %zu bytes, smaller than ABI 1.0's "
                            "%zu: it is corrupt or not a kaun plugin",
-                           path, d->struct_size, d->abi_major, d->abi_minor,
-                           (size_t)KAUN_PLUGIN_SIZE_1_0);
+                           path, d->struct_size, (size_t)KAUN_PLUGIN_SIZE_1_0);
   if (!valid_plugin_name(d->name))
     return kaun__error_set(err, KAUN_EPLUGIN,
                            "plugin '%s' has an invalid name (lowercase letters, digits, '-' "
@@ -82,9 +81,18 @@ int kaun__plugin_check(const kaun_plugin *d, size_t reported_size, const char *p
   if (missing)
     return kaun__error_set(err, KAUN_EPLUGIN, "plugin '%s' (%s) lacks the mandatory operation '%s'",
                            path, d->name, missing);
-  /* copy what this version of the struct has; newer fields we do not know */
+  if (d->abi_minor >= 1 && d->struct_size < KAUN_PLUGIN_SIZE_1_1)
+    return kaun__error_set(err, KAUN_EABI,
+                           "plugin '%s' says ABI %u.%u but has a descriptor of %zu bytes, smaller "
+                           "than that version's %zu: rebuild it against this kaun's "
+                           "<kaun/plugin.h>",
+                           path, d->abi_major, d->abi_minor, d->struct_size,
+                           (size_t)KAUN_PLUGIN_SIZE_1_1);
+  /* copy what this version of the struct has; newer fields we do not know,
+   * and the 1.1 fields only from a plugin that says it has them */
+  size_t have = d->abi_minor >= 1 ? d->struct_size : KAUN_PLUGIN_SIZE_1_0;
   memset(out, 0, sizeof *out);
-  memcpy(out, d, d->struct_size < sizeof *out ? d->struct_size : sizeof *out);
+  memcpy(out, d, have < sizeof *out ? have : sizeof *out);
   out->struct_size = sizeof *out;
   if (!out->map || !(out->capabilities & KAUN_CAP_MAP)) out->map = no_map;
   if (!out->unmap) out->unmap = no_unmap;
@@ -154,6 +162,8 @@ static int load_locked(const char *path, kaun__plugin **out, kaun_error *err) {
                            "plugin '%s' is named '%s', a name already taken by '%s'", path,
                            p->ops.name, other->path);
   }
+  if (!rc && p->ops.load && (rc = p->ops.load(err)) != KAUN_OK)
+    kaun__error_prefix(err, "plugin '%s' failed to initialise: ", path);
   if (rc) {
     if (p) free(p->path);
     free(p);
@@ -222,6 +232,7 @@ void kaun__plugin_unref(kaun__plugin *p) {
         *pp = p->next;
         break;
       }
+    if (p->ops.unload) p->ops.unload();
     dlclose(p->dl);
     free(p->path);
     free(p);

@@ -13,7 +13,7 @@
 #define KAUN_PLUGINDIR "/usr/local/lib/kaun/plugins"
 #endif
 
-#define MAX_NESTING 16
+#define MAX_NESTING KAUN_URI_MAX_DEPTH
 
 struct kaun_context {
   kaun__config cfg;
@@ -22,8 +22,23 @@ struct kaun_context {
   char **dir_origins;
   kaun__plugin **plugins; /* one per configured backend */
   pthread_mutex_t lock;
+  pthread_cond_t created; /* signalled when a pending creation ends */
   size_t ninstances;
   kaun__instance **instances;
+  /* backend names being created, and by which thread (create is
+   * serialised per name; a creation that needs itself is a cycle) */
+  size_t npending;
+  struct pending {
+    char *name;
+    pthread_t thread;
+  } *pending;
+  atomic_long refs; /* the application's, and one per instance */
+  bool closed;      /* kaun_context_free was called */
+  /* I/O settings */
+  kaun_progress_fn progress;
+  void *progress_user;
+  uint64_t chunk_size;
+  unsigned inflight;
 };
 
 struct kaun_object {
@@ -31,6 +46,7 @@ struct kaun_object {
   void *handle;
   char *uri;
   kaun_object *inner;
+  char *asked; /* the URI the caller asked for (before mirror rewriting) */
 };
 
 /* How deep URI opening has recursed on this thread (an index whose URI
@@ -52,27 +68,49 @@ int kaun_error_set(kaun_error *err, int code, const char *fmt, ...) {
 /* ---- URIs ---------------------------------------------------------------------- */
 
 void kaun_uri_free(kaun_uri *u) {
-  if (!u) return;
-  free(u->scheme);
-  free(u->path);
-  kaun_uri_free(u->inner);
-  free(u);
+  while (u) {
+    kaun_uri *inner = u->inner;
+    free(u->scheme);
+    free(u->path);
+    free(u);
+    u = inner;
+  }
 }
 
-int kaun_uri_parse(const char *text, kaun_uri **out, kaun_error *err) {
-  *out = NULL;
-  if (!text || !*text) return kaun__error_set(err, KAUN_EURI, "an empty string is not a URI");
-  kaun_uri *u = calloc(1, sizeof *u);
-  if (!u) return kaun__error_nomem(err, "parsing a URI");
-  int rc = KAUN_OK;
+/* The first "::" of `text` not preceded by a backslash, or NULL. */
+static const char *find_chain(const char *text) {
+  for (const char *p = strstr(text, "::"); p; p = strstr(p + 1, "::"))
+    if (p == text || p[-1] != '\\') return p;
+  return NULL;
+}
+
+const char *kaun__uri_chain(const char *text) { return find_chain(text); }
+
+/* `n` bytes of `text` with every "\::" turned into "::". */
+static char *unescape(const char *text, size_t n) {
+  char *out = malloc(n + 1);
+  if (!out) return NULL;
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (text[i] == '\\' && i + 2 < n && text[i + 1] == ':' && text[i + 2] == ':') continue;
+    out[k++] = text[i];
+  }
+  out[k] = '\0';
+  return out;
+}
+
+/* Parses one level: SCHEME://PATH or a plain path, up to `end`. */
+static int parse_one(const char *text, const char *whole, kaun_uri *u, const char **chain,
+                     kaun_error *err) {
+  *chain = NULL;
   const char *sep = strstr(text, "://");
   const char *slash = strchr(text, '/');
   if (!sep || (slash && slash < sep)) {
-    /* a plain path: /abs, ./rel, rel/ative */
+    /* a plain path (/abs, ./rel, rel/ative): all of it, "::" included */
     u->scheme = strdup("file");
     u->path = strdup(text);
-    if (!u->scheme || !u->path) rc = kaun__error_nomem(err, "parsing a URI");
-    goto done;
+    if (!u->scheme || !u->path) return kaun__error_nomem(err, "parsing a URI");
+    return KAUN_OK;
   }
   size_t slen = (size_t)(sep - text);
   bool ok = slen > 0 && text[0] >= 'a' && text[0] <= 'z';
@@ -81,45 +119,62 @@ int kaun_uri_parse(const char *text, kaun_uri **out, kaun_error *err) {
     ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.' ||
          c == '_';
   }
-  if (!ok) {
-    rc = kaun__error_set(err, KAUN_EURI,
-                         "'%s': the scheme must be lowercase letters, digits, '+', '-', '.' or "
-                         "'_', starting with a letter",
-                         text);
-    goto done;
-  }
+  if (!ok)
+    return kaun__error_set(err, KAUN_EURI,
+                           "'%s'%s%s%s: the scheme must be lowercase letters, digits, '+', '-', "
+                           "'.' or '_', starting with a letter",
+                           text, text != whole ? " (in '" : "", text != whole ? whole : "",
+                           text != whole ? "')" : "");
   const char *rest = sep + 3;
-  const char *chain = strstr(rest, "::");
-  size_t plen = chain ? (size_t)(chain - rest) : strlen(rest);
+  const char *next = find_chain(rest);
+  size_t plen = next ? (size_t)(next - rest) : strlen(rest);
   u->scheme = strndup(text, slen);
-  u->path = strndup(rest, plen);
-  if (!u->scheme || !u->path) {
-    rc = kaun__error_nomem(err, "parsing a URI");
-    goto done;
-  }
-  if (chain) {
-    if (!chain[2]) {
-      rc = kaun__error_set(err, KAUN_EURI, "'%s': nothing follows '::' (want MEMBER::OUTER-URI)",
-                           text);
-      goto done;
-    }
-    if ((rc = kaun_uri_parse(chain + 2, &u->inner, err))) goto done;
-  }
-  if (strcmp(u->scheme, "file") == 0) {
-    if (u->path[0] != '/') {
-      rc = kaun__error_set(err, KAUN_EURI,
+  u->path = unescape(rest, plen);
+  *chain = next;
+  if (!u->scheme || !u->path) return kaun__error_nomem(err, "parsing a URI");
+  if (strcmp(u->scheme, "file") == 0 && u->path[0] != '/')
+    return kaun__error_set(err, KAUN_EURI,
                            "'%s': a file URI names an absolute path (file:///abs/path); "
                            "file://HOST/ is not supported",
-                           text);
-      goto done;
+                           whole);
+  return KAUN_OK;
+}
+
+int kaun_uri_parse(const char *text, kaun_uri **out, kaun_error *err) {
+  *out = NULL;
+  if (!text || !*text) return kaun__error_set(err, KAUN_EURI, "an empty string is not a URI");
+  kaun_uri *head = NULL, **tail = &head;
+  const char *at = text;
+  int rc = KAUN_OK;
+  for (int depth = 0; at; depth++) {
+    if (depth >= KAUN_URI_MAX_DEPTH) {
+      rc = kaun__error_set(err, KAUN_EURI,
+                           "'%.200s%s': more than %d URIs stacked with '::' (escape a literal "
+                           "'::' in a path as '\\::')",
+                           text, strlen(text) > 200 ? "..." : "", KAUN_URI_MAX_DEPTH);
+      break;
     }
+    kaun_uri *u = calloc(1, sizeof *u);
+    if (!u) {
+      rc = kaun__error_nomem(err, "parsing a URI");
+      break;
+    }
+    *tail = u;
+    tail = &u->inner;
+    const char *chain;
+    if ((rc = parse_one(at, text, u, &chain, err))) break;
+    if (chain && !chain[2]) {
+      rc = kaun__error_set(err, KAUN_EURI, "'%s': nothing follows '::' (want MEMBER::OUTER-URI)",
+                           text);
+      break;
+    }
+    at = chain ? chain + 2 : NULL;
   }
-done:
   if (rc) {
-    kaun_uri_free(u);
+    kaun_uri_free(head);
     return rc;
   }
-  *out = u;
+  *out = head;
   return KAUN_OK;
 }
 
@@ -293,6 +348,8 @@ int kaun_context_new(const char *config_path, kaun_context **out, kaun_error *er
   kaun_context *ctx = calloc(1, sizeof *ctx);
   if (!ctx) return kaun__error_nomem(err, "creating a context");
   pthread_mutex_init(&ctx->lock, NULL);
+  pthread_cond_init(&ctx->created, NULL);
+  atomic_init(&ctx->refs, 1);
   char path[4096];
   const char *origin = NULL;
   int rc = find_config(config_path, path, sizeof path, &origin, err);
@@ -344,10 +401,8 @@ fail:
   return rc;
 }
 
-void kaun_context_free(kaun_context *ctx) {
-  if (!ctx) return;
-  for (size_t i = 0; i < ctx->ninstances; i++) kaun__instance_unref(ctx->instances[i]);
-  free(ctx->instances);
+static void context_unref(kaun_context *ctx) {
+  if (!ctx || atomic_fetch_sub(&ctx->refs, 1) != 1) return;
   for (size_t i = 0; i < ctx->cfg.nbackends; i++) kaun__plugin_unref(ctx->plugins[i]);
   free(ctx->plugins);
   for (size_t i = 0; i < ctx->ndirs; i++) {
@@ -356,9 +411,42 @@ void kaun_context_free(kaun_context *ctx) {
   }
   free(ctx->dirs);
   free(ctx->dir_origins);
+  free(ctx->pending);
   kaun__config_free(&ctx->cfg);
+  pthread_cond_destroy(&ctx->created);
   pthread_mutex_destroy(&ctx->lock);
   free(ctx);
+}
+
+/* The application is done with the context: its instances go (each lives
+ * on while an object or mapping of its own does, and keeps the context's
+ * memory alive until then, so a plugin's `ctx` is valid until destroy). */
+void kaun_context_free(kaun_context *ctx) {
+  if (!ctx) return;
+  pthread_mutex_lock(&ctx->lock);
+  kaun__instance **instances = ctx->instances;
+  size_t n = ctx->ninstances;
+  ctx->instances = NULL;
+  ctx->ninstances = 0;
+  ctx->closed = true;
+  pthread_mutex_unlock(&ctx->lock);
+  for (size_t i = 0; i < n; i++) kaun__instance_unref(instances[i]);
+  free(instances);
+  context_unref(ctx);
+}
+
+void kaun_context_set_progress(kaun_context *ctx, kaun_progress_fn fn, void *user) {
+  ctx->progress = fn;
+  ctx->progress_user = user;
+}
+
+void kaun_context_set_io(kaun_context *ctx, uint64_t chunk_size, unsigned inflight) {
+  ctx->chunk_size = chunk_size;
+  ctx->inflight = inflight;
+}
+
+int kaun_context_new_io(kaun_context *ctx, kaun_io **out, kaun_error *err) {
+  return kaun_io_new(ctx ? ctx->progress : NULL, ctx ? ctx->progress_user : NULL, out, err);
 }
 
 const char *kaun_context_config_path(const kaun_context *ctx) { return ctx->cfg.path; }
@@ -419,7 +507,8 @@ int kaun_context_describe(const kaun_context *ctx, char **out, kaun_error *err) 
 
 void kaun__instance_unref(kaun__instance *inst) {
   if (!inst || atomic_fetch_sub(&inst->refs, 1) != 1) return;
-  inst->plugin->ops.destroy(inst->backend);
+  if (inst->backend) inst->plugin->ops.destroy(inst->backend);
+  context_unref(inst->ctx);
   kaun__options_free(&inst->options);
   kaun__plugin_unref(inst->plugin);
   free(inst->name);
@@ -458,19 +547,26 @@ static int build_options(const kaun_context *ctx, const kaun__backend_conf *b,
   return KAUN_OK;
 }
 
-/* The instance answering to `scheme`, created on first use.  Takes a ref. */
-static int get_instance(kaun_context *ctx, const char *scheme, kaun__instance **out,
-                        kaun_error *err) {
-  *out = NULL;
-  pthread_mutex_lock(&ctx->lock);
+/* The instance answering to `scheme` among those made, with ctx->lock
+ * held.  Takes a reference. */
+static kaun__instance *find_instance(kaun_context *ctx, const char *scheme) {
   for (size_t i = 0; i < ctx->ninstances; i++)
     if (strcmp(ctx->instances[i]->name, scheme) == 0) {
-      *out = ctx->instances[i];
-      atomic_fetch_add(&(*out)->refs, 1);
-      pthread_mutex_unlock(&ctx->lock);
-      return KAUN_OK;
+      atomic_fetch_add(&ctx->instances[i]->refs, 1);
+      return ctx->instances[i];
     }
-  pthread_mutex_unlock(&ctx->lock);
+  return NULL;
+}
+
+static long find_pending(const kaun_context *ctx, const char *scheme) {
+  for (size_t i = 0; i < ctx->npending; i++)
+    if (strcmp(ctx->pending[i].name, scheme) == 0) return (long)i;
+  return -1;
+}
+
+/* Makes the instance (the caller has claimed the name). */
+static int create_instance(kaun_context *ctx, const char *scheme, kaun__instance **out,
+                           kaun_error *err) {
   const kaun__backend_conf *conf = NULL;
   kaun__plugin *plugin = NULL;
   int rc;
@@ -503,51 +599,92 @@ static int get_instance(kaun_context *ctx, const char *scheme, kaun__instance **
     return kaun__error_nomem(err, "creating a backend");
   }
   inst->plugin = plugin;
+  inst->ctx = ctx;
+  atomic_fetch_add(&ctx->refs, 1);
   atomic_init(&inst->refs, 1);
   rc = build_options(ctx, conf, plugin, &inst->options, err);
   if (!rc) {
     rc = plugin->ops.create(ctx, scheme, &inst->options, &inst->backend, err);
-    if (rc) kaun__error_prefix(err, "backend '%s' (plugin %s): ", scheme, plugin->ops.name);
+    if (rc) {
+      inst->backend = NULL;
+      kaun__error_prefix(err, "backend '%s' (plugin %s): ", scheme, plugin->ops.name);
+    }
   }
   if (rc) {
-    kaun__options_free(&inst->options);
-    kaun__plugin_unref(plugin);
-    free(inst->name);
-    free(inst);
+    kaun__instance_unref(inst);
     return rc;
   }
-  pthread_mutex_lock(&ctx->lock);
-  for (size_t i = 0; i < ctx->ninstances; i++)
-    if (strcmp(ctx->instances[i]->name, scheme) == 0) { /* another thread won the race */
-      kaun__instance *theirs = ctx->instances[i];
-      atomic_fetch_add(&theirs->refs, 1);
-      pthread_mutex_unlock(&ctx->lock);
-      kaun__instance_unref(inst);
-      *out = theirs;
-      return KAUN_OK;
-    }
-  kaun__instance **grown = realloc(ctx->instances, (ctx->ninstances + 1) * sizeof *grown);
-  if (!grown) {
-    pthread_mutex_unlock(&ctx->lock);
-    kaun__instance_unref(inst);
-    return kaun__error_nomem(err, "creating a backend");
-  }
-  ctx->instances = grown;
-  ctx->instances[ctx->ninstances++] = inst; /* the context's reference */
-  atomic_fetch_add(&inst->refs, 1);         /* the caller's */
-  pthread_mutex_unlock(&ctx->lock);
   *out = inst;
   return KAUN_OK;
 }
 
+/* The instance answering to `scheme`, created on first use: once per
+ * context, however many threads ask at the same time.  Takes a ref. */
+static int get_instance(kaun_context *ctx, const char *scheme, kaun__instance **out,
+                        kaun_error *err) {
+  *out = NULL;
+  pthread_mutex_lock(&ctx->lock);
+  for (;;) {
+    if ((*out = find_instance(ctx, scheme))) {
+      pthread_mutex_unlock(&ctx->lock);
+      return KAUN_OK;
+    }
+    long p = find_pending(ctx, scheme);
+    if (p < 0) break;
+    if (pthread_equal(ctx->pending[p].thread, pthread_self())) {
+      pthread_mutex_unlock(&ctx->lock);
+      return kaun__error_set(err, KAUN_EURI,
+                             "creating the backend '%s' needs the backend '%s' itself: its "
+                             "options lead back to it",
+                             scheme, scheme);
+    }
+    pthread_cond_wait(&ctx->created, &ctx->lock); /* another thread is creating it */
+  }
+  struct pending *grown = realloc(ctx->pending, (ctx->npending + 1) * sizeof *grown);
+  if (!grown) {
+    pthread_mutex_unlock(&ctx->lock);
+    return kaun__error_nomem(err, "creating a backend");
+  }
+  ctx->pending = grown;
+  ctx->pending[ctx->npending].name = (char *)scheme;
+  ctx->pending[ctx->npending].thread = pthread_self();
+  ctx->npending++;
+  pthread_mutex_unlock(&ctx->lock);
+
+  kaun__instance *inst = NULL;
+  int rc = create_instance(ctx, scheme, &inst, err);
+
+  pthread_mutex_lock(&ctx->lock);
+  long p = find_pending(ctx, scheme);
+  ctx->pending[p] = ctx->pending[--ctx->npending];
+  if (!rc && !ctx->closed) {
+    kaun__instance **more = realloc(ctx->instances, (ctx->ninstances + 1) * sizeof *more);
+    if (more) {
+      ctx->instances = more;
+      ctx->instances[ctx->ninstances++] = inst; /* the context's reference */
+      atomic_fetch_add(&inst->refs, 1);         /* and the caller's */
+    } /* else: the caller's only; made again next time */
+  }
+  pthread_cond_broadcast(&ctx->created);
+  pthread_mutex_unlock(&ctx->lock);
+  *out = inst;
+  return rc;
+}
+
 /* ---- objects --------------------------------------------------------------------- */
+
+/* Puts the URI in front of a backend's message that does not name it. */
+static int name_uri(kaun_error *err, int rc, const char *uri) {
+  if (rc && err && uri && !strstr(err->message, uri)) kaun__error_prefix(err, "%s: ", uri);
+  return rc;
+}
 
 static int open_parsed(kaun_context *ctx, const kaun_uri *u, const char *text, kaun_object **out,
                        kaun_error *err) {
   kaun_object *inner = NULL;
   int rc;
   if (u->inner) {
-    char *inner_text = strstr(text, "::");
+    const char *inner_text = kaun__uri_chain(text);
     if ((rc = kaun_object_open(ctx, inner_text + 2, &inner, err))) return rc;
   }
   kaun__instance *inst;
@@ -575,7 +712,7 @@ static int open_parsed(kaun_context *ctx, const kaun_uri *u, const char *text, k
   if (rc) {
     o->handle = NULL;
     kaun_object_close(o);
-    return rc;
+    return name_uri(err, rc, text);
   }
   *out = o;
   return KAUN_OK;
@@ -607,12 +744,16 @@ static const kaun__mirror *find_mirror(const kaun_context *ctx, const char *uri)
   return best;
 }
 
+/* How much a failure says about the object: a mirror that has it but
+ * fails says more than one that does not have it. */
+static int failure_rank(int code) { return code == KAUN_ENOENT ? 0 : code == KAUN_EBACKEND ? 1 : 2; }
+
 int kaun_object_open(kaun_context *ctx, const char *uri, kaun_object **out, kaun_error *err) {
   *out = NULL;
   const kaun__mirror *m = find_mirror(ctx, uri);
   if (!m) return open_direct(ctx, uri, out, err);
-  kaun__strbuf tried = {0};
-  kaun_error first = KAUN_ERROR_INIT;
+  kaun__strbuf why = {0};
+  kaun_error worst = KAUN_ERROR_INIT;
   int rc = KAUN_ENOENT;
   for (size_t i = 0; i < m->count; i++) {
     kaun__strbuf cand = {0};
@@ -625,22 +766,35 @@ int kaun_object_open(kaun_context *ctx, const char *uri, kaun_object **out, kaun
     }
     kaun_error e = KAUN_ERROR_INIT;
     rc = open_direct(ctx, cand.data, out, &e);
-    kaun__strbuf_printf(&tried, "%s%s", tried.len ? ", " : "", cand.data);
+    if (rc == KAUN_OK) {
+      kaun__strbuf_free(&cand);
+      break;
+    }
+    kaun__strbuf_printf(&why, "%s%s (%s", why.len ? "; " : "", cand.data, kaun_status_name(rc));
+    if (e.http_status) kaun__strbuf_printf(&why, ", HTTP %ld", e.http_status);
+    const char *msg = e.message;
+    if (strncmp(msg, cand.data, cand.len) == 0 && strncmp(msg + cand.len, ": ", 2) == 0)
+      msg += cand.len + 2;
+    kaun__strbuf_printf(&why, "): %s", msg);
     kaun__strbuf_free(&cand);
-    if (rc == KAUN_OK) break;
-    if (!first.code) first = e;
+    if (!worst.code || failure_rank(rc) > failure_rank(worst.code)) worst = e;
     if (rc == KAUN_EISDIR) { /* a folder is an answer, not a failure to fall through */
       if (err) *err = e;
       break;
     }
+    if (rc == KAUN_ECANCELED || rc == KAUN_ENOMEM) break;
   }
-  if (rc && rc != KAUN_EISDIR) {
-    kaun__error_set(err, first.code,
-                    "no mirror of '%s' could open it (tried %s); the first said: %s", uri,
-                    tried.data ? tried.data : "nothing", first.message);
-    rc = first.code;
+  if (rc && rc != KAUN_EISDIR && rc != KAUN_ENOMEM) {
+    kaun__error_set(err, worst.code, "no mirror of '%s' could open it: %s", uri,
+                    why.data ? why.data : "no mirrors");
+    if (err) err->http_status = worst.http_status;
+    rc = worst.code;
   }
-  kaun__strbuf_free(&tried);
+  kaun__strbuf_free(&why);
+  if (*out) {
+    free((*out)->asked);
+    (*out)->asked = strdup(uri);
+  }
   return rc;
 }
 
@@ -650,8 +804,12 @@ void kaun_object_close(kaun_object *o) {
   kaun__instance_unref(o->inst);
   kaun_object_close(o->inner);
   free(o->uri);
+  free(o->asked);
   free(o);
 }
+
+/* The URI the caller asked for (messages name it). */
+static const char *asked_uri(const kaun_object *o) { return o->asked ? o->asked : o->uri; }
 
 const char *kaun_object_uri(const kaun_object *o) { return o->uri; }
 
@@ -660,7 +818,7 @@ int kaun_object_stat(kaun_object *o, kaun_stat *out, kaun_error *err) {
   memset(&tmp, 0, sizeof tmp);
   tmp.struct_size = sizeof tmp;
   int rc = o->inst->plugin->ops.stat(o->handle, &tmp, err);
-  if (rc) return rc;
+  if (rc) return name_uri(err, rc, asked_uri(o));
   size_t n = out->struct_size && out->struct_size < sizeof tmp ? out->struct_size : sizeof tmp;
   memcpy(out, &tmp, n);
   out->struct_size = n;
@@ -668,8 +826,60 @@ int kaun_object_stat(kaun_object *o, kaun_stat *out, kaun_error *err) {
 }
 
 int kaun_object_read(kaun_object *o, uint64_t offset, void *dst, size_t len, kaun_error *err) {
+  return kaun_object_read_io(o, offset, dst, len, NULL, err);
+}
+
+int kaun_object_read_io(kaun_object *o, uint64_t offset, void *dst, size_t len, kaun_io *io,
+                        kaun_error *err) {
   if (!len) return KAUN_OK;
-  return o->inst->plugin->ops.read(o->handle, offset, dst, len, err);
+  if (kaun_io_canceled(io))
+    return kaun__error_set(err, KAUN_ECANCELED, "%s: canceled", asked_uri(o));
+  const kaun_plugin *ops = &o->inst->plugin->ops;
+  int rc;
+  if (ops->read_io) {
+    rc = ops->read_io(o->handle, offset, dst, len, io, err);
+  } else {
+    rc = ops->read(o->handle, offset, dst, len, err);
+    if (!rc && kaun_io_add(io, asked_uri(o), 0, len) == KAUN_ECANCELED)
+      rc = kaun__error_set(err, KAUN_ECANCELED, "%s: canceled", asked_uri(o));
+  }
+  return name_uri(err, rc, asked_uri(o));
+}
+
+void kaun_object_hints(const kaun_object *o, uint64_t *chunk_size, unsigned *inflight) {
+  const kaun_context *ctx = o->inst->ctx;
+  const kaun_plugin *ops = &o->inst->plugin->ops;
+  uint64_t chunk = ctx->chunk_size ? ctx->chunk_size : ops->read_chunk;
+  unsigned n = ctx->inflight ? ctx->inflight : ops->read_inflight;
+  if (!chunk) chunk = (uint64_t)8 << 20;
+  if (!n) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    n = (ops->capabilities & KAUN_CAP_MAP) ? (unsigned)(cpus < 1 ? 1 : cpus > 8 ? 8 : cpus) : 16;
+  }
+  *chunk_size = chunk;
+  *inflight = n;
+}
+
+int kaun_object_fetch(kaun_object *o, kaun_io *io, char *path_out, size_t path_size,
+                      kaun_error *err) {
+  kaun_stat st = {.struct_size = sizeof st};
+  int rc = kaun_object_stat(o, &st, err);
+  if (rc) return rc;
+  if (st.local_path[0]) {
+    if (strlen(st.local_path) >= path_size)
+      return kaun__error_set(err, KAUN_EINVAL, "%s: its local path does not fit in %zu bytes",
+                             asked_uri(o), path_size);
+    memcpy(path_out, st.local_path, strlen(st.local_path) + 1);
+    return KAUN_OK;
+  }
+  const kaun_plugin *ops = &o->inst->plugin->ops;
+  if (!(ops->capabilities & KAUN_CAP_FETCH))
+    return kaun__error_set(err, KAUN_ENOTSUP,
+                           "%s: the '%s' backend keeps no local copy (no fetch); read it instead",
+                           asked_uri(o), o->inst->name);
+  rc = ops->fetch_io ? ops->fetch_io(o->handle, path_out, path_size, io, err)
+                     : ops->fetch(o->handle, path_out, path_size, err);
+  return name_uri(err, rc, asked_uri(o));
 }
 
 typedef struct mapping {
@@ -683,6 +893,42 @@ static void release_mapping(void *data, size_t size, void *context) {
   m->inst->plugin->ops.unmap(m->inst->backend, m->cookie);
   kaun__instance_unref(m->inst);
   free(m);
+}
+
+int kaun_object_map_range(kaun_object *o, uint64_t offset, uint64_t len, kaun_buffer **out,
+                          kaun_error *err) {
+  *out = NULL;
+  const kaun_plugin *ops = &o->inst->plugin->ops;
+  if (!(ops->capabilities & KAUN_CAP_MAP))
+    return kaun__error_set(err, KAUN_ENOTSUP, "%s: the '%s' backend cannot map; read instead",
+                           asked_uri(o), o->inst->name);
+  mapping *m = calloc(1, sizeof *m);
+  if (!m) return kaun__error_nomem(err, "mapping an object");
+  const void *data;
+  size_t size = 0;
+  int rc;
+  if (ops->map_range) {
+    rc = ops->map_range(o->handle, offset, len, &data, &m->cookie, err);
+    size = (size_t)len;
+    offset = 0;
+  } else {
+    rc = ops->map(o->handle, &data, &size, &m->cookie, err);
+  }
+  if (rc) {
+    free(m);
+    return name_uri(err, rc, asked_uri(o));
+  }
+  m->inst = o->inst;
+  atomic_fetch_add(&m->inst->refs, 1);
+  if (offset > size || len > size - offset) {
+    release_mapping(NULL, 0, m);
+    return kaun__error_set(err, KAUN_EIO, "%s: bytes %llu..%llu are past its end (%zu bytes)",
+                           asked_uri(o), (unsigned long long)offset,
+                           (unsigned long long)(offset + len), size);
+  }
+  rc = kaun_buffer_wrap((const char *)data + offset, (size_t)len, release_mapping, m, out, err);
+  if (rc) release_mapping(NULL, 0, m);
+  return rc;
 }
 
 static void release_malloc(void *data, size_t size, void *context) {
@@ -744,11 +990,19 @@ static int backend_for(kaun_context *ctx, const char *uri, kaun__instance **inst
 
 int kaun_storage_put(kaun_context *ctx, const char *uri, const kaun_put_source *src,
                      kaun_error *err) {
+  return kaun_storage_put_io(ctx, uri, src, NULL, err);
+}
+
+int kaun_storage_put_io(kaun_context *ctx, const char *uri, const kaun_put_source *src,
+                        kaun_io *io, kaun_error *err) {
   kaun__instance *inst;
   char *path;
   int rc = backend_for(ctx, uri, &inst, &path, err);
   if (rc) return rc;
-  rc = inst->plugin->ops.put(inst->backend, path, src, err);
+  const kaun_plugin *ops = &inst->plugin->ops;
+  rc = ops->put_io ? ops->put_io(inst->backend, path, src, io, err)
+                   : ops->put(inst->backend, path, src, err);
+  rc = name_uri(err, rc, uri);
   free(path);
   kaun__instance_unref(inst);
   return rc;
@@ -759,7 +1013,7 @@ int kaun_storage_remove(kaun_context *ctx, const char *uri, kaun_error *err) {
   char *path;
   int rc = backend_for(ctx, uri, &inst, &path, err);
   if (rc) return rc;
-  rc = inst->plugin->ops.remove(inst->backend, path, err);
+  rc = name_uri(err, inst->plugin->ops.remove(inst->backend, path, err), uri);
   free(path);
   kaun__instance_unref(inst);
   return rc;
@@ -771,7 +1025,7 @@ int kaun_storage_list(kaun_context *ctx, const char *uri, kaun_list_fn fn, void 
   char *path;
   int rc = backend_for(ctx, uri, &inst, &path, err);
   if (rc) return rc;
-  rc = inst->plugin->ops.list(inst->backend, path, fn, context, err);
+  rc = name_uri(err, inst->plugin->ops.list(inst->backend, path, fn, context, err), uri);
   free(path);
   kaun__instance_unref(inst);
   return rc;

@@ -96,6 +96,7 @@ void kaun__config_free(kaun__config *c);
 /* ---- contexts and instances ------------------------------------------------------ */
 
 typedef struct kaun__instance {
+  kaun_context *ctx; /* holds a reference: ctx lives until destroy */
   char *name;
   kaun__plugin *plugin;
   void *backend;
@@ -104,6 +105,9 @@ typedef struct kaun__instance {
 } kaun__instance;
 
 void kaun__instance_unref(kaun__instance *inst);
+
+/* The first "::" of a URI that stacks it (not an escaped "\\::"), or NULL. */
+const char *kaun__uri_chain(const char *text);
 
 /* The config's cache_dir, or NULL when the config has none. */
 const char *kaun__context_cache_dir(const kaun_context *ctx);

@@ -10,7 +10,8 @@
  *
  * Rules for operations:
  *  - return KAUN_OK or a negative KAUN_E* code, and fill `err` with a
- *    message that names the object (the core adds nothing);
+ *    message that says what failed (the core puts the URI the user asked
+ *    for in front of it when the message does not already contain it);
  *  - never print, never exit;
  *  - `read` may be called concurrently on one object from several
  *    threads; every other operation on one object is serialised by the
@@ -22,12 +23,13 @@
 
 #include <kaun/common.h>
 #include <kaun/error.h>
+#include <kaun/io.h>
 #include <kaun/storage.h>
 
 KAUN_BEGIN_DECLS
 
 #define KAUN_PLUGIN_ABI_MAJOR 1
-#define KAUN_PLUGIN_ABI_MINOR 0
+#define KAUN_PLUGIN_ABI_MINOR 1
 #define KAUN_PLUGIN_ENTRY "kaun_plugin_entry"
 
 /* ---- options ---------------------------------------------------------------- */
@@ -84,9 +86,13 @@ typedef struct kaun_plugin {
   uint32_t capabilities;           /* KAUN_CAP_* */
 
   /* Creates an instance.  `ctx` lets the instance open other URIs (an
-   * index elsewhere, an inner object); do not free it, and do not keep
-   * using it after destroy.  `instance` is the name it answers to.
-   * Mandatory. */
+   * index elsewhere, an inner object): it stays valid until this
+   * instance's destroy has returned, even when the application has
+   * called kaun_context_free (the context lives on while any instance,
+   * object or mapping made from it does).  Do not free it.  `instance`
+   * is the name it answers to.  Calls to create for one backend name are
+   * serialised: a context creates each instance once, even when many
+   * threads ask for it at the same time.  Mandatory. */
   int (*create)(kaun_context *ctx, const char *instance, const kaun_options *options,
                 void **out_backend, kaun_error *err);
   /* Mandatory. */
@@ -119,10 +125,48 @@ typedef struct kaun_plugin {
   /* Optional (KAUN_CAP_FETCH): make the object a local file (a cache
    * entry) and write its path into `path_out`. */
   int (*fetch)(void *object, char *path_out, size_t path_size, kaun_error *err);
+
+  /* ---- version 1.1 fields (read only when abi_minor >= 1) ------------ */
+
+  /* Called once when the plugin's file is loaded, before any create (set
+   * up libraries: curl_global_init...), and once before it is unloaded,
+   * after the last destroy.  Both optional.  A failing load refuses the
+   * plugin with the message it gives. */
+  int (*load)(kaun_error *err);
+  void (*unload)(void);
+
+  /* As read, with an I/O context (<kaun/io.h>): report bytes with
+   * kaun_io_add as they arrive and stop with KAUN_ECANCELED when it says
+   * so; read kaun_io_chunk_size/inflight as hints.  `io` may be NULL.
+   * Optional: without it the core calls read and reports progress
+   * itself, per call. */
+  int (*read_io)(void *object, uint64_t offset, void *dst, size_t len, kaun_io *io,
+                 kaun_error *err);
+  /* Optional (KAUN_CAP_MAP): `len` bytes at `offset` of the object,
+   * zero-copy, valid until unmap with the cookie (even after close).  Return
+   * KAUN_ENOTSUP to say "use read" for this object or range (a
+   * compressed member, a remote object): the core then reads instead.
+   * Without it the core maps the whole object with map. */
+  int (*map_range)(void *object, uint64_t offset, uint64_t len, const void **out_data,
+                   void **out_cookie, kaun_error *err);
+  /* As fetch and put, with an I/O context.  Optional: without them the
+   * core calls fetch and put. */
+  int (*fetch_io)(void *object, char *path_out, size_t path_size, kaun_io *io, kaun_error *err);
+  int (*put_io)(void *backend, const char *path, const kaun_put_source *src, kaun_io *io,
+                kaun_error *err);
+  /* Transfer hints for loads from this backend: the bytes one read should
+   * ask for, and how many reads are worth having in flight at once (a
+   * page cache wants a few threads; a network wants 8-32 requests).
+   * 0 = the core's defaults (8 MiB; 8 for a backend that maps, 16 for one
+   * that does not).  A context can override both (kaun_context_set_io). */
+  uint64_t read_chunk;
+  uint32_t read_inflight;
 } kaun_plugin;
 
 /* The size of the version 1.0 descriptor: the loader's minimum. */
 #define KAUN_PLUGIN_SIZE_1_0 (offsetof(kaun_plugin, fetch) + sizeof(void (*)(void)))
+/* The size of the version 1.1 descriptor. */
+#define KAUN_PLUGIN_SIZE_1_1 (offsetof(kaun_plugin, read_inflight) + sizeof(uint32_t))
 
 /* The entry point's type: `const kaun_plugin *kaun_plugin_entry(void)`. */
 typedef const kaun_plugin *(*kaun_plugin_entry_fn)(void);

@@ -20,6 +20,7 @@
 
 #include <kaun/common.h>
 #include <kaun/error.h>
+#include <kaun/io.h>
 #include <kaun/tensor.h>
 
 KAUN_BEGIN_DECLS
@@ -42,6 +43,19 @@ KAUN_API int kaun_context_new(const char *config_path, kaun_context **out, kaun_
  * opened through it stay valid: they keep what they need alive. */
 KAUN_API void kaun_context_free(kaun_context *ctx);
 
+/* The progress callback for every operation through this context that
+ * is not given its own (NULL: none).  Set it before sharing the context
+ * between threads. */
+KAUN_API void kaun_context_set_progress(kaun_context *ctx, kaun_progress_fn fn, void *user);
+
+/* Overrides the backends' transfer hints for loads through this context:
+ * bytes per ranged read and reads in flight (0 = the backend's hint). */
+KAUN_API void kaun_context_set_io(kaun_context *ctx, uint64_t chunk_size, unsigned inflight);
+
+/* A new I/O context carrying the context's progress callback (for
+ * operations that take a kaun_io: cancel it from another thread). */
+KAUN_API int kaun_context_new_io(kaun_context *ctx, kaun_io **out, kaun_error *err);
+
 /* The config file in use, or NULL when running on defaults. */
 KAUN_API const char *kaun_context_config_path(const kaun_context *ctx);
 
@@ -59,9 +73,15 @@ typedef struct kaun_uri {
   struct kaun_uri *inner; /* "::INNER" of a stacked URI, or NULL */
 } kaun_uri;
 
-/* Parses `text`.  Errors: KAUN_EURI naming the URI and what is wrong
- * (empty, bad scheme characters, "file://host/...", empty path, empty
- * inner URI). */
+/* The most URIs one URI may stack with "::" (and the deepest that opening
+ * a URI may lead through backends: an index naming an index...). */
+#define KAUN_URI_MAX_DEPTH 16
+
+/* Parses `text`.  "A::B" stacks: the object A is read through B.  A
+ * literal "::" inside a path is written "\::" (the backslash is dropped).
+ * Errors: KAUN_EURI naming the URI and what is wrong (empty, bad scheme
+ * characters, "file://host/...", empty path, empty inner URI, more than
+ * KAUN_URI_MAX_DEPTH levels). */
 KAUN_API int kaun_uri_parse(const char *text, kaun_uri **out, kaun_error *err);
 /* Frees a parsed URI and its inner URIs.  Accepts NULL. */
 KAUN_API void kaun_uri_free(kaun_uri *uri);
@@ -95,9 +115,31 @@ KAUN_API const char *kaun_object_uri(const kaun_object *obj);
 KAUN_API int kaun_object_stat(kaun_object *obj, kaun_stat *out, kaun_error *err);
 
 /* Reads exactly `len` bytes at `offset`.  Thread-safe on one object.
- * Errors: KAUN_EIO (including a short object), the backend's errors. */
+ * Errors: KAUN_EIO (including a short object), the backend's errors;
+ * the message starts with the URI asked for. */
 KAUN_API int kaun_object_read(kaun_object *obj, uint64_t offset, void *dst, size_t len,
                               kaun_error *err);
+
+/* As kaun_object_read, reporting progress to `io` and stopping with
+ * KAUN_ECANCELED when it is canceled.  `io` may be NULL. */
+KAUN_API int kaun_object_read_io(kaun_object *obj, uint64_t offset, void *dst, size_t len,
+                                 kaun_io *io, kaun_error *err);
+
+/* `len` bytes at `offset` as a zero-copy buffer, when the backend can map
+ * this object; KAUN_ENOTSUP when it cannot (then read instead: nothing
+ * is lost).  The buffer keeps the backend alive. */
+KAUN_API int kaun_object_map_range(kaun_object *obj, uint64_t offset, uint64_t len,
+                                   kaun_buffer **out, kaun_error *err);
+
+/* The transfer hints for this object: bytes per read and reads in
+ * flight (the context's overrides, else the backend's, else defaults). */
+KAUN_API void kaun_object_hints(const kaun_object *obj, uint64_t *chunk_size, unsigned *inflight);
+
+/* A local file holding the object's bytes: its own path when it is one
+ * (stat's local_path), else the backend's cache (fetch), downloading it
+ * once.  Errors: KAUN_ENOTSUP (the backend has neither), the backend's. */
+KAUN_API int kaun_object_fetch(kaun_object *obj, kaun_io *io, char *path_out, size_t path_size,
+                               kaun_error *err);
 
 /* The whole object as a read-only buffer: zero-copy when the backend can
  * map it, otherwise read into memory.  The buffer keeps the object's
@@ -118,6 +160,10 @@ typedef struct kaun_put_source {
  * new one.  Errors: KAUN_ENOTSUP (the backend cannot store), KAUN_EIO... */
 KAUN_API int kaun_storage_put(kaun_context *ctx, const char *uri, const kaun_put_source *src,
                               kaun_error *err);
+
+/* As kaun_storage_put, with progress and cancellation (`io` may be NULL). */
+KAUN_API int kaun_storage_put_io(kaun_context *ctx, const char *uri, const kaun_put_source *src,
+                                 kaun_io *io, kaun_error *err);
 
 /* Removes an object.  Errors: KAUN_ENOTSUP, KAUN_ENOENT, KAUN_EIO. */
 KAUN_API int kaun_storage_remove(kaun_context *ctx, const char *uri, kaun_error *err);

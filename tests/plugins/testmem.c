@@ -122,8 +122,9 @@ static int t_put(void *be, const char *path, const kaun_put_source *src, kaun_er
 
 static const kaun_plugin descriptor = {
     .abi_major = KAUN_PLUGIN_ABI_MAJOR,
-    .abi_minor = KAUN_PLUGIN_ABI_MINOR,
-    .struct_size = sizeof(kaun_plugin),
+    /* built as an ABI 1.0 plugin would be: 1.1 plugins must keep loading it */
+    .abi_minor = 0,
+    .struct_size = KAUN_PLUGIN_SIZE_1_0,
     .name = TESTMEM_NAME,
     .version = "test-1",
     .description = "test plugin: a directory, read without map, with injected failures",
