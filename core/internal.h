@@ -85,8 +85,13 @@ void kaun__flat_mark_metadata(kaun_flat *flat);
 /* Reads `len` bytes at `offset` of some source (a file, an object). */
 typedef int (*kaun__read_fn)(void *source, uint64_t offset, void *dst, size_t len, kaun_error *err);
 
+/* The first read of a header: most headers fit, so a remote object's
+ * header costs one request. */
+#define KAUN__HEADER_PROBE ((size_t)64 << 10)
+
 /* Reads and validates a header through `read` from a source of `size`
- * bytes: two reads, the data is never touched. */
+ * bytes: one read of up to KAUN__HEADER_PROBE bytes, a second for the
+ * rest of a larger header; the data is never touched. */
 int kaun__safetensors_read_via(kaun__read_fn read, void *source, uint64_t size, const char *name,
                                kaun_safetensors **out, kaun_error *err);
 

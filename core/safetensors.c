@@ -265,15 +265,31 @@ int kaun_safetensors_parse(const void *bytes, size_t size, const char *name, kau
 int kaun__safetensors_read_via(kaun__read_fn read, void *source, uint64_t size, const char *name,
                                kaun_safetensors **out, kaun_error *err) {
   *out = NULL;
-  unsigned char first8[8];
-  size_t avail = size < 8 ? (size_t)size : 8;
+  /* one read that holds most headers (remote: one request), a second
+   * only for the rest of a larger one */
+  size_t first = size < KAUN__HEADER_PROBE ? (size_t)size : KAUN__HEADER_PROBE;
+  unsigned char *buf = malloc(first ? first : 1);
+  if (!buf) return kaun__error_nomem(err, "reading a SafeTensors header");
   uint64_t n = 0;
-  int rc = read(source, 0, first8, avail, err);
-  if (!rc) rc = kaun_safetensors_header_length(first8, avail, size, name, &n, err);
-  if (rc) return rc;
+  int rc = read(source, 0, buf, first, err);
+  if (!rc) rc = kaun_safetensors_header_length(buf, first, size, name, &n, err);
+  if (rc) {
+    free(buf);
+    return rc;
+  }
+  if (8 + n <= first) {
+    rc = kaun_safetensors_parse_header(buf + 8, (size_t)n, size, name, out, err);
+    free(buf);
+    return rc;
+  }
   char *header = malloc(n ? (size_t)n : 1);
-  if (!header) return kaun__error_nomem(err, "reading a SafeTensors header");
-  if (!(rc = read(source, 8, header, (size_t)n, err)))
+  if (!header) {
+    free(buf);
+    return kaun__error_nomem(err, "reading a SafeTensors header");
+  }
+  memcpy(header, buf + 8, first - 8);
+  free(buf);
+  if (!(rc = read(source, first, header + (first - 8), (size_t)n - (first - 8), err)))
     rc = kaun_safetensors_parse_header(header, (size_t)n, size, name, out, err);
   free(header);
   return rc;

@@ -109,7 +109,20 @@ void kaun__instance_unref(kaun__instance *inst);
 /* The first "::" of a URI that stacks it (not an escaped "\\::"), or NULL. */
 const char *kaun__uri_chain(const char *text);
 
+/* "URI/NAME" (a stacked URI joins on its left side); malloc'd or NULL. */
+char *kaun__child_uri(const char *uri, const char *name);
+
 /* The config's cache_dir, or NULL when the config has none. */
 const char *kaun__context_cache_dir(const kaun_context *ctx);
+
+/* ---- copies (core/copy.c) ----------------------------------------------------------- */
+
+/* True when `src` is the put source of kaun_storage_copy: the object it
+ * reads from, the operation's io (may be NULL) and the source URI to
+ * report progress under are then set.  A backend's put may copy from the
+ * object its own way instead of calling src->read (the file backend:
+ * copy_file_range between local files). */
+bool kaun__copy_source(const kaun_put_source *src, kaun_object **object, kaun_io **io,
+                       const char **uri);
 
 #endif

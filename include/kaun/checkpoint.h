@@ -17,6 +17,7 @@
 #include <kaun/common.h>
 #include <kaun/error.h>
 #include <kaun/ptree.h>
+#include <kaun/reader.h>
 #include <kaun/storage.h>
 
 KAUN_BEGIN_DECLS
@@ -51,6 +52,18 @@ KAUN_API int kaun_checkpoint_load(kaun_context *ctx, const char *uri, const kaun
  * KAUN_EINDEX (bad index), KAUN_ENOENT, KAUN_EIO. */
 KAUN_API int kaun_checkpoint_load_flat(kaun_context *ctx, const char *uri, unsigned flags,
                                        kaun_flat **out, kaun_error *err);
+
+/* As kaun_checkpoint_load and kaun_checkpoint_load_flat, with options:
+ * progress and cancellation (opts->io), a callback that receives each
+ * tensor as soon as its bytes are in (opts->on_tensor), flags.  `opts`
+ * may be NULL.  Only the template's tensors are read: a template of 10
+ * tensors out of 1,000 reads those 10 (and the headers). */
+KAUN_API int kaun_checkpoint_load_ex(kaun_context *ctx, const char *uri, const kaun_ptree *like,
+                                     const kaun_load_options *opts, kaun_ptree **out,
+                                     kaun_error *err);
+KAUN_API int kaun_checkpoint_load_flat_ex(kaun_context *ctx, const char *uri,
+                                          const kaun_load_options *opts, kaun_flat **out,
+                                          kaun_error *err);
 
 /* Loads every tensor and rebuilds the tree from the dotted names (see
  * kaun_ptree_unflatten). */
