@@ -21,6 +21,7 @@
 #include <kaun/plugin.h>
 
 #include <json-c/json.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,7 +38,6 @@ typedef struct registry {
 
 typedef struct entry {
   kaun_object *inner;
-  kaun_buffer *bytes; /* kept when the checksum was verified */
   char uri[1024];
 } entry;
 
@@ -132,13 +132,44 @@ static void list_keys(json_object *o, char *out, size_t size) {
   }
 }
 
+/* Hashes the inner object with bounded memory: through its mapping when
+ * its backend maps, else in 8 MiB reads. */
+static int sha256_of(kaun_object *inner, char got[KAUN_SHA256_HEX_SIZE], kaun_error *err) {
+  kaun_stat st = {.struct_size = sizeof st};
+  int rc = kaun_object_stat(inner, &st, err);
+  if (rc) return rc;
+  kaun_buffer *map = NULL;
+  kaun_error ignored = KAUN_ERROR_INIT;
+  if (kaun_object_map_range(inner, 0, st.size, &map, &ignored) == KAUN_OK) {
+    rc = kaun_sha256_hex(kaun_buffer_data(map), kaun_buffer_size(map), got, err);
+    kaun_buffer_unref(map);
+    return rc;
+  }
+  enum { CHUNK = 8 << 20 };
+  unsigned char *buf = malloc(CHUNK);
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  if (!buf || !md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
+    rc = kaun_error_set(err, KAUN_ENOMEM, "registry: out of memory hashing");
+  for (uint64_t off = 0; !rc && off < st.size; off += CHUNK) {
+    size_t n = st.size - off < CHUNK ? (size_t)(st.size - off) : CHUNK;
+    if (!(rc = kaun_object_read(inner, off, buf, n, err)) && EVP_DigestUpdate(md, buf, n) != 1)
+      rc = kaun_error_set(err, KAUN_ENOMEM, "registry: hashing failed");
+  }
+  unsigned char digest[32];
+  unsigned len = 0;
+  if (!rc && EVP_DigestFinal_ex(md, digest, &len) != 1)
+    rc = kaun_error_set(err, KAUN_ENOMEM, "registry: hashing failed");
+  for (unsigned i = 0; !rc && i < 32; i++) snprintf(got + 2 * i, 3, "%02x", digest[i]);
+  EVP_MD_CTX_free(md);
+  free(buf);
+  return rc;
+}
+
 static int sha256_check(registry *r, entry *e, const char *path, const char *want,
                         kaun_error *err) {
-  int rc = kaun_object_map(e->inner, &e->bytes, err);
-  if (rc) return rc;
   char got[KAUN_SHA256_HEX_SIZE];
-  if ((rc = kaun_sha256_hex(kaun_buffer_data(e->bytes), kaun_buffer_size(e->bytes), got, err)))
-    return rc;
+  int rc = sha256_of(e->inner, got, err);
+  if (rc) return rc;
   if (strcmp(got, want) != 0)
     return kaun_error_set(err, KAUN_ECHECKSUM,
                           "%s://%s: the sha256 of %s is %s, but the registry's index says %s; "
@@ -207,7 +238,6 @@ static int r_open(void *be, const char *path, kaun_object *inner, void **out, ka
   if (!rc && r->verify && json_object_object_get_ex(item, "sha256", &sha))
     rc = sha256_check(r, e, path, json_object_get_string(sha), err);
   if (rc) {
-    kaun_buffer_unref(e->bytes);
     kaun_object_close(e->inner);
     free(e);
     return rc;
@@ -218,7 +248,6 @@ static int r_open(void *be, const char *path, kaun_object *inner, void **out, ka
 
 static void r_close(void *obj) {
   entry *e = obj;
-  kaun_buffer_unref(e->bytes);
   kaun_object_close(e->inner);
   free(e);
 }
@@ -233,21 +262,33 @@ static int r_read(void *obj, uint64_t off, void *dst, size_t len, kaun_error *er
   return kaun_object_read(e->inner, off, dst, len, err);
 }
 
+static int r_read_io(void *obj, uint64_t off, void *dst, size_t len, kaun_io *io,
+                     kaun_error *err) {
+  entry *e = obj;
+  return kaun_object_read_io(e->inner, off, dst, len, io, err);
+}
+
 /* The bytes through the inner object's own mapping (zero copy when the
- * file lives on a backend that maps). */
-static int r_map(void *obj, const void **data, size_t *size, void **cookie, kaun_error *err) {
+ * file lives on a backend that maps; KAUN_ENOTSUP, "read instead", when
+ * it does not). */
+static int r_map_range(void *obj, uint64_t off, uint64_t len, const void **data, void **cookie,
+                       kaun_error *err) {
   entry *e = obj;
   kaun_buffer *b = NULL;
-  if (e->bytes) {
-    b = kaun_buffer_ref(e->bytes);
-  } else {
-    int rc = kaun_object_map(e->inner, &b, err);
-    if (rc) return rc;
-  }
+  int rc = kaun_object_map_range(e->inner, off, len, &b, err);
+  if (rc) return rc;
   *data = kaun_buffer_data(b);
-  *size = kaun_buffer_size(b);
   *cookie = b;
   return KAUN_OK;
+}
+
+static int r_map(void *obj, const void **data, size_t *size, void **cookie, kaun_error *err) {
+  entry *e = obj;
+  kaun_stat st = {.struct_size = sizeof st};
+  int rc = kaun_object_stat(e->inner, &st, err);
+  if (!rc) rc = r_map_range(obj, 0, st.size, data, cookie, err);
+  if (!rc) *size = (size_t)st.size;
+  return rc;
 }
 
 static void r_unmap(void *be, void *cookie) {
@@ -264,6 +305,8 @@ static const kaun_plugin descriptor = {
     .description = "an in-house model registry: names and versions resolved through an index",
     .options = options,
     .capabilities = KAUN_CAP_READ | KAUN_CAP_MAP,
+    .read_io = r_read_io,
+    .map_range = r_map_range,
     .create = r_create,
     .destroy = r_destroy,
     .open = r_open,
