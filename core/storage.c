@@ -580,7 +580,9 @@ static int create_instance(kaun_context *ctx, const char *scheme, kaun__instance
              ? kaun__plugin_by_path(conf->plugin, &plugin, err)
              : kaun__plugin_by_name(conf->plugin, ctx->dirs, ctx->ndirs, &plugin, err);
   } else {
-    rc = kaun__plugin_by_name(scheme, ctx->dirs, ctx->ndirs, &plugin, err);
+    /* https:// is served by the http plugin's default instance */
+    const char *pname = strcmp(scheme, "https") == 0 ? "http" : scheme;
+    rc = kaun__plugin_by_name(pname, ctx->dirs, ctx->ndirs, &plugin, err);
     if (rc == KAUN_EPLUGIN && err && strstr(err->message, "no plugin '")) {
       char why[KAUN_ERROR_MESSAGE_MAX];
       snprintf(why, sizeof why, "%s", err->message);
@@ -748,8 +750,21 @@ static const kaun__mirror *find_mirror(const kaun_context *ctx, const char *uri)
  * fails says more than one that does not have it. */
 static int failure_rank(int code) { return code == KAUN_ENOENT ? 0 : code == KAUN_EBACKEND ? 1 : 2; }
 
+static int open_mirrored(kaun_context *ctx, const char *uri, kaun_object **out,
+                         kaun_error *err);
+
 int kaun_object_open(kaun_context *ctx, const char *uri, kaun_object **out, kaun_error *err) {
   *out = NULL;
+  if (ctx) return open_mirrored(ctx, uri, out, err);
+  /* a context from the default config; the object keeps it alive */
+  int rc = kaun_context_new(NULL, &ctx, err);
+  if (!rc) rc = open_mirrored(ctx, uri, out, err);
+  kaun_context_free(ctx);
+  return rc;
+}
+
+static int open_mirrored(kaun_context *ctx, const char *uri, kaun_object **out,
+                         kaun_error *err) {
   const kaun__mirror *m = find_mirror(ctx, uri);
   if (!m) return open_direct(ctx, uri, out, err);
   kaun__strbuf why = {0};
@@ -971,19 +986,24 @@ int kaun_object_map(kaun_object *o, kaun_buffer **out, kaun_error *err) {
 
 /* ---- whole-URI operations ---------------------------------------------------------- */
 
-/* Resolves a URI for put/remove/list: no stacking. */
+/* Resolves a URI for put/remove/list: no stacking.  A NULL ctx means a
+ * context from the default config, kept alive by the instance. */
 static int backend_for(kaun_context *ctx, const char *uri, kaun__instance **inst, char **path,
                        kaun_error *err) {
   kaun_uri *u;
   int rc = kaun_uri_parse(uri, &u, err);
   if (rc) return rc;
-  if (u->inner) {
+  kaun_context *own = NULL;
+  if (!ctx && !(rc = kaun_context_new(NULL, &own, err))) ctx = own;
+  if (rc) {
+  } else if (u->inner) {
     rc = kaun__error_set(err, KAUN_ENOTSUP, "'%s': objects inside another object are read-only",
                          uri);
   } else if (!(rc = get_instance(ctx, u->scheme, inst, err))) {
     *path = u->path;
     u->path = NULL;
   }
+  kaun_context_free(own);
   kaun_uri_free(u);
   return rc;
 }

@@ -520,6 +520,62 @@ static void test_threads_share_a_context(void) {
   kaun_context_free(ctx);
 }
 
+static void *open_once(void *arg) {
+  kaun_context *ctx = arg;
+  kaun_object *o;
+  kaun_error err = KAUN_ERROR_INIT;
+  if (kaun_object_open(ctx, "slow://threads.safetensors", &o, &err) == KAUN_OK)
+    kaun_object_close(o);
+  else
+    fprintf(stderr, "open_once: %s\n", err.message);
+  return NULL;
+}
+
+/* Four threads' first use of a slow backend creates it once (it used to
+ * create four and destroy three: four credential lookups for S3). */
+static void test_create_once(void) {
+  set_plugin_path();
+  kaun_error err = KAUN_ERROR_INIT;
+  mkdir(tmp("slow"), 0755);
+  write_text(tmp("slow/threads.safetensors"), "x");
+  const char *log = tmp("creates.log");
+  unlink(log);
+  const char *cfg = tmp("slow.json");
+  write_text(cfg,
+             "{\"backends\": {\"slow\": {\"plugin\": \"testmem\", \"dir\": \"%s\", "
+             "\"create_log\": \"%s\", \"create_delay_ms\": 200}}}",
+             tmp("slow"), log);
+  kaun_context *ctx;
+  ASSERT_OK(kaun_context_new(cfg, &ctx, &err), err);
+  pthread_t th[4];
+  for (int i = 0; i < 4; i++) pthread_create(&th[i], NULL, open_once, ctx);
+  for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+  kaun_context_free(ctx);
+  char *text;
+  size_t len;
+  ASSERT_OK(kaun_storage_read_all(NULL, log, 1024, &text, &len, &err), err);
+  CU_ASSERT_STRING_EQUAL(text, "create\n");
+  free(text);
+}
+
+/* A plugin's ctx stays valid until its destroy, even after the
+ * application freed the context: an object keeps it alive. */
+static void test_context_outlived(void) {
+  set_plugin_path();
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx = mixed_context();
+  save_model(ctx, "archive://outlive.safetensors", 3);
+  kaun_object *o;
+  ASSERT_OK(kaun_object_open(ctx, "hub://outlive.safetensors", &o, &err), err);
+  kaun_context_free(ctx);
+  float w;
+  ASSERT_OK(kaun_object_read(o, 8 + 0, &w, 0, &err), err);
+  kaun_stat st = {.struct_size = sizeof st};
+  ASSERT_OK(kaun_object_stat(o, &st, &err), err);
+  CU_ASSERT(st.size > 8);
+  kaun_object_close(o);
+}
+
 /* ---- the registry plugin ----------------------------------------------------------------------
  */
 
@@ -631,6 +687,8 @@ int main(void) {
   CU_add_test(s, "mirrors: the first that opens wins", test_mirrors);
   CU_add_test(s, "a stacked backend reads through another; list", test_stacked_and_list);
   CU_add_test(s, "threads share one context", test_threads_share_a_context);
+  CU_add_test(s, "four threads' first use creates one instance", test_create_once);
+  CU_add_test(s, "objects outlive the context they came from", test_context_outlived);
   CU_add_test(s, "the registry plugin resolves, picks latest, verifies", test_registry);
   CU_add_test(s, "saving needs a backend that can store", test_save_needs_put);
   CU_basic_set_mode(CU_BRM_VERBOSE);

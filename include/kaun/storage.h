@@ -98,7 +98,9 @@ typedef struct kaun_stat {
 } kaun_stat;
 
 /* Opens the object at `uri`, trying mirrors first when the config has
- * them for the URI's prefix (the first that opens wins).  Errors:
+ * them for the URI's prefix (the first that opens wins).  `ctx` may be
+ * NULL here and in kaun_storage_*: a context from the default config is
+ * made for the call (and lives as long as the object).  Errors:
  * KAUN_EURI, KAUN_EBACKEND (unknown scheme), KAUN_ENOENT, KAUN_EISDIR
  * (the URI names a folder), KAUN_EACCESS, the backend's errors. */
 KAUN_API int kaun_object_open(kaun_context *ctx, const char *uri, kaun_object **out,

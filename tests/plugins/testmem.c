@@ -34,6 +34,8 @@ static const kaun_option_spec options[] = {
     {"dir", KAUN_OPTION_STRING, NULL, 1, 0, "the directory whose files are served"},
     {"fail_at", KAUN_OPTION_INT, "0", 0, 0, "fail the Nth operation call (0: never)"},
     {"token", KAUN_OPTION_STRING, NULL, 0, 1, "a secret, to test masking"},
+    {"create_log", KAUN_OPTION_STRING, NULL, 0, 0, "a file create appends one line to"},
+    {"create_delay_ms", KAUN_OPTION_INT, "0", 0, 0, "how long create takes (a slow backend)"},
     {NULL, 0, NULL, 0, 0, NULL}};
 
 static int injected(backend *b, const char *what, const char *path, kaun_error *err) {
@@ -50,6 +52,17 @@ static int t_create(kaun_context *ctx, const char *instance, const kaun_options 
   const char *token = kaun_options_get(opts, "token");
   if (token && strcmp(token, "bad") == 0)
     return kaun_error_set(err, KAUN_ECONFIG, "testmem: the token was refused");
+  const char *log = kaun_options_get(opts, "create_log");
+  if (log) {
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+      if (write(fd, "create\n", 7) != 7) { /* counted by the test: a short write shows */
+      }
+      close(fd);
+    }
+  }
+  long delay = (long)kaun_options_get_int(opts, "create_delay_ms", 0);
+  if (delay > 0) usleep((useconds_t)delay * 1000);
   backend *b = calloc(1, sizeof *b);
   if (!b) return kaun_error_set(err, KAUN_ENOMEM, "testmem: out of memory");
   snprintf(b->dir, sizeof b->dir, "%s", kaun_options_get(opts, "dir"));
