@@ -14,6 +14,7 @@ struct kaun_flat {
   size_t md_count, md_cap;
   char **md_keys;
   char **md_values;
+  kaun__index md_index; /* md_keys by name: set and get stay O(1) */
 };
 
 static int flat_create(bool borrowed, kaun_flat **out, kaun_error *err) {
@@ -44,6 +45,7 @@ void kaun_flat_free(kaun_flat *f) {
   free(f->md_keys);
   free(f->md_values);
   kaun__index_free(&f->index);
+  kaun__index_free(&f->md_index);
   free(f);
 }
 
@@ -115,14 +117,13 @@ kaun_tensor *kaun_flat_take(kaun_flat *f, size_t i) {
 int kaun_flat_set_metadata(kaun_flat *f, const char *key, const char *value, kaun_error *err) {
   if (!key || !value) return kaun__error_set(err, KAUN_EINVAL, "metadata needs a key and a value");
   f->has_metadata = true;
-  for (size_t i = 0; i < f->md_count; i++) {
-    if (strcmp(f->md_keys[i], key) == 0) {
-      char *v = strdup(value);
-      if (!v) return kaun__error_nomem(err, "setting metadata");
-      free(f->md_values[i]);
-      f->md_values[i] = v;
-      return KAUN_OK;
-    }
+  long i = kaun__index_find(&f->md_index, f->md_keys, key, strlen(key));
+  if (i >= 0) { /* replaced in place: the key keeps its position */
+    char *v = strdup(value);
+    if (!v) return kaun__error_nomem(err, "setting metadata");
+    free(f->md_values[i]);
+    f->md_values[i] = v;
+    return KAUN_OK;
   }
   if (!grow((void **)&f->md_keys, (void **)&f->md_values, &f->md_cap, f->md_count))
     return kaun__error_nomem(err, "setting metadata");
@@ -134,6 +135,11 @@ int kaun_flat_set_metadata(kaun_flat *f, const char *key, const char *value, kau
   }
   f->md_keys[f->md_count] = k;
   f->md_values[f->md_count] = v;
+  if (!kaun__index_add(&f->md_index, f->md_keys, f->md_count + 1, f->md_count)) {
+    free(k);
+    free(v);
+    return kaun__error_nomem(err, "setting metadata");
+  }
   f->md_count++;
   return KAUN_OK;
 }
@@ -149,9 +155,8 @@ const char *kaun_flat_metadata_value(const kaun_flat *f, size_t i) {
 }
 
 const char *kaun_flat_metadata_get(const kaun_flat *f, const char *key) {
-  for (size_t i = 0; i < f->md_count; i++)
-    if (strcmp(f->md_keys[i], key) == 0) return f->md_values[i];
-  return NULL;
+  long i = kaun__index_find(&f->md_index, f->md_keys, key, strlen(key));
+  return i >= 0 ? f->md_values[i] : NULL;
 }
 
 int kaun_flat_has_metadata(const kaun_flat *f) { return f->has_metadata; }

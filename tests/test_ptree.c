@@ -193,6 +193,56 @@ static void test_flat_list(void) {
   kaun_flat_free(flat);
 }
 
+/* Many metadata keys: insertion order is kept, setting a key again replaces
+ * its value in place, lookups find every key (the index, not a scan). */
+static void test_flat_metadata_many(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_flat *flat;
+  ASSERT_OK(kaun_flat_new(&flat, &err), err);
+  enum { N = 30000 };
+  char key[32], value[48];
+  /* keys in an order that is neither sorted nor hash order */
+  for (int i = 0; i < N; i++) {
+    int k = (int)(((unsigned)i * 7919u) % N);
+    snprintf(key, sizeof key, "k%d", k);
+    snprintf(value, sizeof value, "v%d", k);
+    ASSERT_OK(kaun_flat_set_metadata(flat, key, value, &err), err);
+  }
+  /* replace every third key, and one key twice */
+  for (int k = 0; k < N; k += 3) {
+    snprintf(key, sizeof key, "k%d", k);
+    snprintf(value, sizeof value, "new%d", k);
+    ASSERT_OK(kaun_flat_set_metadata(flat, key, value, &err), err);
+  }
+  ASSERT_OK(kaun_flat_set_metadata(flat, "k3", "newest", &err), err);
+  ASSERT_OK(kaun_flat_set_metadata(flat, "", "empty key", &err), err);
+  CU_ASSERT_EQUAL(kaun_flat_metadata_count(flat), N + 1);
+  bool order_ok = true, values_ok = true, get_ok = true;
+  for (int i = 0; i < N; i++) {
+    int k = (int)(((unsigned)i * 7919u) % N);
+    snprintf(key, sizeof key, "k%d", k);
+    if (k == 3)
+      snprintf(value, sizeof value, "newest");
+    else
+      snprintf(value, sizeof value, k % 3 ? "v%d" : "new%d", k);
+    order_ok &= strcmp(kaun_flat_metadata_key(flat, (size_t)i), key) == 0;
+    values_ok &= strcmp(kaun_flat_metadata_value(flat, (size_t)i), value) == 0;
+    const char *got = kaun_flat_metadata_get(flat, key);
+    get_ok &= got && strcmp(got, value) == 0;
+  }
+  CU_ASSERT_TRUE(order_ok);
+  CU_ASSERT_TRUE(values_ok);
+  CU_ASSERT_TRUE(get_ok);
+  CU_ASSERT_STRING_EQUAL(kaun_flat_metadata_key(flat, N), "");
+  CU_ASSERT_STRING_EQUAL(kaun_flat_metadata_get(flat, ""), "empty key");
+  CU_ASSERT_PTR_NULL(kaun_flat_metadata_get(flat, "k30000"));
+  CU_ASSERT_PTR_NULL(kaun_flat_metadata_get(flat, "k1x"));
+  CU_ASSERT_PTR_NULL(kaun_flat_metadata_key(flat, N + 1));
+  ASSERT_FAILS(kaun_flat_set_metadata(flat, NULL, "x", &err), err, KAUN_EINVAL, "key");
+  CU_ASSERT_EQUAL(kaun_flat_metadata_count(flat), N + 1);
+  kaun_flat_free(flat);
+}
+
 void register_ptree_tests(void) {
   static const unit_test tests[] = {
       {"records and lists build and resolve paths", test_build_and_get},
@@ -200,6 +250,7 @@ void register_ptree_tests(void) {
       {"foreach, flatten and unflatten agree", test_foreach_flatten_unflatten},
       {"unflatten makes lists and rejects collisions", test_unflatten_rules},
       {"flat lists index names and keep metadata", test_flat_list},
+      {"many metadata keys keep their order and are replaced in place", test_flat_metadata_many},
       {NULL, NULL}};
   add_suite("ptree", tests);
 }

@@ -16,6 +16,7 @@ void register_json_tests(void);
 void register_safetensors_tests(void);
 void register_fixture_tests(void);
 void register_checkpoint_tests(void);
+void register_copy_tests(void);
 
 /* A suite named `name` with the given tests (NULL-terminated pairs). */
 typedef struct unit_test {

@@ -15,6 +15,7 @@ int main(void) {
   register_safetensors_tests();
   register_fixture_tests();
   register_checkpoint_tests();
+  register_copy_tests();
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();
   unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();

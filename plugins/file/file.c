@@ -15,9 +15,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <linux/fs.h> /* FICLONE */
+#endif
 
 #include "../../core/storage_internal.h"
 
@@ -271,6 +276,136 @@ static int make_parents(const file_backend *b, char *full, kaun_error *err) {
   return KAUN_OK;
 }
 
+/* ---- put: from any source, or in the kernel from a local file ------------------------- */
+
+/* kaun_storage_copy from a local file into the temporary file of a put. */
+typedef struct local_copy {
+  int in;
+  const char *in_path;
+  struct stat sb; /* the source as it was opened */
+  uint64_t size;
+  kaun_io *io;     /* may be NULL */
+  const char *uri; /* what progress is reported under */
+} local_copy;
+
+/* copy_file_range calls: small enough for timely progress and
+ * cancellation, large enough that the calls cost nothing. */
+#define KERNEL_CHUNK ((size_t)64 << 20)
+/* read/write, where the kernel cannot copy between the two files */
+#define BUFFER_CHUNK ((size_t)8 << 20)
+
+/* Opens the local file behind `obj` when it is the very file the object
+ * has open: the object's stat names a local path, and the file there has
+ * the same etag (inode, size, modification time) and `size` bytes.
+ * Fills `lc` (the path points into `st`) and returns the descriptor, or
+ * returns -1: then the copy reads through the object. */
+static int open_local_source(kaun_object *obj, uint64_t size, local_copy *lc, kaun_stat *st) {
+  kaun_error ignored = KAUN_ERROR_INIT;
+  memset(st, 0, sizeof *st);
+  st->struct_size = sizeof *st;
+  if (kaun_object_stat(obj, st, &ignored) != KAUN_OK || !st->local_path[0] || st->size != size)
+    return -1;
+  int fd = open(st->local_path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  file_object probe = {.fd = fd, .path = st->local_path, .size = size};
+  kaun_stat mine = {.struct_size = sizeof mine};
+  if (fstat(fd, &probe.sb) != 0 || !S_ISREG(probe.sb.st_mode) ||
+      (uint64_t)probe.sb.st_size != size || file_stat(&probe, &mine, &ignored) != KAUN_OK ||
+      strcmp(mine.etag, st->etag) != 0) {
+    close(fd);
+    return -1;
+  }
+  lc->in = fd;
+  lc->in_path = st->local_path;
+  lc->sb = probe.sb;
+  lc->size = size;
+  return fd;
+}
+
+static int copy_progress(const local_copy *lc, uint64_t bytes, kaun_error *err) {
+  if (kaun_io_add(lc->io, lc->uri, lc->size, bytes) != KAUN_OK)
+    return kaun__error_set(err, KAUN_ECANCELED, "%s: canceled", lc->uri);
+  return KAUN_OK;
+}
+
+#ifdef FICLONE
+/* A reflink may not check RLIMIT_FSIZE; copy_file_range and write do, and
+ * a put must fail the same way whichever path it takes. */
+static bool within_file_size_limit(uint64_t size) {
+  struct rlimit rl;
+  return getrlimit(RLIMIT_FSIZE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+         size <= (uint64_t)rl.rlim_cur;
+}
+#endif
+
+/* Writes the temporary file: a reflink where the file system shares
+ * extents, else copy_file_range, else read and write. */
+static int local_copy_write(int out, const char *tmp_path, void *context, kaun_error *err) {
+  local_copy *lc = context;
+  uint64_t off = 0;
+  int rc = KAUN_OK;
+#ifdef FICLONE
+  if (lc->size && within_file_size_limit(lc->size) && ioctl(out, FICLONE, lc->in) == 0) {
+    struct stat sb;
+    if (fstat(out, &sb) == 0 && (uint64_t)sb.st_size == lc->size) {
+      off = lc->size;
+      rc = copy_progress(lc, lc->size, err);
+    } else if (ftruncate(out, 0) != 0) { /* the source changed size: copy what was asked */
+      return kaun__error_sys(err, KAUN_EIO, errno, "writing '%s' failed", tmp_path);
+    }
+  }
+#endif
+  bool in_kernel = true;
+  char *buf = NULL;
+  while (!rc && off < lc->size) {
+    uint64_t left = lc->size - off;
+    ssize_t n;
+    if (in_kernel) {
+      loff_t in_off = (loff_t)off, out_off = (loff_t)off;
+      n = copy_file_range(lc->in, &in_off, out, &out_off,
+                          left < KERNEL_CHUNK ? (size_t)left : KERNEL_CHUNK, 0);
+      if ((n < 0 &&
+           (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) ||
+          n == 0) { /* not between these files (0: some file systems' way of saying so) */
+        in_kernel = false;
+        if (lseek(out, (off_t)off, SEEK_SET) < 0) {
+          rc = kaun__error_sys(err, KAUN_EIO, errno, "writing '%s' failed", tmp_path);
+          break;
+        }
+        continue;
+      }
+    } else {
+      if (!buf && !(buf = malloc(BUFFER_CHUNK))) {
+        rc = kaun__error_nomem(err, "copying a file");
+        break;
+      }
+      n = pread(lc->in, buf, left < BUFFER_CHUNK ? (size_t)left : BUFFER_CHUNK, (off_t)off);
+      if (n > 0 && kaun__write_full(out, buf, (size_t)n) != 0) {
+        rc = kaun__error_sys(err, KAUN_EIO, errno, "writing '%s' failed", tmp_path);
+        break;
+      }
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0)
+      rc = kaun__error_sys(err, KAUN_EIO, errno, "copying '%s' to '%s' failed", lc->in_path,
+                           tmp_path);
+    else if (n == 0)
+      rc = kaun__error_set(err, KAUN_ECHANGED, "'%s' became shorter while it was being copied",
+                           lc->in_path);
+    else {
+      off += (uint64_t)n;
+      rc = copy_progress(lc, (uint64_t)n, err);
+    }
+  }
+  free(buf);
+  struct stat now;
+  if (!rc && (fstat(lc->in, &now) != 0 || now.st_size != lc->sb.st_size ||
+              now.st_mtim.tv_sec != lc->sb.st_mtim.tv_sec ||
+              now.st_mtim.tv_nsec != lc->sb.st_mtim.tv_nsec))
+    rc = kaun__error_set(err, KAUN_ECHANGED, "'%s' changed while it was being copied", lc->in_path);
+  return rc;
+}
+
 static int file_put(void *backend, const char *path, const kaun_put_source *src, kaun_error *err) {
   file_backend *b = backend;
   char *full;
@@ -282,7 +417,18 @@ static int file_put(void *backend, const char *path, const kaun_put_source *src,
     free(full);
     return rc;
   }
-  rc = kaun_file_put_atomic(full, src, err);
+  /* kaun_storage_copy from a local file: the kernel copies, the bytes
+   * never pass through this process; the put stays atomic */
+  kaun_object *from;
+  local_copy lc = {.in = -1};
+  kaun_stat st;
+  if (kaun__copy_source(src, &from, &lc.io, &lc.uri) &&
+      open_local_source(from, src->size, &lc, &st) >= 0) {
+    rc = kaun__atomic_write(full, local_copy_write, &lc, err);
+    close(lc.in);
+  } else {
+    rc = kaun_file_put_atomic(full, src, err);
+  }
   free(full);
   return rc;
 }
