@@ -9,11 +9,69 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 enum { EXIT_OKAY = 0, EXIT_INPUT = 1, EXIT_USAGE = 2, EXIT_STORAGE = 3 };
 
 /* The config file given with --config (NULL: the default search). */
 static const char *config_file;
+/* -q: no progress bar. */
+static bool quiet;
+
+/* ---- the progress bar (stderr, when it is a terminal) ---------------------------- */
+
+typedef struct progress_bar {
+  double start, last;
+  bool drawn;
+} progress_bar;
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void human_bytes(double b, char *out, size_t size) {
+  static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    u++;
+  }
+  snprintf(out, size, u ? "%.1f %s" : "%.0f %s", b, units[u]);
+}
+
+static int draw_progress(const kaun_progress *p, void *user) {
+  progress_bar *bar = user;
+  double t = now_s();
+  if (bar->start == 0) bar->start = t;
+  bool done = p->total && p->done >= p->total;
+  if (!done && t - bar->last < 0.1) return 0;
+  if (!done && !bar->drawn && t - bar->start < 0.5) return 0; /* quick ones stay quiet */
+  bar->last = t;
+  bar->drawn = true;
+  char d[32], tot[32], rate[32];
+  human_bytes((double)p->done, d, sizeof d);
+  human_bytes((double)p->total, tot, sizeof tot);
+  double secs = t - bar->start > 1e-3 ? t - bar->start : 1e-3;
+  human_bytes((double)p->done / secs, rate, sizeof rate);
+  fprintf(stderr, "\r\033[K%s / %s  %s/s", d, p->total ? tot : "?", rate);
+  if (p->total && p->done && !done) {
+    double eta = secs * (double)(p->total - p->done) / (double)p->done;
+    fprintf(stderr, "  ETA %d:%02d", (int)eta / 60, (int)eta % 60);
+  }
+  if (p->total) fprintf(stderr, "  %3.0f%%", 100.0 * (double)p->done / (double)p->total);
+  fflush(stderr);
+  return 0;
+}
+
+static progress_bar the_bar;
+
+static void end_progress(void) {
+  if (the_bar.drawn) fputs("\r\033[K", stderr);
+  the_bar.drawn = false;
+}
 
 /* Makes the context every command works through; prints why it cannot. */
 static kaun_context *open_context(int *status) {
@@ -23,6 +81,11 @@ static kaun_context *open_context(int *status) {
     fprintf(stderr, "kaun: %s\n", err.message);
     *status = EXIT_INPUT;
     return NULL;
+  }
+  if (!quiet && isatty(STDERR_FILENO)) {
+    the_bar.start = now_s(); /* rates and ETAs count from the command's start */
+    kaun_context_set_progress(ctx, draw_progress, &the_bar);
+    atexit(end_progress);
   }
   return ctx;
 }
@@ -35,10 +98,15 @@ typedef struct command {
 } command;
 
 static int fail(const kaun_error *err) {
+  end_progress();
   fprintf(stderr, "kaun: %s\n", err->message);
   switch (err->code) {
     case KAUN_EIO:
-    case KAUN_ENOMEM: return EXIT_STORAGE;
+    case KAUN_ENOMEM:
+    case KAUN_ETRANSIENT:
+    case KAUN_EAUTH:
+    case KAUN_ECHANGED:
+    case KAUN_ECANCELED: return EXIT_STORAGE;
     default: return EXIT_INPUT;
   }
 }
@@ -140,31 +208,37 @@ static int cmd_ls(int argc, char **argv) {
   if (n < 0) return EXIT_USAGE;
   if (n != 1) return usage_error("ls", "expected one checkpoint%s", n ? ", got more" : "");
   kaun_error err = KAUN_ERROR_INIT;
-  kaun_flat *flat;
+  kaun_reader *r;
   int status;
   kaun_context *ctx = open_context(&status);
   if (!ctx) return status;
-  int rc = kaun_checkpoint_load_flat(ctx, argv[0], 0, &flat, &err);
-  kaun_context_free(ctx);
-  if (rc) return fail(&err);
+  /* headers only: listing a remote checkpoint reads a few KiB */
+  int rc = kaun_reader_open(ctx, argv[0], &r, &err);
+  if (rc) {
+    kaun_context_free(ctx);
+    return fail(&err);
+  }
+  size_t count = kaun_reader_count(r);
   if (o.json) printf("[");
-  for (size_t i = 0; i < kaun_flat_count(flat); i++) {
-    const kaun_tensor *t = kaun_flat_tensor(flat, i);
-    const char *dt = kaun_dtype_name(kaun_tensor_dtype(t));
+  for (size_t i = 0; i < count; i++) {
+    kaun_reader_tensor t;
+    kaun_reader_info(r, i, &t);
+    const char *dt = kaun_dtype_name(t.dtype);
     if (o.json) {
       printf("%s\n  {\"name\": ", i ? "," : "");
-      print_json_string(stdout, kaun_flat_name(flat, i));
+      print_json_string(stdout, t.name);
       printf(", \"dtype\": \"%s\", \"shape\": ", dt);
-      print_shape(stdout, kaun_tensor_ndim(t), kaun_tensor_shape(t), ", ");
-      printf(", \"bytes\": %zu}", kaun_tensor_nbytes(t));
+      print_shape(stdout, t.ndim, t.shape, ", ");
+      printf(", \"bytes\": %llu}", (unsigned long long)t.nbytes);
     } else {
-      printf("%s\t%s\t", kaun_flat_name(flat, i), dt);
-      print_shape(stdout, kaun_tensor_ndim(t), kaun_tensor_shape(t), ",");
-      printf("\t%zu\n", kaun_tensor_nbytes(t));
+      printf("%s\t%s\t", t.name, dt);
+      print_shape(stdout, t.ndim, t.shape, ",");
+      printf("\t%llu\n", (unsigned long long)t.nbytes);
     }
   }
-  if (o.json) printf("%s]\n", kaun_flat_count(flat) ? "\n" : "");
-  kaun_flat_free(flat);
+  if (o.json) printf("%s]\n", count ? "\n" : "");
+  kaun_reader_close(r);
+  kaun_context_free(ctx);
   return EXIT_OKAY;
 }
 
@@ -241,6 +315,27 @@ static int cp_option(const char *opt, const char *value, void *ctx) {
   return 0;
 }
 
+/* A copy without a cast of one file kaun would write byte for byte: copy
+ * the bytes through the storage layer (copy_file_range between local
+ * files, one streaming pass from a remote one) instead of loading and
+ * saving.  DST naming a folder means DST/model.safetensors, as for a save. */
+static int cp_verbatim(kaun_context *ctx, const char *src, const char *dst, kaun_error *err) {
+  kaun_error ignored = KAUN_ERROR_INIT;
+  char *target = NULL;
+  kaun_object *probe;
+  int probe_rc = kaun_object_open(ctx, dst, &probe, &ignored);
+  if (probe_rc == KAUN_OK) kaun_object_close(probe);
+  if (probe_rc == KAUN_EISDIR) {
+    size_t n = strlen(dst) + sizeof "/model.safetensors";
+    if (!(target = malloc(n))) return kaun_error_set(err, KAUN_ENOMEM, "out of memory");
+    snprintf(target, n, "%s%smodel.safetensors", dst,
+             *dst && dst[strlen(dst) - 1] == '/' ? "" : "/");
+  }
+  int rc = kaun_storage_copy(ctx, src, target ? target : dst, NULL, err);
+  free(target);
+  return rc;
+}
+
 static int cmd_cp(int argc, char **argv) {
   static const char *const values[] = {"--dtype", NULL};
   cp_opts o = {false, KAUN_DTYPE_F32};
@@ -253,7 +348,24 @@ static int cmd_cp(int argc, char **argv) {
   int status;
   kaun_context *ctx = open_context(&status);
   if (!ctx) return status;
-  int rc = kaun_checkpoint_load_flat(ctx, argv[0], 0, &in, &err);
+  /* opening validates the source's headers: a bad file fails as it always did */
+  kaun_reader *r;
+  int rc = kaun_reader_open(ctx, argv[0], &r, &err);
+  int canonical = rc || o.cast ? 0 : kaun_reader_is_canonical(r, &err);
+  kaun_reader_tensor first;
+  /* the file itself: SRC may be a folder holding it */
+  char *file =
+      canonical > 0 && kaun_reader_info(r, 0, &first) == KAUN_OK ? strdup(first.uri) : NULL;
+  kaun_reader_close(r);
+  if (!rc && canonical < 0) rc = canonical;
+  if (!rc && file) {
+    rc = cp_verbatim(ctx, file, argv[1], &err);
+    free(file);
+    kaun_context_free(ctx);
+    return rc ? fail(&err) : EXIT_OKAY;
+  }
+  free(file);
+  if (!rc) rc = kaun_checkpoint_load_flat(ctx, argv[0], 0, &in, &err);
   if (!rc && o.cast) {
     rc = kaun_flat_new(&out, &err);
     if (!rc && kaun_flat_has_metadata(in)) {
@@ -279,27 +391,156 @@ static int cmd_cp(int argc, char **argv) {
 
 /* ---- verify ------------------------------------------------------------------------ */
 
+typedef struct verify_opts {
+  bool data;
+} verify_opts;
+
+static int verify_option(const char *opt, const char *value, void *ctx) {
+  (void)opt;
+  (void)value;
+  ((verify_opts *)ctx)->data = true;
+  return 0;
+}
+
 static int cmd_verify(int argc, char **argv) {
-  int n = parse_args("verify", argc, argv, NULL, NULL, no_option, NULL);
+  static const char *const flags[] = {"--data", NULL};
+  verify_opts o = {false};
+  int n = parse_args("verify", argc, argv, NULL, flags, verify_option, &o);
   if (n == -1) return -1;
   if (n < 0) return EXIT_USAGE;
   if (n != 1) return usage_error("verify", "expected one checkpoint%s", n ? ", got more" : "");
   kaun_error err = KAUN_ERROR_INIT;
-  kaun_flat *flat;
+  kaun_reader *r;
   int status;
   kaun_context *ctx = open_context(&status);
   if (!ctx) return status;
-  /* KAUN_LOAD_COPY reads every byte, so unreadable data is caught too */
-  int rc = kaun_checkpoint_load_flat(ctx, argv[0], KAUN_LOAD_COPY, &flat, &err);
+  /* opening validates every header, the index and the sizes */
+  int rc = kaun_reader_open(ctx, argv[0], &r, &err);
+  if (!rc && o.data) rc = kaun_reader_check_data(r, NULL, &err);
+  if (rc) {
+    kaun_reader_close(r);
+    kaun_context_free(ctx);
+    return fail(&err);
+  }
+  end_progress();
+  printf("%s: OK, %zu tensors, %llu bytes of data (%s)\n", argv[0], kaun_reader_count(r),
+         (unsigned long long)kaun_reader_data_bytes(r),
+         o.data ? "every byte read" : "headers and sizes checked; --data reads every byte");
+  kaun_reader_close(r);
   kaun_context_free(ctx);
-  if (rc) return fail(&err);
-  uint64_t bytes = 0;
-  for (size_t i = 0; i < kaun_flat_count(flat); i++)
-    bytes += kaun_tensor_nbytes(kaun_flat_tensor(flat, i));
-  printf("%s: OK, %zu tensors, %llu bytes of data\n", argv[0], kaun_flat_count(flat),
-         (unsigned long long)bytes);
-  kaun_flat_free(flat);
   return EXIT_OKAY;
+}
+
+/* ---- cat ----------------------------------------------------------------------------- */
+
+typedef struct cat_opts {
+  const char *slice;
+  const char *output;
+  long limit;
+} cat_opts;
+
+static int cat_option(const char *opt, const char *value, void *ctx) {
+  cat_opts *o = ctx;
+  if (strcmp(opt, "--slice") == 0) {
+    o->slice = value;
+  } else if (strcmp(opt, "-o") == 0 || strcmp(opt, "--output") == 0) {
+    o->output = value;
+  } else {
+    char *end;
+    o->limit = strtol(value, &end, 10);
+    if (*end || o->limit < 0) {
+      usage_error("cat", "--limit wants a count of values (got '%s')", value);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* Prints the values as text: one line per innermost row. */
+static int print_values(const kaun_tensor *t, long limit, kaun_error *err) {
+  kaun_dtype dt = kaun_tensor_dtype(t);
+  size_t ndim = kaun_tensor_ndim(t), count = 1;
+  for (size_t d = 0; d < ndim; d++) count *= (size_t)kaun_tensor_shape(t)[d];
+  size_t row = ndim ? (size_t)kaun_tensor_shape(t)[ndim - 1] : 1;
+  size_t shown = limit && (size_t)limit < count ? (size_t)limit : count;
+  bool is_float = kaun_dtype_is_float(dt), is_u64 = dt == KAUN_DTYPE_U64;
+  kaun_dtype as = is_float ? KAUN_DTYPE_F64 : is_u64 ? KAUN_DTYPE_U64 : KAUN_DTYPE_I64;
+  const unsigned char *src = kaun_tensor_data(t);
+  unsigned elem_bits = kaun_dtype_bits(dt);
+  for (size_t i = 0; i < shown; i++) {
+    unsigned char v[8];
+    int rc = kaun_cast(dt, src + i * elem_bits / 8, as, v, 1, err);
+    if (rc) return rc;
+    if (is_float) {
+      double x;
+      memcpy(&x, v, 8);
+      printf("%s%.9g", i % row ? " " : "", x);
+    } else if (is_u64) {
+      uint64_t x;
+      memcpy(&x, v, 8);
+      printf("%s%llu", i % row ? " " : "", (unsigned long long)x);
+    } else {
+      int64_t x;
+      memcpy(&x, v, 8);
+      printf("%s%lld", i % row ? " " : "", (long long)x);
+    }
+    if ((i + 1) % row == 0 || i + 1 == shown) putchar('\n');
+  }
+  if (shown < count)
+    printf("... (%zu more values; --limit 0 shows all, -o FILE writes them)\n", count - shown);
+  return KAUN_OK;
+}
+
+static int cmd_cat(int argc, char **argv) {
+  static const char *const values[] = {"--slice", "-o", "--output", "--limit", NULL};
+  cat_opts o = {NULL, NULL, 1000};
+  int n = parse_args("cat", argc, argv, values, NULL, cat_option, &o);
+  if (n == -1) return -1;
+  if (n < 0) return EXIT_USAGE;
+  if (n != 2) return usage_error("cat", "expected CHECKPOINT and a tensor NAME%s", "");
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_reader *r = NULL;
+  kaun_tensor *t = NULL;
+  int status;
+  kaun_context *ctx = open_context(&status);
+  if (!ctx) return status;
+  int rc = kaun_reader_open(ctx, argv[0], &r, &err);
+  long at = rc ? -1 : kaun_reader_find(r, argv[1]);
+  if (!rc && at < 0)
+    rc = kaun_error_set(&err, KAUN_EKEY, "%s has no tensor '%s' (kaun ls %s lists them)", argv[0],
+                        argv[1], argv[0]);
+  if (!rc) {
+    kaun_reader_tensor info;
+    kaun_reader_info(r, (size_t)at, &info);
+    if (o.slice) {
+      kaun_range ranges[KAUN_MAX_DIMS];
+      size_t nr;
+      rc = kaun_slice_parse(o.slice, info.ndim, info.shape, ranges, KAUN_MAX_DIMS, &nr, &err);
+      if (!rc) rc = kaun_reader_get_slice(r, argv[1], nr, ranges, NULL, &t, &err);
+    } else {
+      rc = kaun_reader_get(r, argv[1], info.dtype, NULL, &t, &err);
+    }
+  }
+  end_progress();
+  if (!rc && o.output) {
+    FILE *f = strcmp(o.output, "-") == 0 ? stdout : fopen(o.output, "wb");
+    if (!f) {
+      rc = kaun_error_set(&err, KAUN_EIO, "cannot write '%s'", o.output);
+    } else {
+      if (fwrite(kaun_tensor_data(t), 1, kaun_tensor_nbytes(t), f) != kaun_tensor_nbytes(t) ||
+          (f != stdout && fclose(f) != 0) || (f == stdout && fflush(f) != 0))
+        rc = kaun_error_set(&err, KAUN_EIO, "cannot write '%s'", o.output);
+    }
+  } else if (!rc) {
+    printf("%s\t%s\t", argv[1], kaun_dtype_name(kaun_tensor_dtype(t)));
+    print_shape(stdout, kaun_tensor_ndim(t), kaun_tensor_shape(t), ",");
+    putchar('\n');
+    rc = print_values(t, o.limit, &err);
+  }
+  kaun_tensor_free(t);
+  kaun_reader_close(r);
+  kaun_context_free(ctx);
+  return rc ? fail(&err) : EXIT_OKAY;
 }
 
 /* ---- plugins and config -------------------------------------------------------------- */
@@ -388,13 +629,30 @@ static const command commands[] = {
      "  --dtype DT   cast every floating-point tensor to DT (F64, F32, F16,\n"
      "               BF16, F8_E4M3 or F8_E5M2); other tensors are copied\n",
      cmd_cp},
-    {"verify", "validate a checkpoint completely",
-     "Usage: kaun verify CHECKPOINT\n"
+    {"verify", "validate a checkpoint",
+     "Usage: kaun verify [--data] CHECKPOINT\n"
      "\n"
-     "Validate the header of every file (and the index of a sharded\n"
-     "checkpoint) and read every byte of data.  Exit 0 when valid, 1 when\n"
-     "the checkpoint is malformed, 3 when it cannot be read.\n",
+     "Validate the header of every file, the index of a sharded checkpoint,\n"
+     "and that each file's size matches its header: a few small reads,\n"
+     "whatever the size.  Exit 0 when valid, 1 when the checkpoint is\n"
+     "malformed, 3 when it cannot be read.\n"
+     "\n"
+     "  --data   also read every byte once, with bounded memory, and check\n"
+     "           the SHA-256 when the backend knows it (Hub LFS files)\n",
      cmd_verify},
+    {"cat", "print or write one tensor, or a slice of it",
+     "Usage: kaun cat [--slice S] [--limit N] [-o FILE] CHECKPOINT NAME\n"
+     "\n"
+     "Read one tensor (only its bytes) and print its name, dtype and shape,\n"
+     "then its values, one line per innermost row.\n"
+     "\n"
+     "  --slice S    only part of it, as in Python: \"0:4,:\" takes rows 0-3,\n"
+     "               \"3\" row 3, \":,2:8\" columns 2-7; only the bytes the\n"
+     "               slice covers are read\n"
+     "  --limit N    print at most N values (default 1000; 0 = all)\n"
+     "  -o FILE      write the raw little-endian bytes to FILE ('-' = stdout)\n"
+     "               instead of printing\n",
+     cmd_cat},
     {"plugins", "list the storage plugins kaun can find",
      "Usage: kaun plugins\n"
      "\n"
@@ -416,7 +674,7 @@ static const command commands[] = {
 
 static void print_main_help(FILE *out) {
   fprintf(out,
-          "Usage: kaun [--config FILE] [--version] [--help] COMMAND [ARGS]\n"
+          "Usage: kaun [--config FILE] [-q] [--version] [--help] COMMAND [ARGS]\n"
           "\n"
           "Save, load and inspect model weights in the SafeTensors format, from\n"
           "any storage kaun has a backend for.  Every CHECKPOINT, FILE, SRC and\n"
@@ -430,12 +688,18 @@ static void print_main_help(FILE *out) {
           "\n"
           "Run 'kaun COMMAND --help' for a command's options.\n"
           "--config FILE uses FILE instead of $KAUN_CONFIG or the default config.\n"
+          "-q hides the progress bar drawn on a terminal for long transfers.\n"
           "Exit status: 0 success, 1 bad input, 2 usage error, 3 storage failure.\n");
 }
 
 int main(int argc, char **argv) {
-  while (argc > 2 && strncmp(argv[1], "--config", 8) == 0) {
-    if (argv[1][8] == '=') {
+  while (argc > 2 && (strncmp(argv[1], "--config", 8) == 0 || strcmp(argv[1], "-q") == 0 ||
+                      strcmp(argv[1], "--quiet") == 0)) {
+    if (argv[1][1] != '-' || strcmp(argv[1], "--quiet") == 0) {
+      quiet = true;
+      argv++;
+      argc--;
+    } else if (argv[1][8] == '=') {
       config_file = argv[1] + 9;
       argv++;
       argc--;

@@ -8,10 +8,14 @@
 #include <kaun/tensor.h>
 #include <kaun/ptree.h>
 #include <kaun/safetensors.h>
+#include <kaun/reader.h>
 #include <kaun/checkpoint.h>
 #include <kaun/hash.h>
 #include <kaun/storage.h>
 #include <kaun/io.h>
+#include <kaun/http.h>
+#include <kaun/copy.h>
+#include <kaun/cache.h>
 #include <kaun/plugin.h>
 
 #endif

@@ -63,7 +63,9 @@ typedef struct kaun_range {
 /* Opens the checkpoint at `uri` (a file, an index, or a folder meaning the
  * model there), reading only headers.  `ctx` may be NULL (a context from
  * the default config, kept until close).  Errors: as kaun_object_open,
- * the codec's header errors, KAUN_EINDEX. */
+ * the codec's header errors, KAUN_EINDEX; KAUN_EACCESS for a shard named
+ * by URI in an index whose backend's config does not set
+ * index_shard_uris (shards are files beside the index by default). */
 KAUN_API int kaun_reader_open(kaun_context *ctx, const char *uri, kaun_reader **out,
                               kaun_error *err);
 /* Closes it.  Accepts NULL. */
@@ -118,6 +120,12 @@ KAUN_API int kaun_reader_get_many(kaun_reader *r, size_t n, const char *const *n
  * the backend's, KAUN_ECHECKSUM, KAUN_ECANCELED. */
 KAUN_API int kaun_reader_check_data(kaun_reader *r, const kaun_load_options *opts,
                                     kaun_error *err);
+
+/* 1 when the checkpoint is one file whose bytes kaun's writer would
+ * reproduce exactly (its header is canonical: the reference's order and
+ * padding), so copying its bytes equals loading and saving it; 0 when
+ * not; a negative KAUN_E* code when the header cannot be read again. */
+KAUN_API int kaun_reader_is_canonical(kaun_reader *r, kaun_error *err);
 
 /* Parses a slice written as in Python, one part per dimension, separated
  * by commas: "0:4,:", "10:20", "3", ":,2:8" ("3" means 3:4, a missing

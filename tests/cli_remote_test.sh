@@ -1,0 +1,83 @@
+#!/bin/sh
+# The kaun command over HTTP and the reader's commands: cat, slices,
+# verify --data, the progress bar on a terminal and -q, errors that name
+# the URI, exit codes of network failures.
+. "$(dirname "$0")/lib.sh"
+KAUN=${KAUN_BIN:?KAUN_BIN must point at the kaun binary}
+export KAUN_PLUGIN_PATH="$KAUN_BUILT_PLUGINS"
+
+# a model, and a server for it
+"$KAUN_QUICKSTART" "$TEST_TMP" >/dev/null || bad "quickstart failed"
+mkdir -p "$TEST_TMP/www"
+cp "$TEST_TMP/params.safetensors" "$TEST_TMP/www/"
+python3 "$KAUN_SRCDIR/tests/servers/httpd.py" --root "$TEST_TMP/www" --port 0 \
+  --port-file "$TEST_TMP/port" 2>"$TEST_TMP/server.log" &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$TEST_TMP"' EXIT
+i=0
+while [ ! -s "$TEST_TMP/port" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+port=$(cat "$TEST_TMP/port")
+URL="http://127.0.0.1:$port"
+cat >"$TEST_TMP/config.json" <<JSON
+{"cache_dir": "$TEST_TMP/cache",
+ "backends": {"web": {"plugin": "http", "url": "$URL/", "retry_base_ms": 5, "max_attempts": 2}}}
+JSON
+K="$KAUN --config $TEST_TMP/config.json"
+
+# --- help ---
+for c in cat verify; do
+  run $KAUN $c --help; expect_status 0 "kaun $c --help"; expect_out_contains "Usage: kaun $c" "kaun $c --help"
+done
+run $KAUN cat only-one; expect_status 2 "cat with one argument"
+
+# --- ls, cat and slices over http:// (the plugin's default instance) ---
+run $KAUN ls "$URL/params.safetensors"; expect_status 0 "ls over http"
+expect_out_contains "$(printf 'layers.1.weight\tF32\t[4,4]\t64')" "ls over http"
+run $K ls web://params.safetensors; expect_status 0 "ls through a configured http backend"
+run $K cat web://params.safetensors layers.1.weight; expect_status 0 "cat"
+expect_out_contains "$(printf 'layers.1.weight\tF32\t[4,4]')" "cat prints name, dtype, shape"
+rows=$(printf '%s\n' "$out" | sed -n '2,$p' | wc -l)
+[ "$rows" -eq 4 ] && ok || bad "cat prints one line per row: got $rows"
+run $K cat --slice 1:3 web://params.safetensors layers.1.weight; expect_status 0 "cat --slice"
+expect_out_contains "$(printf 'layers.1.weight\tF32\t[2,4]')" "a slice's shape"
+run $K cat --slice 1:3,2:4 web://params.safetensors layers.1.weight; expect_status 0 "cat --slice 2-D"
+expect_out_contains "[2,2]" "a 2-D slice's shape"
+run $K cat --slice 0:9 web://params.safetensors layers.1.weight; expect_status 1 "a slice out of range"
+expect_err_contains "outside dimension 0 of size 4" "a slice out of range says why"
+run $K cat web://params.safetensors nope; expect_status 1 "cat of a missing tensor"
+expect_err_contains "no tensor 'nope'" "cat of a missing tensor names it"
+run $K cat -o "$TEST_TMP/raw" web://params.safetensors layers.1.weight; expect_status 0 "cat -o"
+size=$(wc -c <"$TEST_TMP/raw")
+[ "$size" -eq 64 ] && ok || bad "cat -o writes the raw bytes: $size bytes"
+run $K cat --limit 3 web://params.safetensors layers.1.weight; expect_status 0 "cat --limit"
+expect_out_contains "13 more values" "cat --limit says how many are left"
+
+# --- verify: headers by default, every byte with --data ---
+run $K verify web://params.safetensors; expect_status 0 "verify over http"
+expect_out_contains "headers and sizes checked" "verify says what it checked"
+run $K verify --data web://params.safetensors; expect_status 0 "verify --data"
+expect_out_contains "every byte read" "verify --data says what it checked"
+
+# --- errors name the URI; network failures exit 3 ---
+run $K ls web://absent.safetensors; expect_status 1 "ls of a missing object"
+expect_err_contains "web://absent.safetensors" "a missing object is named"
+run $KAUN ls "http://127.0.0.1:1/x.safetensors"; expect_status 3 "a refused connection exits 3"
+expect_err_contains "127.0.0.1:1" "a refused connection names the host"
+
+# --- the progress bar: on a terminal only, not with -q ---
+# a transfer that lasts over half a second: drip the body
+python3 - "$port" <<'PY'
+import json, sys, urllib.request
+req = urllib.request.Request("http://127.0.0.1:%s/__faults" % sys.argv[1], method="POST",
+    data=json.dumps([{"path": "/params.safetensors", "method": "GET", "count": -1,
+                      "drip_bytes": 256, "drip_interval": 0.1}]).encode())
+urllib.request.urlopen(req).read()
+PY
+script -qec "$K verify --data web://params.safetensors" /dev/null >"$TEST_TMP/tty.out" 2>&1
+grep -q "B/s" "$TEST_TMP/tty.out" && ok || bad "a progress bar on a terminal: $(cat "$TEST_TMP/tty.out")"
+script -qec "$K -q verify --data web://params.safetensors" /dev/null >"$TEST_TMP/tty.out" 2>&1
+grep -q "B/s" "$TEST_TMP/tty.out" && bad "-q still drew a progress bar" || ok
+run $K verify --data web://params.safetensors
+case "$err" in *"B/s"*) bad "a progress bar without a terminal" ;; *) ok ;; esac
+
+finish
