@@ -354,6 +354,17 @@ static void test_fetch_once(void) {
   CU_ASSERT_EQUAL(test_server_stat(&server, "bytes_sent"), first); /* served from the cache */
   kaun_object_close(o);
   kaun_context_free(ctx);
+  /* later loads of that version map the cache entry: views, no body bytes */
+  ctx = web_context();
+  test_server_reset(&server);
+  kaun_flat *flat;
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, web("small.safetensors"), 0, &flat, &err), err);
+  CU_ASSERT_TRUE(kaun_tensor_is_view(kaun_flat_find(flat, "t7")));
+  CU_ASSERT_EQUAL(at(kaun_flat_find(flat, "t7"), 2), 7002.0f);
+  CU_ASSERT_EQUAL(test_server_stat(&server, "bytes_sent"), 0);
+  CU_ASSERT_EQUAL(test_server_stat(&server, "requests"), 1); /* the HEAD */
+  kaun_flat_free(flat);
+  kaun_context_free(ctx);
 }
 
 static int suite_init(void) {

@@ -16,9 +16,13 @@
 #include <kaun/http.h>
 #include <kaun/plugin.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct backend {
   char *name;
@@ -35,6 +39,7 @@ typedef struct object {
   uint64_t size;
   char etag[256];
   int64_t mtime;
+  char local[4096]; /* the cache entry, once fetched ("" before) */
 } object;
 
 static const kaun_option_spec options[] = {
@@ -146,6 +151,9 @@ static const char *bearer(const backend *be, char *buf, size_t size) {
   return buf;
 }
 
+static int entry_paths(object *o, char *final_path, size_t fsize, char *lock_path, size_t lsize,
+                       kaun_error *err);
+
 static int h_open(void *b, const char *path, kaun_object *inner, void **out, kaun_error *err) {
   (void)inner;
   backend *be = b;
@@ -180,6 +188,15 @@ static int h_open(void *b, const char *path, kaun_object *inner, void **out, kau
     h_close(o);
     return rc;
   }
+  /* fetched before (same URL, ETag and size): loads map the cache entry */
+  char final_path[4300], lock_path[4400];
+  kaun_error ignored = KAUN_ERROR_INIT;
+  struct stat sb;
+  if (o->etag[0] &&
+      entry_paths(o, final_path, sizeof final_path, lock_path, sizeof lock_path, &ignored) == 0 &&
+      strlen(final_path) < sizeof o->local && stat(final_path, &sb) == 0 &&
+      (uint64_t)sb.st_size == o->size)
+    memcpy(o->local, final_path, strlen(final_path) + 1);
   *out = o;
   return KAUN_OK;
 }
@@ -189,6 +206,7 @@ static int h_stat(void *ob, kaun_stat *st, kaun_error *err) {
   object *o = ob;
   st->size = o->size;
   st->mtime = o->mtime;
+  snprintf(st->local_path, sizeof st->local_path, "%s", o->local);
   /* strip quotes and a weak prefix: W/"abc" -> abc */
   const char *e = o->etag;
   if (strncmp(e, "W/", 2) == 0) e += 2;
@@ -201,6 +219,27 @@ static int h_stat(void *ob, kaun_stat *st, kaun_error *err) {
   return KAUN_OK;
 }
 
+/* Reads from the cache entry (an object fetched before). */
+static int read_local(object *o, uint64_t offset, void *dst, size_t len, kaun_io *io,
+                      kaun_error *err) {
+  int fd = open(o->local, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return kaun_error_set(err, KAUN_EIO, "%s: cannot open its cache entry %s", o->uri, o->local);
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = pread(fd, (char *)dst + done, len - done, (off_t)(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    done += (size_t)n;
+  }
+  close(fd);
+  if (done < len)
+    return kaun_error_set(err, KAUN_EIO, "%s: its cache entry %s is short", o->uri, o->local);
+  if (kaun_io_add(io, o->uri, o->size, len) == KAUN_ECANCELED)
+    return kaun_error_set(err, KAUN_ECANCELED, "%s: canceled", o->uri);
+  return KAUN_OK;
+}
+
 static int h_read_io(void *ob, uint64_t offset, void *dst, size_t len, kaun_io *io,
                      kaun_error *err) {
   object *o = ob;
@@ -208,6 +247,7 @@ static int h_read_io(void *ob, uint64_t offset, void *dst, size_t len, kaun_io *
     return kaun_error_set(err, KAUN_EIO, "%s: bytes %llu..%llu are past its end (%llu bytes)",
                           o->uri, (unsigned long long)offset, (unsigned long long)(offset + len),
                           (unsigned long long)o->size);
+  if (o->local[0]) return read_local(o, offset, dst, len, io, err);
   char auth[4096];
   kaun_http_request req;
   base_request(o, &req, KAUN_HTTP_GET, io);
@@ -238,7 +278,7 @@ static int h_read(void *ob, uint64_t offset, void *dst, size_t len, kaun_error *
 static int h_put_io(void *b, const char *path, const kaun_put_source *src, kaun_io *io,
                     kaun_error *err) {
   backend *be = b;
-  object o = {be, url_of(be, path), NULL, 0, {0}, 0};
+  object o = {.be = be, .url = url_of(be, path)};
   if (!o.url) return kaun_error_set(err, KAUN_ENOMEM, "http: out of memory");
   char auth[4096];
   kaun_http_request req;
@@ -258,7 +298,7 @@ static int h_put(void *b, const char *path, const kaun_put_source *src, kaun_err
 
 static int h_remove(void *b, const char *path, kaun_error *err) {
   backend *be = b;
-  object o = {be, url_of(be, path), NULL, 0, {0}, 0};
+  object o = {.be = be, .url = url_of(be, path)};
   if (!o.url) return kaun_error_set(err, KAUN_ENOMEM, "http: out of memory");
   char auth[4096];
   kaun_http_request req;
@@ -291,17 +331,25 @@ static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
   return rc;
 }
 
-static int h_fetch_io(void *ob, char *path_out, size_t path_size, kaun_io *io, kaun_error *err) {
-  object *o = ob;
+/* The cache entry and lock of this version of the object. */
+static int entry_paths(object *o, char *final_path, size_t fsize, char *lock_path, size_t lsize,
+                       kaun_error *err) {
   char dir[4096], key_text[8192], key[KAUN_SHA256_HEX_SIZE];
   int rc = kaun_cache_dir(o->be->ctx, "kaun/http", dir, sizeof dir, err);
   if (rc) return rc;
   /* an entry never changes meaning: its key is the URL and the version */
   snprintf(key_text, sizeof key_text, "%s\n%s\n%llu", o->url, o->etag, (unsigned long long)o->size);
   if ((rc = kaun_sha256_hex(key_text, strlen(key_text), key, err))) return rc;
+  snprintf(final_path, fsize, "%s/%s", dir, key);
+  snprintf(lock_path, lsize, "%s/.locks/%s.lock", dir, key);
+  return KAUN_OK;
+}
+
+static int h_fetch_io(void *ob, char *path_out, size_t path_size, kaun_io *io, kaun_error *err) {
+  object *o = ob;
   char final_path[4300], lock_path[4400];
-  snprintf(final_path, sizeof final_path, "%s/%s", dir, key);
-  snprintf(lock_path, sizeof lock_path, "%s/.locks/%s.lock", dir, key);
+  int rc = entry_paths(o, final_path, sizeof final_path, lock_path, sizeof lock_path, err);
+  if (rc) return rc;
   fill_ctx f = {o, io};
   rc = kaun_cache_get_or_fill(final_path, lock_path, o->size, KAUN_CACHE_HASH_NONE, NULL,
                               KAUN_CACHE_LOCK_WAIT_MS, fill, &f, io, o->uri, err);
@@ -309,6 +357,7 @@ static int h_fetch_io(void *ob, char *path_out, size_t path_size, kaun_io *io, k
   if (strlen(final_path) >= path_size)
     return kaun_error_set(err, KAUN_EINVAL, "%s: the cache path does not fit", o->uri);
   memcpy(path_out, final_path, strlen(final_path) + 1);
+  if (strlen(final_path) < sizeof o->local) memcpy(o->local, final_path, strlen(final_path) + 1);
   return KAUN_OK;
 }
 
