@@ -1,8 +1,11 @@
 /* The config file: JSON with plugin_dirs, cache_dir, backends, mirrors.
  * Every error names the file, the key path and the line. */
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "json.h"
 #include "storage_internal.h"
@@ -90,6 +93,13 @@ static int read_backend(const char *path, const kaun__json *m, kaun__backend_con
       if (!(b->plugin = strdup(o->text))) return kaun__error_nomem(err, "reading the config");
       continue;
     }
+    if (strcmp(o->key, "index_shard_uris") == 0) { /* the core's, whatever the plugin */
+      if (o->type != KAUN__JSON_TRUE && o->type != KAUN__JSON_FALSE)
+        return type_error(err, path, o, key, "true or false");
+      b->index_shard_uris = o->type == KAUN__JSON_TRUE;
+      b->index_shard_uris_line = o->line;
+      continue;
+    }
     kaun__setting *s = &b->settings[b->count];
     s->line = o->line;
     switch (o->type) {
@@ -126,6 +136,54 @@ static int read_mirror(const char *path, const kaun__json *m, kaun__mirror *mi, 
   if (!rc && mi->count == 0)
     rc = kaun__error_set(err, KAUN_ECONFIG, "%s: line %u: %s lists no prefix to try", path, m->line,
                          key);
+  return rc;
+}
+
+/* `*p` made absolute against the config file's folder when it is relative
+ * (plugins are code: never found relative to the working directory).  The
+ * folder is computed on first need into `*base`. */
+static int beside_config(const char *path, char **base, char **p, kaun_error *err) {
+  const char *rel = *p;
+  if (rel[0] == '/') return KAUN_OK;
+  if (!*base) {
+    char cwd[PATH_MAX];
+    if (path[0] != '/' && !getcwd(cwd, sizeof cwd))
+      return kaun__error_sys(err, KAUN_ECONFIG, errno,
+                             "%s: cannot resolve the relative plugin path '%s': no working "
+                             "directory",
+                             path, rel);
+    if (asprintf(base, "%s%s%s", path[0] == '/' ? "" : cwd, path[0] == '/' ? "" : "/", path) < 0) {
+      *base = NULL;
+      return kaun__error_nomem(err, "reading the config");
+    }
+    char *slash = strrchr(*base, '/'); /* there is one: the path is absolute */
+    slash[slash == *base] = '\0';      /* "/c.json" -> "/", "/a/c.json" -> "/a" */
+    char *real = realpath(*base, NULL); /* "/a/b/../c.json": "/a", not "/a/b/.." */
+    if (real) {
+      free(*base);
+      *base = real;
+    }
+  }
+  while (rel[0] == '.' && rel[1] == '/') rel += 2;
+  char *abs;
+  if (asprintf(&abs, "%s%s%s", *base, strcmp(*base, "/") ? "/" : "", rel) < 0)
+    return kaun__error_nomem(err, "reading the config");
+  free(*p);
+  *p = abs;
+  return KAUN_OK;
+}
+
+/* Relative plugin_dirs entries and backends' plugin paths, against the
+ * config file's folder. */
+static int resolve_plugin_paths(const char *path, kaun__config *c, kaun_error *err) {
+  char *base = NULL;
+  int rc = KAUN_OK;
+  for (size_t i = 0; i < c->ndirs && !rc; i++)
+    rc = beside_config(path, &base, &c->plugin_dirs[i], err);
+  for (size_t i = 0; i < c->nbackends && !rc; i++)
+    if (c->backends[i].plugin && strchr(c->backends[i].plugin, '/'))
+      rc = beside_config(path, &base, &c->backends[i].plugin, err);
+  free(base);
   return rc;
 }
 
@@ -193,6 +251,7 @@ int kaun__config_read(const char *path, const char *origin, kaun__config *c, kau
                            path, m->line, m->key);
     }
   }
+  if (!rc) rc = resolve_plugin_paths(path, c, err);
 done:
   kaun__json_free(doc);
   free(text);

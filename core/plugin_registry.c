@@ -3,11 +3,16 @@
  * only process-wide mutable state; a mutex guards it. */
 #include <dirent.h>
 #include <dlfcn.h>
+#include <errno.h>
+#include <grp.h>
+#include <limits.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "storage_internal.h"
 
@@ -123,16 +128,117 @@ static kaun__plugin *find_loaded(const char *name) {
   return NULL;
 }
 
+/* ---- trust: plugins are code ----------------------------------------------------------
+ * dlopen runs a file's constructors before kaun can look at it, so a file
+ * is loaded only when nobody but root and the current user can have
+ * changed it: the file and every folder above it (of its real path, from
+ * / down) must be owned by root or the effective user and must not be
+ * writable by others, nor by a group other than root's or the user's own
+ * private group.  A folder with the sticky bit (as /tmp) may be writable
+ * by anyone: others can add entries to it but cannot rename or remove
+ * yours or root's, and the entry below it is checked in turn. */
+
+/* Whether `gid` is the effective user's private group: the user's primary
+ * group, named as the user, listing no other member (the user-private-
+ * group scheme of Debian, Ubuntu and Fedora, where umask 002 makes a
+ * user's files group-writable without giving anyone else access). */
+static bool own_private_group(gid_t gid) {
+  for (size_t size = 16384; size <= ((size_t)1 << 24); size *= 4) {
+    char *buf = malloc(2 * size);
+    if (!buf) return false;
+    struct passwd pw, *pwp = NULL;
+    struct group gr, *grp = NULL;
+    int e = getpwuid_r(geteuid(), &pw, buf, size, &pwp);
+    if (!e) e = getgrgid_r(gid, &gr, buf + size, size, &grp);
+    if (e == ERANGE) {
+      free(buf);
+      continue;
+    }
+    bool own = !e && pwp && grp && pw.pw_gid == gid && strcmp(gr.gr_name, pw.pw_name) == 0;
+    for (char **m = own ? gr.gr_mem : NULL; m && *m; m++)
+      if (strcmp(*m, pw.pw_name) != 0) own = false;
+    free(buf);
+    return own;
+  }
+  return false;
+}
+
+/* Checks one component of a plugin's real path (`last`: the file). */
+static int check_component(const char *plugin, const char *comp, bool last, kaun_error *err) {
+  char whose[PATH_MAX + 32] = "";
+  if (strcmp(plugin, comp) != 0) snprintf(whose, sizeof whose, " (plugin '%s')", plugin);
+  struct stat st;
+  if (lstat(comp, &st) != 0)
+    return kaun__error_sys(err, KAUN_EPLUGIN, errno, "cannot check plugin '%s': %s", plugin, comp);
+  if (S_ISLNK(st.st_mode))
+    return kaun__error_set(err, KAUN_EPLUGIN,
+                           "%s became a symbolic link while kaun checked it%s: not loaded", comp,
+                           whose);
+  if (last ? !S_ISREG(st.st_mode) : !S_ISDIR(st.st_mode))
+    return kaun__error_set(err, KAUN_EPLUGIN, "%s is not a %s%s: not loaded", comp,
+                           last ? "regular file" : "folder", whose);
+  const char *why = "only root or you can change";
+  uid_t me = geteuid();
+  if (st.st_uid != 0 && st.st_uid != me)
+    return kaun__error_set(err, KAUN_EPLUGIN,
+                           "%s is owned by uid %lu, not by you (uid %lu) or root: kaun only loads "
+                           "plugins that %s%s",
+                           comp, (unsigned long)st.st_uid, (unsigned long)me, why, whose);
+  if (S_ISDIR(st.st_mode) && (st.st_mode & S_ISVTX)) return KAUN_OK; /* as /tmp */
+  if (st.st_mode & S_IWOTH)
+    return kaun__error_set(err, KAUN_EPLUGIN,
+                           "%s is writable by others: kaun only loads plugins that %s%s", comp, why,
+                           whose);
+  if ((st.st_mode & S_IWGRP) && st.st_gid != 0 && !own_private_group(st.st_gid))
+    return kaun__error_set(err, KAUN_EPLUGIN,
+                           "%s is writable by its group (gid %lu), which is neither root's nor "
+                           "your own: kaun only loads plugins that %s%s",
+                           comp, (unsigned long)st.st_gid, why, whose);
+  return KAUN_OK;
+}
+
+/* Checks the file `real` (a real path: absolute, no symbolic link) and
+ * every folder above it, from / down. */
+static int check_trusted(const char *plugin, const char *real, kaun_error *err) {
+  char comp[PATH_MAX];
+  size_t n = strlen(real);
+  if (real[0] != '/' || n >= sizeof comp)
+    return kaun__error_set(err, KAUN_EPLUGIN, "cannot check plugin '%s': bad path '%s'", plugin,
+                           real);
+  memcpy(comp, real, n + 1);
+  int rc = check_component(plugin, "/", n == 1, err);
+  for (size_t k = 1; k <= n && !rc; k++) {
+    if (k < n && comp[k] != '/') continue;
+    comp[k] = '\0';
+    rc = check_component(plugin, comp, k == n, err);
+    comp[k] = real[k];
+  }
+  return rc;
+}
+
 /* Loads `path` with the lock held. */
 static int load_locked(const char *path, kaun__plugin **out, kaun_error *err) {
+  /* never relative to the working directory (the context makes every
+   * configured path absolute and refuses relative KAUN_PLUGIN_PATH entries) */
+  if (path[0] != '/')
+    return kaun__error_set(err, KAUN_EPLUGIN,
+                           "cannot load plugin '%s': a relative path; kaun loads plugins by "
+                           "absolute path only",
+                           path);
+  char real[PATH_MAX];
+  if (!realpath(path, real))
+    return kaun__error_sys(err, KAUN_EPLUGIN, errno, "cannot load plugin '%s'", path);
   for (kaun__plugin *p = loaded; p; p = p->next)
-    if (strcmp(p->path, path) == 0) {
+    if (strcmp(p->path, real) == 0) {
       atomic_fetch_add(&p->refs, 1);
       *out = p;
       return KAUN_OK;
     }
+  /* before dlopen, which runs the file's constructors */
+  int trc = check_trusted(path, real, err);
+  if (trc) return trc;
   dlerror();
-  void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  void *dl = dlopen(real, RTLD_NOW | RTLD_LOCAL);
   if (!dl) {
     const char *why = dlerror(); /* copied at once, before anything else runs */
     return kaun__error_set(err, KAUN_EPLUGIN, "cannot load plugin '%s': %s", path,
@@ -153,7 +259,7 @@ static int load_locked(const char *path, kaun__plugin **out, kaun_error *err) {
   int rc = KAUN_OK;
   if (!desc) {
     rc = kaun__error_set(err, KAUN_EPLUGIN, "plugin '%s' returned no descriptor", path);
-  } else if (!p || !(p->path = strdup(path))) {
+  } else if (!p || !(p->path = strdup(real))) {
     rc = kaun__error_nomem(err, "loading a plugin");
   } else if ((rc = kaun__plugin_check(desc, desc->struct_size, path, &p->ops, err)) == KAUN_OK) {
     kaun__plugin *other = find_loaded(p->ops.name);
@@ -195,6 +301,15 @@ int kaun__plugin_by_name(const char *name, char *const *dirs, size_t ndirs, kaun
     pthread_mutex_unlock(&registry_lock);
     *out = p;
     return KAUN_OK;
+  }
+  if (!valid_plugin_name(name)) {
+    /* no file is looked up for a name no plugin can have: a URI's scheme
+     * (which may hold '+' and '.') selects only a plugin by its own name */
+    pthread_mutex_unlock(&registry_lock);
+    return kaun__error_set(err, KAUN_EPLUGIN,
+                           "no plugin '%s': plugin names are lowercase letters, digits, '-' and "
+                           "'_', starting with a letter; a path to a .so contains a '/'",
+                           name);
   }
   kaun__strbuf looked = {0};
   int rc = KAUN_EPLUGIN;

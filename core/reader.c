@@ -72,6 +72,19 @@ static kaun_buffer *shard_map(shard *sh) {
     kaun_error ignored = KAUN_ERROR_INIT;
     uint64_t size = kaun_safetensors_file_size(sh->st);
     sh->map_state = kaun_object_map_range(sh->obj, 0, size, &sh->map, &ignored) == KAUN_OK ? 1 : -1;
+    kaun_stat st = {.struct_size = sizeof st};
+    if (sh->map_state < 0 && kaun_object_stat(sh->obj, &st, &ignored) == KAUN_OK &&
+        st.local_path[0] && st.size == size &&
+        kaun_buffer_map_file(st.local_path, &sh->map, &ignored) == KAUN_OK) {
+      /* a remote object with a local copy (a cache entry it was fetched
+       * into): views of that file, as for a local one */
+      if (kaun_buffer_size(sh->map) == size) {
+        sh->map_state = 1;
+      } else {
+        kaun_buffer_unref(sh->map);
+        sh->map = NULL;
+      }
+    }
   }
   kaun_buffer *m = sh->map;
   pthread_mutex_unlock(&sh->lock);
@@ -115,9 +128,17 @@ static int cmp_str(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* A shard named by URI ("SCHEME://..."): followed only where the config
+ * allows it (see open_index). */
+static bool is_uri(const char *s) {
+  const char *sep = strstr(s, "://"), *slash = strchr(s, '/');
+  return sep && sep > s && (!slash || slash > sep);
+}
+
+/* A file beside the index: relative, no empty or ".." component, no "::"
+ * (which would stack the index's URI on another object). */
 static bool safe_shard_name(const char *s) {
-  if (strstr(s, "://")) return true; /* an explicit URI: the index author chose it */
-  if (!*s || s[0] == '/') return false;
+  if (!*s || s[0] == '/' || strstr(s, "::")) return false;
   for (const char *p = s; *p;) {
     const char *slash = strchr(p, '/');
     size_t n = slash ? (size_t)(slash - p) : strlen(p);
@@ -146,10 +167,41 @@ static shard *new_shards(size_t n) {
   return s;
 }
 
-static int open_index(kaun_reader *r, const char *index_uri, kaun_error *err) {
+/* The whole index object, NUL-terminated; closes `obj`. */
+static int read_index(kaun_object *obj, const char *index_uri, char **text, size_t *len,
+                      kaun_error *err) {
+  kaun_stat st = {.struct_size = sizeof st};
+  int rc = kaun_object_stat(obj, &st, err);
+  if (!rc && st.size > MAX_INDEX_BYTES)
+    rc =
+        kaun__error_set(err, KAUN_EINDEX, "%s is %llu bytes, more than the %u allowed for an index",
+                        index_uri, (unsigned long long)st.size, MAX_INDEX_BYTES);
+  if (!rc && !(*text = malloc((size_t)st.size + 1)))
+    rc = kaun__error_nomem(err, "reading a sharded index");
+  if (!rc && (rc = kaun_object_read(obj, 0, *text, (size_t)st.size, err))) {
+    free(*text);
+    *text = NULL;
+  }
+  kaun_object_close(obj);
+  if (rc) return rc;
+  (*text)[st.size] = '\0';
+  *len = (size_t)st.size;
+  return KAUN_OK;
+}
+
+/* Reads the index at `index_uri` (`obj`, opened from it; closed here) and
+ * opens its shards.  Shards are files beside the index; a shard named by
+ * URI is followed only when the config allows it for the backend that
+ * served the index (backends.NAME.index_shard_uris), else KAUN_EACCESS:
+ * an index is untrusted input, and a URI would let its author make kaun
+ * read any local file or bucket with the user's credentials. */
+static int open_index(kaun_reader *r, const char *index_uri, kaun_object *obj, kaun_error *err) {
   char *text = NULL, **names = NULL;
   size_t len, *wm_shard = NULL;
-  int rc = kaun_storage_read_all(r->ctx, index_uri, MAX_INDEX_BYTES, &text, &len, err);
+  char backend[256];
+  snprintf(backend, sizeof backend, "%s", kaun__object_backend(obj));
+  bool uris_allowed = kaun__index_shard_uris(r->ctx, backend);
+  int rc = read_index(obj, index_uri, &text, &len, err);
   if (rc) return rc;
   rc = kaun__json_parse(text, len, index_uri, KAUN_EINDEX, &r->doc, err);
   if (rc == KAUN_EHEADER_UTF8 || rc == KAUN_EDUPLICATE) {
@@ -173,11 +225,24 @@ static int open_index(kaun_reader *r, const char *index_uri, kaun_error *err) {
   }
   size_t i = 0;
   for (kaun__json *m = wm->child; m; m = m->next, i++) {
-    if (m->type != KAUN__JSON_STRING || !safe_shard_name(m->text)) {
+    bool uri = m->type == KAUN__JSON_STRING && is_uri(m->text);
+    if (uri && !uris_allowed) {
+      const char *cfg = kaun_context_config_path(r->ctx);
+      rc = kaun__error_set(err, KAUN_EACCESS,
+                           "%s: line %u: the shard of tensor '%.200s%s' is the URI '%.300s%s', "
+                           "which is not followed: an index served by the '%s' backend may name "
+                           "only files beside it; set backends.%s.index_shard_uris to true in %s "
+                           "to follow shard URIs",
+                           index_uri, m->line, m->key, strlen(m->key) > 200 ? "..." : "", m->text,
+                           m->text_len > 300 ? "..." : "", backend, backend,
+                           cfg ? cfg : "a config file");
+      goto done;
+    }
+    if (m->type != KAUN__JSON_STRING || (!uri && !safe_shard_name(m->text))) {
       rc = kaun__error_set(err, KAUN_EINDEX,
                            "%s: line %u: the shard of tensor '%s' must be a file name relative to "
-                           "the index (no '..'), or a URI",
-                           index_uri, m->line, m->key);
+                           "the index (not absolute, no '..', no '::')%s",
+                           index_uri, m->line, m->key, uris_allowed ? ", or a URI" : "");
       goto done;
     }
     names[i] = (char *)m->text;
@@ -194,7 +259,7 @@ static int open_index(kaun_reader *r, const char *index_uri, kaun_error *err) {
   r->nshards = distinct;
   for (i = 0; i < distinct; i++) {
     shard *sh = &r->shards[i];
-    sh->uri = strstr(names[i], "://") ? strdup(names[i]) : sibling_uri(index_uri, names[i]);
+    sh->uri = is_uri(names[i]) ? strdup(names[i]) : sibling_uri(index_uri, names[i]);
     if (!sh->uri) {
       rc = kaun__error_nomem(err, "reading a sharded index");
       goto done;
@@ -278,10 +343,7 @@ static int reader_open(kaun_reader *r, const char *uri, kaun_error *err) {
   int rc = kaun_object_open(ctx, uri, &obj, err);
   bool looks_like_file = ends_with(uri, ".safetensors") || ends_with(uri, ".json");
   if (rc == KAUN_OK) {
-    if (ends_with(uri, ".json")) {
-      kaun_object_close(obj);
-      return open_index(r, uri, err);
-    }
+    if (ends_with(uri, ".json")) return open_index(r, uri, obj, err);
     return open_single(r, uri, obj, err);
   }
   if (rc != KAUN_EISDIR && !(rc == KAUN_ENOENT && !looks_like_file)) return rc;
@@ -292,8 +354,7 @@ static int reader_open(kaun_reader *r, const char *uri, kaun_error *err) {
   } else if ((rc = kaun_object_open(ctx, single, &obj, err)) == KAUN_OK) {
     rc = open_single(r, single, obj, err);
   } else if (rc == KAUN_ENOENT && (rc = kaun_object_open(ctx, index, &obj, err)) == KAUN_OK) {
-    kaun_object_close(obj);
-    rc = open_index(r, index, err);
+    rc = open_index(r, index, obj, err);
   } else if (rc == KAUN_ENOENT) {
     if (first.code == KAUN_EISDIR)
       rc = kaun__error_set(err, KAUN_ENOENT,
@@ -414,7 +475,7 @@ typedef struct run_state {
   plan *p;
   atomic_size_t next;
   atomic_int failed;
-  kaun_error error; /* the first failure, written once */
+  kaun_error error;         /* the first failure, written once */
   atomic_size_t *remaining; /* jobs left per output tensor */
   kaun_tensor **out;
   const char *const *names;
@@ -450,7 +511,7 @@ static int plan_range(plan *p, shard *sh, uint64_t offset, size_t len, char *dst
   for (size_t done = 0; done < len;) {
     size_t n = len - done < chunk ? len - done : (size_t)chunk;
     size_t dst_at = cast && in_elem ? done / in_elem * out_elem : done;
-    job j = {sh, offset + done, n, dst + dst_at, out, cast, from, to};
+    job j = {sh, offset + done, n, dst ? dst + dst_at : NULL, out, cast, from, to};
     int rc = plan_add(p, &j, err);
     if (rc) return rc;
     done += n;
@@ -484,8 +545,9 @@ static void *worker(void *arg) {
     bool to_scratch = j->cast || !j->dst; /* a cast, or a check that keeps nothing */
     if (to_scratch && !scratch && !(scratch = malloc(rs->p->scratch ? rs->p->scratch : 1)))
       rc = kaun__error_nomem(&e, "reading tensors");
-    if (!rc) rc = kaun_object_read_io(j->sh->obj, j->offset, to_scratch ? scratch : j->dst, j->len,
-                                      rs->io, &e);
+    if (!rc)
+      rc = kaun_object_read_io(j->sh->obj, j->offset, to_scratch ? scratch : j->dst, j->len, rs->io,
+                               &e);
     if (!rc && j->cast) {
       unsigned bits = kaun_dtype_bits(j->from);
       rc = kaun_cast(j->from, scratch, j->to, j->dst, bits ? j->len * 8 / bits : 0, &e);
@@ -551,8 +613,8 @@ static int plan_whole(kaun_reader *r, const request *q, unsigned flags, plan *p,
   const char *bytes = map ? (const char *)kaun_buffer_data(map) + offset : NULL;
   int rc;
   if (map && q->dtype == in.dtype && is_aligned(bytes, in.dtype))
-    return kaun__tensor_view_unchecked(in.dtype, in.ndim, in.shape, map, (size_t)offset, nbytes,
-                                       t, err);
+    return kaun__tensor_view_unchecked(in.dtype, in.ndim, in.shape, map, (size_t)offset, nbytes, t,
+                                       err);
   if (map && q->dtype == in.dtype)
     return kaun_tensor_new_copy(in.dtype, in.ndim, in.shape, bytes, nbytes, t, err);
   if ((rc = kaun__tensor_new_uninit(q->dtype, in.ndim, in.shape, t, err))) return rc;
@@ -608,7 +670,8 @@ static int plan_slice(kaun_reader *r, const request *q, unsigned flags, plan *p,
   for (size_t d = 0; d < first && in.ndim; d++) runs *= shape[d];
   for (size_t d = 0; d < in.ndim; d++) total *= shape[d];
   uint64_t stride[KAUN_MAX_DIMS]; /* bytes per step along each dimension in the file */
-  for (size_t d = in.ndim; d-- > 0;) stride[d] = d + 1 < in.ndim ? stride[d + 1] * in.shape[d + 1] : elem;
+  for (size_t d = in.ndim; d-- > 0;)
+    stride[d] = d + 1 < in.ndim ? stride[d + 1] * in.shape[d + 1] : elem;
   uint64_t base = kaun_safetensors_data_start(sh->st) + in.begin;
   bool copy = (flags & KAUN_LOAD_COPY) != 0;
   kaun_buffer *map = total ? shard_map(sh) : NULL;
@@ -657,7 +720,8 @@ static int materialize(kaun_reader *r, const request *reqs, size_t n, const char
                        const kaun_load_options *opts, kaun_tensor **out, kaun_error *err) {
   unsigned flags = opts ? opts->flags : 0;
   plan p = {NULL, 0, 0, 0, 0, 0, true};
-  run_state rs = {&p, 0, 0, KAUN_ERROR_INIT, NULL, out, names, opts, NULL, PTHREAD_MUTEX_INITIALIZER};
+  run_state rs = {&p,    0,    0,    KAUN_ERROR_INIT,          NULL, out,
+                  names, opts, NULL, PTHREAD_MUTEX_INITIALIZER};
   kaun_io *own_io = NULL;
   int rc = KAUN_OK;
   for (size_t i = 0; i < n; i++) out[i] = NULL;
@@ -669,9 +733,8 @@ static int materialize(kaun_reader *r, const request *reqs, size_t n, const char
   if (!first_job || !rs.remaining) rc = kaun__error_nomem(err, "loading tensors");
   for (size_t i = 0; i < n && !rc; i++) {
     first_job[i] = p.njobs;
-    rc = reqs[i].nranges || reqs[i].ranges
-             ? plan_slice(r, &reqs[i], flags, &p, i, &out[i], err)
-             : plan_whole(r, &reqs[i], flags, &p, i, &out[i], err);
+    rc = reqs[i].nranges || reqs[i].ranges ? plan_slice(r, &reqs[i], flags, &p, i, &out[i], err)
+                                           : plan_whole(r, &reqs[i], flags, &p, i, &out[i], err);
   }
   if (!rc) {
     first_job[n] = p.njobs;
@@ -728,8 +791,8 @@ int kaun_reader_get_many(kaun_reader *r, size_t n, const char *const *names,
   for (size_t i = 0; i < n && !rc; i++) {
     out[i] = NULL;
     if (!(rc = lookup(r, names[i], &reqs[i].entry, err)))
-      reqs[i].dtype = dtypes && dtypes[i] < KAUN_DTYPE_COUNT_ ? dtypes[i]
-                                                              : stored_dtype(r, reqs[i].entry);
+      reqs[i].dtype =
+          dtypes && dtypes[i] < KAUN_DTYPE_COUNT_ ? dtypes[i] : stored_dtype(r, reqs[i].entry);
   }
   if (!rc) rc = materialize(r, reqs, n, names, opts, out, err);
   free(reqs);
@@ -784,8 +847,8 @@ static int check_sha256(shard *sh, const char *want, kaun_io *io, kaun_error *er
     for (unsigned i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", digest[i]);
     if (strcmp(hex, want) != 0)
       rc = kaun__error_set(err, KAUN_ECHECKSUM,
-                           "%s: its bytes hash to sha256 %s, but the backend says %s", sh->uri,
-                           hex, want);
+                           "%s: its bytes hash to sha256 %s, but the backend says %s", sh->uri, hex,
+                           want);
   }
   EVP_MD_CTX_free(md);
   free(buf);
@@ -794,7 +857,8 @@ static int check_sha256(shard *sh, const char *want, kaun_io *io, kaun_error *er
 
 int kaun_reader_check_data(kaun_reader *r, const kaun_load_options *opts, kaun_error *err) {
   plan p = {NULL, 0, 0, 0, 0, 0, false};
-  run_state rs = {&p, 0, 0, KAUN_ERROR_INIT, NULL, NULL, NULL, NULL, NULL, PTHREAD_MUTEX_INITIALIZER};
+  run_state rs = {&p,   0,    0,    KAUN_ERROR_INIT,          NULL, NULL,
+                  NULL, NULL, NULL, PTHREAD_MUTEX_INITIALIZER};
   kaun_io *own_io = NULL;
   int rc = KAUN_OK;
   rs.io = opts ? opts->io : NULL;
@@ -825,6 +889,55 @@ int kaun_reader_check_data(kaun_reader *r, const kaun_load_options *opts, kaun_e
   kaun_io_free(own_io);
   pthread_mutex_destroy(&rs.cb_lock);
   return rc;
+}
+
+/* ---- is the file what kaun would write? ------------------------------------------------ */
+
+int kaun_reader_is_canonical(kaun_reader *r, kaun_error *err) {
+  if (r->nshards != 1) return 0;
+  shard *sh = &r->shards[0];
+  kaun_flat *flat = NULL;
+  kaun_buffer *dummy = NULL;
+  char *header = NULL, *original = NULL;
+  size_t header_size = 0;
+  uint64_t data_size = 0;
+  static const char byte = 0;
+  /* views of nothing: the serializer reads names, dtypes and shapes only */
+  int rc = kaun__flat_new_borrowed(&flat, err);
+  if (!rc) rc = kaun_buffer_wrap(&byte, 1, NULL, NULL, &dummy, err);
+  kaun_tensor **views = calloc(r->count + 1, sizeof *views);
+  if (!rc && !views) rc = kaun__error_nomem(err, "checking a header");
+  for (size_t i = 0; i < r->count && !rc; i++) {
+    kaun_reader_tensor t;
+    kaun_reader_info(r, i, &t);
+    rc = kaun__tensor_view_unchecked(t.dtype, t.ndim, t.shape, dummy, 0, (size_t)t.nbytes,
+                                     &views[i], err);
+    if (!rc) rc = kaun_flat_add(flat, t.name, views[i], err);
+  }
+  long md = kaun_reader_metadata_count(r);
+  if (!rc && md >= 0) {
+    kaun__flat_mark_metadata(flat);
+    for (long i = 0; i < md && !rc; i++)
+      rc = kaun_flat_set_metadata(flat, kaun_reader_metadata_key(r, (size_t)i),
+                                  kaun_reader_metadata_value(r, (size_t)i), err);
+  }
+  if (!rc)
+    rc = kaun_safetensors_serialize_header(flat, &header, &header_size, &data_size, NULL, err);
+  int same = 0;
+  if (!rc && header_size == kaun_safetensors_data_start(sh->st) &&
+      header_size + data_size == kaun_safetensors_file_size(sh->st)) {
+    if (!(original = malloc(header_size)))
+      rc = kaun__error_nomem(err, "checking a header");
+    else if (!(rc = kaun_object_read(sh->obj, 0, original, header_size, err)))
+      same = memcmp(original, header, header_size) == 0;
+  }
+  kaun_flat_free(flat);
+  for (size_t i = 0; views && i < r->count; i++) kaun_tensor_free(views[i]);
+  free(views);
+  kaun_buffer_unref(dummy);
+  free(header);
+  free(original);
+  return rc ? rc : same;
 }
 
 /* ---- slices as text ----------------------------------------------------------------- */
@@ -862,8 +975,8 @@ int kaun_slice_parse(const char *text, size_t ndim, const uint64_t *shape, kaun_
     }
     if (!ok)
       return kaun__error_set(err, KAUN_EINVAL,
-                             "slice '%s': part %zu ('%.*s') is not START:STOP, START, or ':'",
-                             text, k + 1, (int)len, p);
+                             "slice '%s': part %zu ('%.*s') is not START:STOP, START, or ':'", text,
+                             k + 1, (int)len, p);
     if (g.start > g.stop || g.stop > shape[k])
       return kaun__error_set(err, KAUN_EINVAL,
                              "slice '%s': part %zu (%llu:%llu) is outside dimension %zu of size "

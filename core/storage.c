@@ -15,6 +15,12 @@
 
 #define MAX_NESTING KAUN_URI_MAX_DEPTH
 
+/* A thread waiting in get_instance for another thread's creation. */
+struct waiting {
+  const char *name;
+  pthread_t thread;
+};
+
 struct kaun_context {
   kaun__config cfg;
   size_t ndirs;
@@ -32,6 +38,10 @@ struct kaun_context {
     char *name;
     pthread_t thread;
   } *pending;
+  /* threads waiting for another thread's creation, and for which name (a
+   * wait that would close a circle of creating threads is a cycle too) */
+  size_t nwaiting;
+  struct waiting *waiting;
   atomic_long refs; /* the application's, and one per instance */
   bool closed;      /* kaun_context_free was called */
   /* I/O settings */
@@ -49,9 +59,19 @@ struct kaun_object {
   char *asked; /* the URI the caller asked for (before mirror rewriting) */
 };
 
-/* How deep URI opening has recursed on this thread (an index whose URI
- * leads back to itself must fail, not overflow the stack). */
+/* The URIs this thread is opening, outermost first (a backend opening
+ * another URI while it opens one: a registry reading its index, a stacked
+ * backend its inner object).  Opening a URI already there is a cycle and
+ * fails at once; the stack is at most MAX_NESTING deep. */
+static _Thread_local const char *open_stack[MAX_NESTING];
 static _Thread_local int open_depth;
+
+/* "A -> B -> C": the open stack's entries [from, to), then `last` if given. */
+static void open_stack_text(kaun__strbuf *sb, int from, int to, const char *last) {
+  for (int i = from; i < to; i++)
+    kaun__strbuf_printf(sb, "%s%s", i > from ? " -> " : "", open_stack[i]);
+  if (last) kaun__strbuf_printf(sb, "%s%s", to > from ? " -> " : "", last);
+}
 
 int kaun_error_set(kaun_error *err, int code, const char *fmt, ...) {
   if (!err) return code;
@@ -362,8 +382,14 @@ int kaun_context_new(const char *config_path, kaun_context **out, kaun_error *er
     if (!copy) rc = KAUN_ENOMEM;
     for (char *d = copy ? strtok_r(copy, ":", &save) : NULL; d && !rc;
          d = strtok_r(NULL, ":", &save))
-      rc = add_dir(ctx, d, "$KAUN_PLUGIN_PATH");
+      rc = d[0] == '/' /* never relative to the working directory: plugins are code */
+               ? add_dir(ctx, d, "$KAUN_PLUGIN_PATH")
+               : kaun__error_set(err, KAUN_ECONFIG,
+                                 "KAUN_PLUGIN_PATH: the entry '%s' is relative: kaun does not "
+                                 "load plugins from the working directory; use an absolute path",
+                                 d);
     free(copy);
+    if (rc == KAUN_ECONFIG) goto fail;
   }
   for (size_t i = 0; i < ctx->cfg.ndirs && !rc; i++) {
     char origin_text[4200];
@@ -412,6 +438,7 @@ static void context_unref(kaun_context *ctx) {
   free(ctx->dirs);
   free(ctx->dir_origins);
   free(ctx->pending);
+  free(ctx->waiting);
   kaun__config_free(&ctx->cfg);
   pthread_cond_destroy(&ctx->created);
   pthread_mutex_destroy(&ctx->lock);
@@ -455,6 +482,12 @@ const char *kaun__context_cache_dir(const kaun_context *ctx) {
   return ctx ? ctx->cfg.cache_dir : NULL;
 }
 
+bool kaun__index_shard_uris(const kaun_context *ctx, const char *name) {
+  for (size_t i = 0; ctx && i < ctx->cfg.nbackends; i++)
+    if (strcmp(ctx->cfg.backends[i].name, name) == 0) return ctx->cfg.backends[i].index_shard_uris;
+  return false;
+}
+
 int kaun_context_describe(const kaun_context *ctx, char **out, kaun_error *err) {
   kaun__strbuf sb = {0};
   const kaun__config *c = &ctx->cfg;
@@ -488,6 +521,10 @@ int kaun_context_describe(const kaun_context *ctx, char **out, kaun_error *err) 
         kaun__strbuf_printf(&sb, "backends.%s.%s = %s\t(default)\n", b->name, o->name,
                             value ? value : "(unset)");
     }
+    if (b->index_shard_uris_line)
+      kaun__strbuf_printf(&sb, "backends.%s.index_shard_uris = %s\t(%s:%u)\n", b->name,
+                          b->index_shard_uris ? "true" : "false", c->path,
+                          b->index_shard_uris_line);
   }
   for (size_t i = 0; i < c->nmirrors; i++) {
     kaun__strbuf_printf(&sb, "mirrors.%s = ", c->mirrors[i].prefix);
@@ -564,6 +601,23 @@ static long find_pending(const kaun_context *ctx, const char *scheme) {
   return -1;
 }
 
+/* Whether waiting for the creation pending[p] would wait for this thread:
+ * its creator waits (maybe through other creators) for a name this thread
+ * is creating.  `chain` gets the names along the way.  ctx->lock held. */
+static bool waits_for_me(const kaun_context *ctx, long p, kaun__strbuf *chain) {
+  kaun__strbuf_puts(chain, ctx->pending[p].name);
+  for (size_t hops = 0; hops <= ctx->nwaiting; hops++) {
+    if (pthread_equal(ctx->pending[p].thread, pthread_self())) return true;
+    const char *next = NULL;
+    for (size_t i = 0; i < ctx->nwaiting && !next; i++)
+      if (pthread_equal(ctx->waiting[i].thread, ctx->pending[p].thread))
+        next = ctx->waiting[i].name;
+    if (!next || (p = find_pending(ctx, next)) < 0) return false;
+    kaun__strbuf_printf(chain, " -> %s", next);
+  }
+  return false;
+}
+
 /* Makes the instance (the caller has claimed the name). */
 static int create_instance(kaun_context *ctx, const char *scheme, kaun__instance **out,
                            kaun_error *err) {
@@ -591,6 +645,11 @@ static int create_instance(kaun_context *ctx, const char *scheme, kaun__instance
                            "a plugin named '%s' (%s)",
                            scheme, scheme, ctx->cfg.path ? ctx->cfg.path : "a config file", scheme,
                            why);
+    } else if (rc) { /* found, but refused (not trusted, or broken) */
+      kaun__error_prefix(err,
+                         "no backend is configured for '%s://', so it uses the plugin '%s' "
+                         "from the plugin path: ",
+                         scheme, pname);
     }
   }
   if (rc) return rc;
@@ -633,14 +692,40 @@ static int get_instance(kaun_context *ctx, const char *scheme, kaun__instance **
     }
     long p = find_pending(ctx, scheme);
     if (p < 0) break;
+    kaun__strbuf chain = {0};
     if (pthread_equal(ctx->pending[p].thread, pthread_self())) {
       pthread_mutex_unlock(&ctx->lock);
-      return kaun__error_set(err, KAUN_EURI,
-                             "creating the backend '%s' needs the backend '%s' itself: its "
-                             "options lead back to it",
-                             scheme, scheme);
+      open_stack_text(&chain, 0, open_depth, NULL);
+      kaun__error_set(err, KAUN_EURI,
+                      "creating the backend '%s' needs the backend '%s' itself: its options lead "
+                      "back to it%s%s",
+                      scheme, scheme, chain.len ? ": " : "", chain.len ? chain.data : "");
+      kaun__strbuf_free(&chain);
+      return KAUN_EURI;
     }
+    if (waits_for_me(ctx, p, &chain)) {
+      pthread_mutex_unlock(&ctx->lock);
+      kaun__error_set(err, KAUN_EURI,
+                      "creating the backend '%s' waits for creations on other threads that wait "
+                      "for this one: %s -> %s (the backends' options lead back to each other)",
+                      scheme, chain.data ? chain.data : scheme, scheme);
+      kaun__strbuf_free(&chain);
+      return KAUN_EURI;
+    }
+    kaun__strbuf_free(&chain);
+    struct waiting *w = realloc(ctx->waiting, (ctx->nwaiting + 1) * sizeof *w);
+    if (!w) {
+      pthread_mutex_unlock(&ctx->lock);
+      return kaun__error_nomem(err, "creating a backend");
+    }
+    ctx->waiting = w;
+    ctx->waiting[ctx->nwaiting++] = (struct waiting){scheme, pthread_self()};
     pthread_cond_wait(&ctx->created, &ctx->lock); /* another thread is creating it */
+    for (size_t i = 0; i < ctx->nwaiting; i++)
+      if (pthread_equal(ctx->waiting[i].thread, pthread_self())) {
+        ctx->waiting[i] = ctx->waiting[--ctx->nwaiting];
+        break;
+      }
   }
   struct pending *grown = realloc(ctx->pending, (ctx->npending + 1) * sizeof *grown);
   if (!grown) {
@@ -724,13 +809,32 @@ static int open_direct(kaun_context *ctx, const char *uri, kaun_object **out, ka
   kaun_uri *u;
   int rc = kaun_uri_parse(uri, &u, err);
   if (rc) return rc;
-  if (++open_depth > MAX_NESTING) {
-    rc = kaun__error_set(err, KAUN_EURI, "'%s': opening it leads through more than %d backends",
-                         uri, MAX_NESTING);
+  int seen = -1;
+  for (int i = 0; i < open_depth && seen < 0; i++)
+    if (strcmp(open_stack[i], uri) == 0) seen = i;
+  if (seen >= 0 || open_depth >= MAX_NESTING) {
+    /* a cycle (a registry whose index it serves itself, two that refer to
+     * each other), or a chain too long: fail now, never wait or recurse */
+    kaun__strbuf chain = {0}, before = {0};
+    open_stack_text(&chain, seen >= 0 ? seen : 0, open_depth, uri);
+    if (seen > 0) open_stack_text(&before, 0, seen, NULL);
+    if (chain.failed || before.failed)
+      rc = kaun__error_nomem(err, "opening an object");
+    else if (seen >= 0)
+      rc = kaun__error_set(err, KAUN_EURI, "'%s' leads back to itself: %s%s%s%s", uri, chain.data,
+                           seen > 0 ? " (reached from " : "", seen > 0 ? before.data : "",
+                           seen > 0 ? ")" : "");
+    else
+      rc = kaun__error_set(err, KAUN_EURI,
+                           "'%s': opening it leads through more than %d backends: %s", uri,
+                           MAX_NESTING, chain.data);
+    kaun__strbuf_free(&chain);
+    kaun__strbuf_free(&before);
   } else {
+    open_stack[open_depth++] = uri;
     rc = open_parsed(ctx, u, uri, out, err);
+    open_depth--;
   }
-  open_depth--;
   kaun_uri_free(u);
   return rc;
 }
@@ -827,6 +931,8 @@ void kaun_object_close(kaun_object *o) {
 static const char *asked_uri(const kaun_object *o) { return o->asked ? o->asked : o->uri; }
 
 const char *kaun_object_uri(const kaun_object *o) { return o->uri; }
+
+const char *kaun__object_backend(const kaun_object *o) { return o->inst->name; }
 
 int kaun_object_stat(kaun_object *o, kaun_stat *out, kaun_error *err) {
   kaun_stat tmp;

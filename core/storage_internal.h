@@ -27,7 +27,11 @@ typedef struct kaun__plugin {
  * KAUN_EPLUGIN / KAUN_EABI naming the file, why and where it looked. */
 int kaun__plugin_by_name(const char *name, char *const *dirs, size_t ndirs, kaun__plugin **out,
                          kaun_error *err);
-/* The plugin in the file `path`.  Takes a reference. */
+/* The plugin in the file `path` (absolute).  Takes a reference.  Before
+ * dlopen, the file and every folder of its real path must be owned by
+ * root or the effective user and writable by no one else (plugins are
+ * code; docs/plugins.md, "Trust"): else KAUN_EPLUGIN naming the path at
+ * fault and why.  kaun__plugin_by_name loads through the same check. */
 int kaun__plugin_by_path(const char *path, kaun__plugin **out, kaun_error *err);
 void kaun__plugin_unref(kaun__plugin *p);
 /* Validates a descriptor and copies it into `out` with defaults filled. */
@@ -65,6 +69,10 @@ typedef struct kaun__backend_conf {
   unsigned line;
   size_t count;
   kaun__setting *settings;
+  /* backends.NAME.index_shard_uris, a core key (not the plugin's): the
+   * shards of an index this backend serves may be URIs */
+  bool index_shard_uris;
+  unsigned index_shard_uris_line; /* 0: not set */
 } kaun__backend_conf;
 
 typedef struct kaun__mirror {
@@ -114,6 +122,14 @@ char *kaun__child_uri(const char *uri, const char *name);
 
 /* The config's cache_dir, or NULL when the config has none. */
 const char *kaun__context_cache_dir(const kaun_context *ctx);
+
+/* The name of the backend instance that serves `o` (after mirror
+ * rewriting: the mirror that answered; "file" for plain paths). */
+const char *kaun__object_backend(const kaun_object *o);
+
+/* Whether the config lets indexes served by the backend `name` name
+ * their shards by URI (backends.NAME.index_shard_uris; off by default). */
+bool kaun__index_shard_uris(const kaun_context *ctx, const char *name);
 
 /* ---- copies (core/copy.c) ----------------------------------------------------------- */
 

@@ -146,7 +146,7 @@ demo() {
   "backends": {
     "team": {"plugin": "file", "root": "$out/team"},
     "archive": {"plugin": "file", "root": "$out/archive"},
-    "models": {"plugin": "registry", "index": "team://registry.json"}
+    "models": {"plugin": "registry", "index": "team://registry.json", "index_shard_uris": true}
   }
 }
 JSON
@@ -167,6 +167,8 @@ JSON
 {"demo": {"1.0": {"model.safetensors.index.json":
                   {"uri": "team://demo/model.safetensors.index.json"}}}}
 JSON
+  # the index names its shards by URI: followed only because the config
+  # allows it for indexes the registry serves (backends.models.index_shard_uris)
   echo "==> kaun ls models://demo@1.0   (one load: registry -> index -> shards on two backends)"
   $k ls models://demo@1.0
   echo "==> kaun verify models://demo"

@@ -81,6 +81,33 @@ run "$KAUN" config --check "$TEST_TMP/bad.json"; expect_status 1 "config --check
 expect_err_contains "bad.json: line 3: backends.x.rooot is not an option" "config --check names file, line and key"
 run "$KAUN" ls nosuch://a/b; expect_status 1 "unknown scheme"; expect_err_contains "no backend answers to 'nosuch://'" "unknown scheme"
 run "$KAUN" ls Bad://a; expect_status 1 "malformed URI"; expect_err_contains "'Bad://a'" "malformed URI"
+# an index is untrusted input: a shard URI is followed only where the config allows it
+mkdir -p "$TEST_TMP/store/evil" "$TEST_TMP/private"
+cp "$TEST_TMP/params.safetensors" "$TEST_TMP/private/secret.safetensors"
+printf '{"weight_map": {"embed": "file://%s/private/secret.safetensors"}}' "$TEST_TMP" \
+  >"$TEST_TMP/store/evil/model.safetensors.index.json"
+run "$KAUN" --config "$TEST_TMP/kaun.json" cp store://evil store://stolen.safetensors
+expect_status 1 "cp of an index whose shard is a local file"
+expect_err_contains "store://evil/model.safetensors.index.json: line 1: the shard of tensor 'embed' is the URI 'file://$TEST_TMP/private/secret.safetensors', which is not followed" "the refusal names the index, tensor and URI"
+expect_err_contains "set backends.store.index_shard_uris to true in $TEST_TMP/kaun.json" "the refusal names the key"
+if [ -e "$TEST_TMP/store/stolen.safetensors" ]; then bad "a refused index was copied"; else ok; fi
+printf '{"weight_map": {"embed": "%s/private/secret.safetensors"}}' "$TEST_TMP" \
+  >"$TEST_TMP/store/evil/model.safetensors.index.json"
+run "$KAUN" --config "$TEST_TMP/kaun.json" ls store://evil
+expect_status 1 "ls of an index whose shard is an absolute path"
+expect_err_contains "must be a file name relative to the index" "an absolute shard path is refused"
+sed 's|"store": {"plugin": "file", "root": "\([^"]*\)"}|"store": {"plugin": "file", "root": "\1", "index_shard_uris": true}|' \
+  "$TEST_TMP/kaun.json" >"$TEST_TMP/kaun-uris.json"
+printf '{"weight_map": {"embed": "file://%s/private/secret.safetensors"}}' "$TEST_TMP" \
+  >"$TEST_TMP/store/evil/model.safetensors.index.json"
+run "$KAUN" --config "$TEST_TMP/kaun-uris.json" ls store://evil
+expect_status 0 "ls of an index with shard URIs where the config allows them"
+expect_out_contains "$(printf 'embed\tF32\t[8,4]\t128')" "shard URIs followed where allowed"
+# a registry whose index it serves itself fails at once, never hangs
+printf '{"backends": {"loop": {"plugin": "registry", "index": "loop://idx@1/index.json"}}}' >"$TEST_TMP/loop.json"
+run timeout 60 "$KAUN" --config "$TEST_TMP/loop.json" ls loop://bert
+expect_status 1 "a registry that leads back to itself"
+expect_err_contains "'loop://idx@1/index.json' leads back to itself: loop://idx@1/index.json -> loop://idx@1/index.json" "the cycle is named"
 unset KAUN_PLUGIN_PATH
 
 if [ -d "$FIX" ]; then
@@ -128,5 +155,107 @@ if [ -d "$FIX" ]; then
 else
   echo "SKIPPED: fixture tests (the shared fixtures folder $KAUN_FIXTURES is absent)"
 fi
+
+# --- cp without --dtype: the file's own bytes, copied through the storage layer ---
+# st_file PATH HEADER DATA: a SafeTensors file (DATA is printf text)
+st_file() {
+  h=$2
+  while [ $((${#h} % 8)) -ne 0 ]; do h="$h "; done
+  n=${#h}
+  {
+    printf "\\$(printf '%03o' $((n % 256)))\\$(printf '%03o' $((n / 256)))\\0\\0\\0\\0\\0\\0"
+    printf '%s' "$h"
+    printf "$3"
+  } >"$1"
+}
+P="$TEST_TMP/params.safetensors"
+run "$KAUN" cp "$P" "$TEST_TMP/cp1.safetensors"; expect_status 0 "cp"
+expect_same_file "$P" "$TEST_TMP/cp1.safetensors" "cp output is the input, byte for byte"
+run "$KAUN" cp "$TEST_TMP/state.safetensors" "$TEST_TMP/cp1.safetensors"; expect_status 0 "cp over a file"
+expect_same_file "$TEST_TMP/state.safetensors" "$TEST_TMP/cp1.safetensors" "cp over a file replaces it"
+mkdir -p "$TEST_TMP/cpdir"
+run "$KAUN" cp "$P" "$TEST_TMP/cpdir"; expect_status 0 "cp into a directory"
+expect_same_file "$P" "$TEST_TMP/cpdir/model.safetensors" "cp into a directory writes model.safetensors"
+run "$KAUN" cp "$TEST_TMP/cpdir" "$TEST_TMP/cp2.safetensors"; expect_status 0 "cp from a directory"
+expect_same_file "$P" "$TEST_TMP/cp2.safetensors" "cp from a directory copies its model"
+# a header another writer ordered differently: saved again, kaun's way
+st_file "$TEST_TMP/order.safetensors" \
+  '{"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}' '\102\101'
+st_file "$TEST_TMP/order-kaun.safetensors" \
+  '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}' '\101\102'
+run "$KAUN" cp "$TEST_TMP/order.safetensors" "$TEST_TMP/order-copy.safetensors"; expect_status 0 "cp of another writer's file"
+expect_same_file "$TEST_TMP/order-kaun.safetensors" "$TEST_TMP/order-copy.safetensors" "cp writes another writer's file kaun's way"
+# a bad source is refused as before the copy took this way, and nothing is written
+head -c 100 "$P" >"$TEST_TMP/short.safetensors"
+st_file "$TEST_TMP/extra.safetensors" '{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}' 'xyz'
+run "$KAUN" cp "$TEST_TMP/junk.safetensors" "$TEST_TMP/bad-copy.safetensors"; expect_status 1 "cp junk"
+expect_err_contains "kaun: $TEST_TMP/junk.safetensors: the header claims 7021991845529153390 bytes, more than the limit of 100000000; this is not a SafeTensors file, or it is corrupt" "cp junk says why"
+run "$KAUN" cp "$TEST_TMP/short.safetensors" "$TEST_TMP/bad-copy.safetensors"; expect_status 1 "cp a truncated file"
+expect_err_contains "short.safetensors" "cp a truncated file names it"
+run "$KAUN" cp "$TEST_TMP/extra.safetensors" "$TEST_TMP/bad-copy.safetensors"; expect_status 1 "cp a file with trailing bytes"
+expect_err_contains "kaun: $TEST_TMP/extra.safetensors: the tensors cover 2 bytes of data but the file holds 3 after the header; the file is truncated or has trailing bytes" "cp a file with trailing bytes says why"
+if [ -e "$TEST_TMP/bad-copy.safetensors" ]; then bad "cp of a bad file wrote a copy"; else ok; fi
+run "$KAUN" cp "$TEST_TMP/nope.safetensors" "$TEST_TMP/bad-copy.safetensors"; expect_status 1 "cp a missing file"
+expect_err_contains "kaun: cannot open '$TEST_TMP/nope.safetensors': No such file or directory" "cp a missing file names it"
+# backends from a config: a root that behaves as an object store, and a
+# plugin without local files (the copy then reads through the object)
+export KAUN_PLUGIN_PATH="$KAUN_TEST_PLUGINS:$KAUN_BUILT_PLUGINS"
+expect_same_file "$P" "$TEST_TMP/store/bert/1.2/model.safetensors" "cp into a configured backend keeps the bytes"
+run "$KAUN" --config "$TEST_TMP/kaun.json" cp "$P" store://new/deep/params.safetensors
+expect_status 0 "cp into a backend root makes folders"
+expect_same_file "$P" "$TEST_TMP/store/new/deep/params.safetensors" "cp into a backend root keeps the bytes"
+run "$KAUN" --config "$TEST_TMP/kaun.json" cp store://new/deep/params.safetensors "$TEST_TMP/cp3.safetensors"
+expect_status 0 "cp out of a backend root"
+expect_same_file "$P" "$TEST_TMP/cp3.safetensors" "cp out of a backend root keeps the bytes"
+run "$KAUN" --config "$TEST_TMP/kaun.json" cp "$P" store://../escape.safetensors
+expect_status 1 "cp out of a backend's root is refused"; expect_err_contains "would leave the backend's root" "cp out of a root says why"
+run "$KAUN" --config "$TEST_TMP/kaun.json" cp mem://new/deep/params.safetensors "$TEST_TMP/cp4.safetensors"
+expect_status 0 "cp from a backend without local files"
+expect_same_file "$P" "$TEST_TMP/cp4.safetensors" "cp from a backend without local files keeps the bytes"
+run "$KAUN" --config "$TEST_TMP/kaun.json" cp "$P" mem://to-mem.safetensors
+expect_status 0 "cp into a backend without local files"
+expect_same_file "$P" "$TEST_TMP/store/to-mem.safetensors" "cp into a backend without local files keeps the bytes"
+unset KAUN_PLUGIN_PATH
+# across file systems (copy_file_range says EXDEV: read and write)
+if shm=$(mktemp -d /dev/shm/kaun-cli-XXXXXX 2>/dev/null); then
+  cp "$P" "$shm/p.safetensors"
+  run "$KAUN" cp "$shm/p.safetensors" "$TEST_TMP/cp5.safetensors"; expect_status 0 "cp across file systems"
+  expect_same_file "$P" "$TEST_TMP/cp5.safetensors" "cp across file systems keeps the bytes"
+  rm -rf "$shm"
+fi
+if find "$TEST_TMP" -name '*kaun-tmp*' | grep -q .; then bad "cp left a temporary file"; else ok; fi
+
+# --- plugins are code: where they load from, and who may have changed them ---
+T="$TEST_TMP/trust"
+mkdir -p "$T/plugins" "$T/elsewhere/plugins" "$T/mem"
+cp "$KAUN_TEST_PLUGINS/testmem.so" "$T/plugins/testmem.so"
+printf '{"plugin_dirs": ["plugins"], "backends": {"m": {"plugin": "testmem", "dir": "%s"}}}\n' "$T/mem" >"$T/kaun.json"
+# relative plugin_dirs are the config's folder's, not the working directory's
+run sh -c 'cd "$1/elsewhere" && "$2" --config ../kaun.json plugins' sh "$T" "$KAUN"
+expect_status 0 "kaun plugins with a relative plugin_dirs entry"
+expect_out_contains "$(printf 'schemes: m\t')" "a relative plugin_dirs entry is the config's folder's"
+expect_out_contains "$(printf '%s/plugins\t(../kaun.json:1)' "$T")" "kaun plugins shows the resolved folder"
+case "$out" in *"$T/elsewhere/plugins"*) bad "plugin_dirs resolved against the working directory" ;; *) ok ;; esac
+run env KAUN_PLUGIN_PATH="$T/plugins:plugins" "$KAUN" ls "$P"; expect_status 1 "a relative KAUN_PLUGIN_PATH entry"
+expect_err_contains "KAUN_PLUGIN_PATH: the entry 'plugins' is relative" "a relative KAUN_PLUGIN_PATH entry is named"
+expect_err_contains "use an absolute path" "a relative KAUN_PLUGIN_PATH entry says what to do"
+# a plugin file others can write: refused before it is loaded, everywhere
+chmod o+w "$T/plugins/testmem.so"
+run env KAUN_PLUGIN_PATH="$T/plugins" "$KAUN" plugins; expect_status 0 "kaun plugins with a writable plugin"
+expect_out_contains "$(printf 'BROKEN\t%s/plugins/testmem.so\t' "$T")" "kaun plugins lists a writable plugin as BROKEN"
+expect_out_contains "testmem.so is writable by others: kaun only loads plugins that only root or you can change" "kaun plugins says why"
+run env KAUN_PLUGIN_PATH="$T/plugins" "$KAUN" ls testmem://x; expect_status 1 "an unknown scheme finds a writable plugin"
+expect_err_contains "no backend is configured for 'testmem://', so it uses the plugin 'testmem'" "an unknown scheme says it selects a plugin"
+expect_err_contains "testmem.so is writable by others" "an unknown scheme's writable plugin is refused"
+run "$KAUN" --config "$T/kaun.json" ls m://x; expect_status 1 "a configured writable plugin"
+expect_err_contains "backends.m.plugin: " "a configured writable plugin names the key"
+expect_err_contains "testmem.so is writable by others" "a configured writable plugin is refused"
+chmod o-w "$T/plugins/testmem.so"; chmod o+w "$T/plugins"
+run "$KAUN" --config "$T/kaun.json" ls m://x; expect_status 1 "a plugin in a folder others can write"
+expect_err_contains "/plugins is writable by others" "a folder others can write is named"
+chmod 1777 "$T/plugins"
+run "$KAUN" --config "$T/kaun.json" plugins; expect_status 0 "a plugin in a sticky folder"
+expect_out_contains "$(printf 'schemes: m\t')" "a sticky folder (as /tmp) is allowed"
+chmod 755 "$T/plugins"
 
 finish

@@ -144,6 +144,8 @@ static void test_config_errors(void) {
                       "backends.m.plugin: no plugin 'nosuch'");
   expect_config_error("{\"backends\": {\"m\": {\"plugin\": \"abimajor\"}}}", KAUN_EABI,
                       "built for ABI 2, this kaun speaks ABI 1");
+  expect_config_error("{\"backends\": {\"m\": {\"plugin\": \"file\", \"index_shard_uris\": 1}}}",
+                      KAUN_ECONFIG, "backends.m.index_shard_uris must be true or false");
   expect_config_error("{\"mirrors\": {\"hf://\": []}}", KAUN_ECONFIG, "mirrors.hf:// lists no");
   expect_config_error("{\"a\": 1, \"a\": 2}", KAUN_ECONFIG, "duplicate key");
   expect_config_error("[]", KAUN_ECONFIG, "must be a JSON object");
@@ -365,7 +367,7 @@ static kaun_context *mixed_context(void) {
   write_text(cfg,
              "{\n"
              "  \"backends\": {\n"
-             "    \"team\": {\"plugin\": \"file\", \"root\": \"%s\"},\n"
+             "    \"team\": {\"plugin\": \"file\", \"root\": \"%s\", \"index_shard_uris\": true},\n"
              "    \"archive\": {\"plugin\": \"testmem\", \"dir\": \"%s\"}\n"
              "  },\n"
              "  \"mirrors\": {\n"
@@ -418,6 +420,127 @@ static void test_mixed_storage_sharded(void) {
   kaun_context_free(ctx); /* the views keep their mappings alive */
   CU_ASSERT_EQUAL(((const float *)kaun_tensor_data(kaun_ptree_tensor(n)))[1], 2.0f);
   kaun_ptree_free(tree);
+}
+
+/* An index is untrusted input: its shards are files beside it, and a shard
+ * URI is followed only when the config allows it for the backend that
+ * served the index (backends.NAME.index_shard_uris). */
+static void test_index_shard_uris(void) {
+  set_plugin_path();
+  kaun_error err = KAUN_ERROR_INIT;
+  mkdir(tmp("guarded"), 0755);
+  mkdir(tmp("guarded/m"), 0755);
+  mkdir(tmp("guarded-mem"), 0755);
+  char cfg[8300]; /* tmp()'s buffers are reused */
+  snprintf(cfg, sizeof cfg, "%s", tmp("guarded.json"));
+  write_text(cfg,
+             "{\"backends\": {\n"
+             "  \"team\": {\"plugin\": \"file\", \"root\": \"%s\"},\n"
+             "  \"archive\": {\"plugin\": \"testmem\", \"dir\": \"%s\"}\n"
+             "}}\n",
+             tmp("guarded"), tmp("guarded-mem"));
+  kaun_context *ctx;
+  ASSERT_OK(kaun_context_new(cfg, &ctx, &err), err);
+  save_model(ctx, "team://m/part-1.safetensors", 1);
+  save_model(ctx, "archive://part-2.safetensors", 2);
+  kaun_flat *flat;
+  /* a local file outside every root */
+  write_text(tmp("guarded/m/model.safetensors.index.json"),
+             "{\"weight_map\": {\"w\": \"part-1.safetensors\",\n"
+             "  \"b\": \"file:///etc/passwd\"}}");
+  ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "team://m", 0, &flat, &err), err, KAUN_EACCESS,
+               "team://m/model.safetensors.index.json: line 2: the shard of tensor 'b' is the URI "
+               "'file:///etc/passwd', which is not followed");
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "set backends.team.index_shard_uris to true in"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "guarded.json"));
+  /* the same backend by URI, and another configured backend */
+  write_text(tmp("guarded/m/model.safetensors.index.json"),
+             "{\"weight_map\": {\"w\": \"team://m/part-1.safetensors\"}}");
+  ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "team://m", 0, &flat, &err), err, KAUN_EACCESS,
+               "'team://m/part-1.safetensors', which is not followed");
+  write_text(
+      tmp("guarded/m/model.safetensors.index.json"),
+      "{\"weight_map\": {\"w\": \"part-1.safetensors\", \"b\": \"archive://part-2.safetensors\"}}");
+  kaun_reader *r;
+  ASSERT_FAILS(kaun_reader_open(ctx, "team://m/model.safetensors.index.json", &r, &err), err,
+               KAUN_EACCESS, "tensor 'b' is the URI 'archive://part-2.safetensors'");
+  /* a file name that would stack the index's URI on another object */
+  write_text(tmp("guarded/m/model.safetensors.index.json"),
+             "{\"weight_map\": {\"w\": \"part-1.safetensors::/etc/passwd\"}}");
+  ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "team://m", 0, &flat, &err), err, KAUN_EINDEX,
+               "the shard of tensor 'w' must be a file name relative to the index");
+  /* files beside the index are always fine */
+  write_text(tmp("guarded/m/model.safetensors.index.json"),
+             "{\"weight_map\": {\"w\": \"part-1.safetensors\", \"b\": \"part-1.safetensors\"}}");
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, "team://m", 0, &flat, &err), err);
+  CU_ASSERT_EQUAL(first_of(flat, "w"), 1.0f);
+  kaun_flat_free(flat);
+  kaun_context_free(ctx);
+  /* a plain path is the built-in file backend: backends.file.index_shard_uris */
+  mkdir(tmp("plain"), 0755);
+  write_text(tmp("plain/model.safetensors.index.json"),
+             "{\"weight_map\": {\"w\": \"team://m/part-1.safetensors\"}}");
+  ASSERT_OK(kaun_context_new(cfg, &ctx, &err), err);
+  ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, tmp("plain"), 0, &flat, &err), err, KAUN_EACCESS,
+               "set backends.file.index_shard_uris to true");
+  kaun_context_free(ctx);
+  ASSERT_FAILS(kaun_checkpoint_load_flat(NULL, tmp("plain"), 0, &flat, &err), err, KAUN_EACCESS,
+               "set backends.file.index_shard_uris to true in a config file");
+  /* allowed: per backend, whatever its plugin */
+  write_text(
+      cfg,
+      "{\"backends\": {\n"
+      "  \"file\": {\"index_shard_uris\": true},\n"
+      "  \"team\": {\"plugin\": \"file\", \"root\": \"%s\", \"index_shard_uris\": true},\n"
+      "  \"archive\": {\"plugin\": \"testmem\", \"dir\": \"%s\", \"index_shard_uris\": false}\n"
+      "}}\n",
+      tmp("guarded"), tmp("guarded-mem"));
+  ASSERT_OK(kaun_context_new(cfg, &ctx, &err), err);
+  write_text(
+      tmp("guarded/m/model.safetensors.index.json"),
+      "{\"weight_map\": {\"w\": \"part-1.safetensors\", \"b\": \"archive://part-2.safetensors\"}}");
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, "team://m", 0, &flat, &err), err);
+  CU_ASSERT_EQUAL(first_of(flat, "w"), 1.0f);
+  CU_ASSERT_EQUAL(first_of(flat, "b"), -2.0f); /* from the other backend's shard */
+  kaun_flat_free(flat);
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, tmp("plain"), 0, &flat, &err), err);
+  CU_ASSERT_EQUAL(first_of(flat, "w"), 1.0f);
+  kaun_flat_free(flat);
+  /* the same index served by a backend that does not allow it */
+  mkdir(tmp("guarded-mem/m"), 0755);
+  write_text(tmp("guarded-mem/m/model.safetensors.index.json"),
+             "{\"weight_map\": {\"w\": \"team://m/part-1.safetensors\"}}");
+  ASSERT_FAILS(
+      kaun_checkpoint_load_flat(ctx, "archive://m/model.safetensors.index.json", 0, &flat, &err),
+      err, KAUN_EACCESS, "set backends.archive.index_shard_uris to true");
+  char *text;
+  ASSERT_OK(kaun_context_describe(ctx, &text, &err), err);
+  CU_ASSERT_PTR_NOT_NULL(strstr(text, "backends.team.index_shard_uris = true\t("));
+  CU_ASSERT_PTR_NOT_NULL(strstr(text, "backends.archive.index_shard_uris = false\t("));
+  free(text);
+  kaun_context_free(ctx);
+}
+
+/* Through a mirror, the backend that served the index decides. */
+static void test_index_shard_uris_mirrored(void) {
+  set_plugin_path();
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx = mixed_context(); /* team allows shard URIs, archive does not */
+  save_model(ctx, "team://mirror-part.safetensors", 4);
+  mkdir(tmp("archive/mm"), 0755);
+  write_text(tmp("archive/mm/model.safetensors.index.json"),
+             "{\"weight_map\": {\"w\": \"team://mirror-part.safetensors\"}}");
+  kaun_flat *flat;
+  ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "hub://mm", 0, &flat, &err), err, KAUN_EACCESS,
+               "an index served by the 'archive' backend");
+  mkdir(tmp("team/missing"), 0755);
+  mkdir(tmp("team/missing/mm"), 0755);
+  write_text(tmp("team/missing/mm/model.safetensors.index.json"),
+             "{\"weight_map\": {\"w\": \"team://mirror-part.safetensors\"}}");
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, "hub://mm", 0, &flat, &err), err);
+  CU_ASSERT_EQUAL(first_of(flat, "w"), 4.0f);
+  kaun_flat_free(flat);
+  kaun_context_free(ctx);
 }
 
 static void test_mirrors(void) {
@@ -666,6 +789,387 @@ static void test_save_needs_put(void) {
   kaun_context_free(ctx);
 }
 
+/* ---- cycles between backends fail fast, never deadlock -------------------------------------- */
+
+typedef struct cycle_job {
+  kaun_context *ctx;
+  const char *uri;
+  int rc;
+  char message[KAUN_ERROR_MESSAGE_MAX];
+} cycle_job;
+
+static void *load_cycle(void *arg) {
+  cycle_job *job = arg;
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_flat *flat = NULL;
+  job->rc = kaun_checkpoint_load_flat(job->ctx, job->uri, 0, &flat, &err);
+  snprintf(job->message, sizeof job->message, "%s", err.message);
+  kaun_flat_free(flat);
+  return NULL;
+}
+
+/* A registry whose index it serves itself, and two registries whose
+ * indexes each live on the other, used to deadlock on the registry's
+ * lock; now the core sees the URI come back and says so. */
+static void test_registry_cycles(void) {
+  set_plugin_path();
+  alarm(60); /* a regression hangs: fail instead */
+  kaun_error err = KAUN_ERROR_INIT;
+  mkdir(tmp("regcycle"), 0755);
+  char cfg[8300];
+  snprintf(cfg, sizeof cfg, "%s", tmp("regcycle.json"));
+  write_text(cfg,
+             "{\"backends\": {\n"
+             "  \"store\": {\"plugin\": \"file\", \"root\": \"%s\"},\n"
+             "  \"self\": {\"plugin\": \"registry\", \"index\": \"self://idx@1/index.json\"},\n"
+             "  \"rega\": {\"plugin\": \"registry\", \"index\": \"regb://idx@1/index.json\"},\n"
+             "  \"regb\": {\"plugin\": \"registry\", \"index\": \"rega://idx@1/index.json\"},\n"
+             "  \"good\": {\"plugin\": \"registry\", \"index\": \"store://index.json\"}\n"
+             "}}\n",
+             tmp("regcycle"));
+  kaun_context *ctx;
+  ASSERT_OK(kaun_context_new(cfg, &ctx, &err), err);
+  save_model(ctx, "store://m.safetensors", 8);
+  write_text(tmp("regcycle/index.json"),
+             "{\"bert\": {\"1\": {\"model.safetensors\": {\"uri\": \"store://m.safetensors\"}}}}");
+  kaun_flat *flat;
+  ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "self://bert@1", 0, &flat, &err), err, KAUN_EURI,
+               "'self://idx@1/index.json' leads back to itself: self://idx@1/index.json -> "
+               "self://idx@1/index.json (reached from self://bert@1)");
+  ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "rega://bert", 0, &flat, &err), err, KAUN_EURI,
+               "'regb://idx@1/index.json' leads back to itself: regb://idx@1/index.json -> "
+               "rega://idx@1/index.json -> regb://idx@1/index.json");
+  ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "regb://bert", 0, &flat, &err), err, KAUN_EURI,
+               "rega://idx@1/index.json -> regb://idx@1/index.json -> rega://idx@1/index.json");
+  /* a registry that works still does, in the same context */
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, "good://bert", 0, &flat, &err), err);
+  CU_ASSERT_EQUAL(first_of(flat, "w"), 8.0f);
+  kaun_flat_free(flat);
+  kaun_context_free(ctx);
+  /* from several threads at once, on a fresh context: each fails, none waits */
+  ASSERT_OK(kaun_context_new(cfg, &ctx, &err), err);
+  pthread_t th[6];
+  cycle_job jobs[6];
+  const char *uris[] = {"self://bert", "rega://bert", "regb://bert"};
+  for (int i = 0; i < 6; i++) {
+    jobs[i] = (cycle_job){ctx, uris[i % 3], 0, ""};
+    pthread_create(&th[i], NULL, load_cycle, &jobs[i]);
+  }
+  for (int i = 0; i < 6; i++) {
+    pthread_join(th[i], NULL);
+    CU_ASSERT_EQUAL(jobs[i].rc, KAUN_EURI);
+    if (!strstr(jobs[i].message, "leads back to itself")) {
+      fprintf(stderr, "\n  %s: %s\n", jobs[i].uri, jobs[i].message);
+      CU_FAIL("a cycle was not reported as one");
+    }
+  }
+  kaun_context_free(ctx);
+  alarm(0);
+}
+
+/* Backends whose creation opens a URI on the other: on one thread the
+ * creation finds itself pending; on two threads, each waiting for the
+ * other's creation, the second to wait sees the circle. */
+static void test_create_cycles(void) {
+  set_plugin_path();
+  alarm(60);
+  kaun_error err = KAUN_ERROR_INIT;
+  mkdir(tmp("createcycle"), 0755);
+  write_text(tmp("createcycle/f"), "x");
+  write_text(tmp("createcycle/g"), "x");
+  char cfg[8300];
+  snprintf(cfg, sizeof cfg, "%s", tmp("createcycle.json"));
+  write_text(cfg,
+             "{\"backends\": {\n"
+             "  \"cx\": {\"plugin\": \"testmem\", \"dir\": \"%s\", \"create_open\": \"cy://f\",\n"
+             "         \"create_delay_ms\": 300},\n"
+             "  \"cy\": {\"plugin\": \"testmem\", \"dir\": \"%s\", \"create_open\": \"cx://g\",\n"
+             "         \"create_delay_ms\": 300}\n"
+             "}}\n",
+             tmp("createcycle"), tmp("createcycle"));
+  kaun_context *ctx;
+  ASSERT_OK(kaun_context_new(cfg, &ctx, &err), err);
+  kaun_object *o;
+  ASSERT_FAILS(kaun_object_open(ctx, "cx://f", &o, &err), err, KAUN_EURI,
+               "creating the backend 'cx' needs the backend 'cx' itself: its options lead back "
+               "to it: cx://f -> cy://f -> cx://g");
+  kaun_context_free(ctx);
+  int across = 0;
+  for (int round = 0; round < 3; round++) {
+    ASSERT_OK(kaun_context_new(cfg, &ctx, &err), err);
+    pthread_t th[2];
+    cycle_job jobs[2] = {{ctx, "cx://f", 0, ""}, {ctx, "cy://f", 0, ""}};
+    for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, load_cycle, &jobs[i]);
+    for (int i = 0; i < 2; i++) {
+      pthread_join(th[i], NULL);
+      CU_ASSERT_EQUAL(jobs[i].rc, KAUN_EURI);
+      if (!strstr(jobs[i].message, " back to ")) {
+        fprintf(stderr, "\n  %s: %s\n", jobs[i].uri, jobs[i].message);
+        CU_FAIL("a cycle between two threads' creations was not reported as one");
+      }
+      across += strstr(jobs[i].message, "waits for creations on other threads") != NULL;
+    }
+    kaun_context_free(ctx);
+  }
+  CU_ASSERT(across >= 1); /* the circle of two waiting threads was seen */
+  alarm(0);
+}
+
+/* ---- plugins are code: where they load from, and who may have changed them ---------------- */
+
+/* Copies the test plugin testmem.so to `dst` with `mode`. */
+static void copy_testmem(const char *dst, mode_t mode) {
+  char src[4200];
+  snprintf(src, sizeof src, "%s/testmem.so", getenv("KAUN_TEST_PLUGINS"));
+  char *bytes;
+  size_t len;
+  kaun_error err = KAUN_ERROR_INIT;
+  ASSERT_OK(kaun_storage_read_all(NULL, src, 64u << 20, &bytes, &len, &err), err);
+  FILE *f = fopen(dst, "wb");
+  CU_ASSERT_FATAL(f != NULL);
+  CU_ASSERT_EQUAL(fwrite(bytes, 1, len, f), len);
+  fclose(f);
+  free(bytes);
+  CU_ASSERT_EQUAL(chmod(dst, mode), 0);
+}
+
+/* Whether a file under `dir` is mapped into this process (dlopen'd). */
+static int mapped_under(const char *dir) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (!f) return 0;
+  char line[8300];
+  int found = 0;
+  while (!found && fgets(line, sizeof line, f)) found = strstr(line, dir) != NULL;
+  fclose(f);
+  return found;
+}
+
+/* tmp() with the real path of the temporary folder (the loader names real paths) */
+static const char *real_tmp(const char *name) {
+  static char buf[4][8300];
+  static int k;
+  char root[4096];
+  if (!realpath(tmp_root, root)) snprintf(root, sizeof root, "%s", tmp_root);
+  char *b = buf[k++ % 4];
+  snprintf(b, 8300, "%s/%s", root, name);
+  return b;
+}
+
+/* Relative plugin_dirs and plugin paths in a config are its folder's, never
+ * the working directory's. */
+static void test_plugin_paths_beside_config(void) {
+  unsetenv("KAUN_PLUGIN_PATH");
+  kaun_error err = KAUN_ERROR_INIT;
+  char cwd[4096];
+  CU_ASSERT_FATAL(getcwd(cwd, sizeof cwd) != NULL);
+  mkdir(tmp("cfgdir"), 0755);
+  mkdir(tmp("cfgdir/plugins"), 0755);
+  mkdir(tmp("cfgdir/mem"), 0755);
+  mkdir(tmp("cfg2"), 0755);
+  copy_testmem(tmp("cfgdir/plugins/testmem.so"), 0755);
+  const char *cfg = tmp("cfgdir/kaun.json"), *cfg2 = tmp("cfg2/kaun.json");
+  const char *forms[] = {
+      "\"plugin_dirs\": [\"plugins\"], \"backends\": {\"m\": {\"plugin\": "
+      "\"testmem\"",
+      "\"backends\": {\"m\": {\"plugin\": \"plugins/testmem.so\"",
+      "\"backends\": {\"m\": {\"plugin\": \"./plugins/testmem.so\""};
+  CU_ASSERT_EQUAL_FATAL(chdir("/"), 0);
+  for (size_t i = 0; i < sizeof forms / sizeof *forms; i++) {
+    write_text(cfg, "{%s, \"dir\": \"%s\"}}}\n", forms[i], tmp("cfgdir/mem"));
+    kaun_context *ctx;
+    ASSERT_OK(kaun_context_new(cfg, &ctx, &err), err);
+    char *text;
+    ASSERT_OK(kaun_context_describe(ctx, &text, &err), err);
+    if (!strstr(text, "loaded from ") || !strstr(text, "cfgdir/plugins/testmem.so")) {
+      fprintf(stderr, "\n  form %zu: %s\n", i, text);
+      CU_FAIL("the plugin was not loaded from the config's folder");
+    }
+    if (i == 0) {
+      char want[8400];
+      snprintf(want, sizeof want, "plugin_dirs[0] = %s\t", real_tmp("cfgdir/plugins"));
+      CU_ASSERT_PTR_NOT_NULL(strstr(text, want));
+    }
+    free(text);
+    save_model(ctx, "m://beside.safetensors", 4);
+    kaun_context_free(ctx);
+  }
+  /* a relative config path: its folder is taken when the context is made */
+  CU_ASSERT_EQUAL_FATAL(chdir(tmp_root), 0);
+  write_text(cfg, "{%s, \"dir\": \"%s\"}}}\n", forms[0], tmp("cfgdir/mem"));
+  kaun_context *ctx;
+  ASSERT_OK(kaun_context_new("cfgdir/kaun.json", &ctx, &err), err);
+  CU_ASSERT_EQUAL_FATAL(chdir("/"), 0);
+  kaun_flat *flat;
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, "m://beside.safetensors", 0, &flat, &err), err);
+  CU_ASSERT_EQUAL(first_of(flat, "w"), 4.0f);
+  kaun_flat_free(flat);
+  char *text;
+  ASSERT_OK(kaun_context_describe(ctx, &text, &err), err);
+  char want[8400];
+  snprintf(want, sizeof want, "plugin_dirs[0] = %s\t", real_tmp("cfgdir/plugins"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(text, want));
+  free(text);
+  kaun_context_free(ctx);
+  /* the working directory holds plugins/testmem.so, the config's folder does not */
+  CU_ASSERT_EQUAL_FATAL(chdir(tmp("cfgdir")), 0);
+  write_text(cfg2,
+             "{\"plugin_dirs\": [\"plugins\"], \"backends\": {\"m\": {\"plugin\": "
+             "\"testmem\", \"dir\": \"/\"}}}\n");
+  ASSERT_FAILS(kaun_context_new(cfg2, &ctx, &err), err, KAUN_ECONFIG, real_tmp("cfg2/plugins"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "no plugin 'testmem'"));
+  write_text(cfg2,
+             "{\"backends\": {\"m\": {\"plugin\": \"plugins/testmem.so\", \"dir\": \"/\"}}}\n");
+  ASSERT_FAILS(kaun_context_new(cfg2, &ctx, &err), err, KAUN_ECONFIG,
+               real_tmp("cfg2/plugins/testmem.so"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "cannot load plugin"));
+  CU_ASSERT_EQUAL(chdir(cwd), 0);
+}
+
+/* A relative KAUN_PLUGIN_PATH entry is refused, naming it. */
+static void test_plugin_path_env_relative(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx = NULL;
+  const char *bad[] = {"plugins", ".", "./lib/kaun"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    char path[8400], needle[200];
+    snprintf(path, sizeof path, "%s:%s", getenv("KAUN_TEST_PLUGINS"), bad[i]);
+    setenv("KAUN_PLUGIN_PATH", path, 1);
+    snprintf(needle, sizeof needle, "KAUN_PLUGIN_PATH: the entry '%s' is relative", bad[i]);
+    ASSERT_FAILS(kaun_context_new(NULL, &ctx, &err), err, KAUN_ECONFIG, needle);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "use an absolute path"));
+    CU_ASSERT_PTR_NULL(ctx);
+  }
+  /* empty entries mean nothing (not the working directory) */
+  char path[8400];
+  snprintf(path, sizeof path, ":%s::", getenv("KAUN_TEST_PLUGINS"));
+  setenv("KAUN_PLUGIN_PATH", path, 1);
+  ASSERT_OK(kaun_context_new(NULL, &ctx, &err), err);
+  kaun_context_free(ctx);
+  unsetenv("KAUN_PLUGIN_PATH");
+}
+
+/* Loads `so` as a backend's plugin through a config: expects `code`
+ * (KAUN_OK, or the error naming `needle`), and that a refused file was
+ * never dlopen'd. */
+static void expect_trust(const char *so, int code, const char *needle) {
+  const char *cfg = tmp("trust.json");
+  write_text(cfg, "{\"backends\": {\"m\": {\"plugin\": \"%s\", \"dir\": \"/\"}}}", so);
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx = NULL;
+  if (code == KAUN_OK) {
+    ASSERT_OK(kaun_context_new(cfg, &ctx, &err), err);
+    kaun_context_free(ctx);
+    return;
+  }
+  ASSERT_FAILS(kaun_context_new(cfg, &ctx, &err), err, code, needle);
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message,
+                                "kaun only loads plugins that only root or you can "
+                                "change"));
+  CU_ASSERT_FALSE(mapped_under(so));
+}
+
+/* Files and folders others could have changed are refused before dlopen:
+ * through a config, by an unknown scheme, and by `kaun plugins`. */
+static void test_plugin_trust(void) {
+  unsetenv("KAUN_PLUGIN_PATH");
+  mkdir(tmp("hostile"), 0755);
+  copy_testmem(tmp("hostile/testmem.so"), 0755 | S_IWOTH);
+  char needle[8400];
+  snprintf(needle, sizeof needle, "%s is writable by others", real_tmp("hostile/testmem.so"));
+  expect_trust(tmp("hostile/testmem.so"), KAUN_ECONFIG, needle);
+  /* a folder on the way, writable by others */
+  mkdir(tmp("open"), 0755);
+  CU_ASSERT_EQUAL(chmod(tmp("open"), 0777), 0);
+  mkdir(tmp("open/sub"), 0755);
+  copy_testmem(tmp("open/sub/testmem.so"), 0755);
+  snprintf(needle, sizeof needle, "%s is writable by others", real_tmp("open"));
+  expect_trust(tmp("open/sub/testmem.so"), KAUN_ECONFIG, needle);
+  /* a sticky folder (as /tmp) may be writable by anyone: its entries are safe */
+  mkdir(tmp("sticky"), 0755);
+  CU_ASSERT_EQUAL(chmod(tmp("sticky"), 01777), 0);
+  mkdir(tmp("sticky/mine"), 0755);
+  copy_testmem(tmp("sticky/mine/testmem.so"), 0755);
+  expect_trust(tmp("sticky/mine/testmem.so"), KAUN_OK, NULL);
+  /* a symbolic link is followed, and the file it leads to is checked */
+  mkdir(tmp("links"), 0755);
+  CU_ASSERT_EQUAL(symlink(tmp("hostile/testmem.so"), tmp("links/testmem.so")), 0);
+  snprintf(needle, sizeof needle, "%s is writable by others", real_tmp("hostile/testmem.so"));
+  expect_trust(tmp("links/testmem.so"), KAUN_ECONFIG, needle);
+  CU_ASSERT_PTR_NOT_NULL(strstr(needle, "hostile"));
+  /* another owner, a group that is not root's nor yours: root can make them */
+  if (geteuid() == 0) {
+    mkdir(tmp("owners"), 0755);
+    copy_testmem(tmp("owners/theirs.so"), 0755);
+    CU_ASSERT_EQUAL(chown(tmp("owners/theirs.so"), 65534, 0), 0);
+    snprintf(needle, sizeof needle, "%s is owned by uid 65534, not by you (uid 0) or root",
+             real_tmp("owners/theirs.so"));
+    expect_trust(tmp("owners/theirs.so"), KAUN_ECONFIG, needle);
+    copy_testmem(tmp("owners/group.so"), 0775);
+    CU_ASSERT_EQUAL(chown(tmp("owners/group.so"), 0, 0), 0);
+    expect_trust(tmp("owners/group.so"), KAUN_OK, NULL); /* root's group */
+    CU_ASSERT_EQUAL(chown(tmp("owners/group.so"), 0, 65534), 0);
+    CU_ASSERT_EQUAL(chmod(tmp("owners/group.so"), 0775), 0); /* chown drops nothing here */
+    snprintf(needle, sizeof needle, "%s is writable by its group (gid 65534)",
+             real_tmp("owners/group.so"));
+    expect_trust(tmp("owners/group.so"), KAUN_ECONFIG, needle);
+    CU_ASSERT_EQUAL(chmod(tmp("owners/group.so"), 0755), 0);
+    expect_trust(tmp("owners/group.so"), KAUN_OK, NULL); /* not writable by the group */
+    CU_ASSERT_EQUAL(chown(tmp("owners"), 65534, 65534), 0);
+    snprintf(needle, sizeof needle, "%s is owned by uid 65534", real_tmp("owners"));
+    expect_trust(tmp("owners/group.so"), KAUN_ECONFIG, needle);
+    CU_ASSERT_EQUAL(chown(tmp("owners"), 0, 0), 0);
+  } else {
+    fprintf(stderr, "\n  (ownership cases skipped: they need root to chown)\n");
+  }
+  /* an unknown scheme finds hostile/testmem.so on the search path: refused */
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx;
+  setenv("KAUN_PLUGIN_PATH", tmp("hostile"), 1);
+  ASSERT_OK(kaun_context_new(NULL, &ctx, &err), err);
+  kaun_object *o;
+  snprintf(needle, sizeof needle, "%s is writable by others", real_tmp("hostile/testmem.so"));
+  ASSERT_FAILS(kaun_object_open(ctx, "testmem://x", &o, &err), err, KAUN_EPLUGIN, needle);
+  /* `kaun plugins` lists it as BROKEN, with why, without loading it; a
+   * FIFO named like a plugin is not opened (it would block) */
+  CU_ASSERT_EQUAL(mkfifo(tmp("hostile/fifo.so"), 0644), 0);
+  char *text;
+  ASSERT_OK(kaun_plugins_describe(ctx, &text, &err), err);
+  char line[17000];
+  snprintf(line, sizeof line, "BROKEN\t%s\t%s", tmp("hostile/testmem.so"), needle);
+  if (!strstr(text, line)) {
+    fprintf(stderr, "\n  wanted '%s' in:\n%s\n", line, text);
+    CU_FAIL("kaun plugins does not list the refused file as BROKEN with why");
+  }
+  snprintf(line, sizeof line, "%s is not a regular file", real_tmp("hostile/fifo.so"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(text, line));
+  free(text);
+  CU_ASSERT_FALSE(mapped_under(tmp("hostile")));
+  kaun_context_free(ctx);
+  unsetenv("KAUN_PLUGIN_PATH");
+}
+
+/* A scheme no plugin can be named ('+', '.') never selects a file. */
+static void test_plugin_scheme_names(void) {
+  mkdir(tmp("dots"), 0755);
+  copy_testmem(tmp("dots/a.b.so"), 0755);
+  setenv("KAUN_PLUGIN_PATH", tmp("dots"), 1);
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx;
+  ASSERT_OK(kaun_context_new(NULL, &ctx, &err), err);
+  kaun_object *o;
+  ASSERT_FAILS(kaun_object_open(ctx, "a.b://x", &o, &err), err, KAUN_EBACKEND,
+               "no backend answers to 'a.b://'");
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "no plugin 'a.b': plugin names are"));
+  CU_ASSERT_FALSE(mapped_under(tmp("dots")));
+  kaun_context_free(ctx);
+  unsetenv("KAUN_PLUGIN_PATH");
+  const char *cfg = tmp("dots.json");
+  write_text(cfg, "{\"plugin_dirs\": [\"%s\"], \"backends\": {\"a.b\": {}}}", tmp("dots"));
+  ASSERT_FAILS(kaun_context_new(cfg, &ctx, &err), err, KAUN_ECONFIG,
+               "backends.a.b.plugin: no plugin 'a.b'");
+  CU_ASSERT_FALSE(mapped_under(tmp("dots")));
+}
+
 int main(void) {
   const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
   snprintf(tmp_root, sizeof tmp_root, "%s/kaun-storage-XXXXXX", base);
@@ -684,6 +1188,10 @@ int main(void) {
   CU_add_test(s, "the file backend stays inside its root", test_file_backend_root);
   CU_add_test(s, "a plugin failing on the Nth call: errors propagate", test_injected_failures);
   CU_add_test(s, "one index, shards in two backends", test_mixed_storage_sharded);
+  CU_add_test(s, "index shard URIs are followed only where the config allows",
+              test_index_shard_uris);
+  CU_add_test(s, "index shard URIs: the backend that served the index decides",
+              test_index_shard_uris_mirrored);
   CU_add_test(s, "mirrors: the first that opens wins", test_mirrors);
   CU_add_test(s, "a stacked backend reads through another; list", test_stacked_and_list);
   CU_add_test(s, "threads share one context", test_threads_share_a_context);
@@ -691,6 +1199,13 @@ int main(void) {
   CU_add_test(s, "objects outlive the context they came from", test_context_outlived);
   CU_add_test(s, "the registry plugin resolves, picks latest, verifies", test_registry);
   CU_add_test(s, "saving needs a backend that can store", test_save_needs_put);
+  CU_add_test(s, "registries that lead back to themselves fail fast", test_registry_cycles);
+  CU_add_test(s, "backends whose creations need each other fail fast", test_create_cycles);
+  CU_add_test(s, "relative plugin paths in a config are its folder's",
+              test_plugin_paths_beside_config);
+  CU_add_test(s, "a relative KAUN_PLUGIN_PATH entry is refused", test_plugin_path_env_relative);
+  CU_add_test(s, "plugins others could change are refused before dlopen", test_plugin_trust);
+  CU_add_test(s, "a scheme no plugin can be named selects no file", test_plugin_scheme_names);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();
   unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();

@@ -49,7 +49,8 @@ KAUN_API int kaun_checkpoint_load(kaun_context *ctx, const char *uri, const kaun
 
 /* Loads every tensor, in file order (shard by shard for a sharded
  * checkpoint), with the file's metadata.  Errors: the codec's errors,
- * KAUN_EINDEX (bad index), KAUN_ENOENT, KAUN_EIO. */
+ * KAUN_EINDEX (bad index), KAUN_EACCESS (an index's shard URI the config
+ * does not allow: backends.NAME.index_shard_uris), KAUN_ENOENT, KAUN_EIO. */
 KAUN_API int kaun_checkpoint_load_flat(kaun_context *ctx, const char *uri, unsigned flags,
                                        kaun_flat **out, kaun_error *err);
 

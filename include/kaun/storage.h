@@ -101,7 +101,9 @@ typedef struct kaun_stat {
  * them for the URI's prefix (the first that opens wins).  `ctx` may be
  * NULL here and in kaun_storage_*: a context from the default config is
  * made for the call (and lives as long as the object).  Errors:
- * KAUN_EURI, KAUN_EBACKEND (unknown scheme), KAUN_ENOENT, KAUN_EISDIR
+ * KAUN_EURI (also when opening leads back to a URI this thread is already
+ * opening, e.g. a registry whose index it serves itself: the message names
+ * the cycle), KAUN_EBACKEND (unknown scheme), KAUN_ENOENT, KAUN_EISDIR
  * (the URI names a folder), KAUN_EACCESS, the backend's errors. */
 KAUN_API int kaun_object_open(kaun_context *ctx, const char *uri, kaun_object **out,
                               kaun_error *err);

@@ -75,37 +75,46 @@ static void r_destroy(void *be) {
   free(r);
 }
 
+/* Loads the index once.  It is read without holding the lock: the index
+ * may be served through another backend, even this one or a registry that
+ * refers back to it (a cycle the core reports), and no lock may be held
+ * while another URI opens.  Two threads loading at once both read it; the
+ * first to finish publishes its copy, the other discards its own. */
 static int load_index(registry *r, kaun_error *err) {
   pthread_mutex_lock(&r->lock);
-  int rc = KAUN_OK;
+  int loaded = r->index != NULL;
+  pthread_mutex_unlock(&r->lock);
+  if (loaded) return KAUN_OK;
+  char *text;
+  size_t len;
+  int rc = kaun_storage_read_all(r->ctx, r->index_uri, 64u << 20, &text, &len, err);
+  if (rc) return rc;
+  json_tokener *tok = json_tokener_new();
+  if (!tok) {
+    free(text);
+    return kaun_error_set(err, KAUN_ENOMEM, "registry: out of memory");
+  }
+  json_object *doc = json_tokener_parse_ex(tok, text, (int)len);
+  enum json_tokener_error jerr = json_tokener_get_error(tok);
+  if (!doc || jerr != json_tokener_success || !json_object_is_type(doc, json_type_object)) {
+    rc = kaun_error_set(
+        err, KAUN_EINVAL, "registry '%s': the index %s is not a JSON object of models (%s)",
+        r->name, r->index_uri,
+        jerr != json_tokener_success ? json_tokener_error_desc(jerr) : "wrong shape");
+    if (doc) json_object_put(doc);
+    doc = NULL;
+  }
+  json_tokener_free(tok);
+  free(text);
+  if (rc) return rc;
+  pthread_mutex_lock(&r->lock);
   if (!r->index) {
-    char *text;
-    size_t len;
-    rc = kaun_storage_read_all(r->ctx, r->index_uri, 64u << 20, &text, &len, err);
-    if (!rc) {
-      json_tokener *tok = json_tokener_new();
-      if (!tok) {
-        free(text);
-        pthread_mutex_unlock(&r->lock);
-        return kaun_error_set(err, KAUN_ENOMEM, "registry: out of memory");
-      }
-      json_object *doc = json_tokener_parse_ex(tok, text, (int)len);
-      enum json_tokener_error jerr = json_tokener_get_error(tok);
-      if (!doc || jerr != json_tokener_success || !json_object_is_type(doc, json_type_object)) {
-        rc = kaun_error_set(
-            err, KAUN_EINVAL, "registry '%s': the index %s is not a JSON object of models (%s)",
-            r->name, r->index_uri,
-            jerr != json_tokener_success ? json_tokener_error_desc(jerr) : "wrong shape");
-        if (doc) json_object_put(doc);
-      } else {
-        r->index = doc;
-      }
-      json_tokener_free(tok);
-      free(text);
-    }
+    r->index = doc; /* published once, never changed: read without the lock after */
+    doc = NULL;
   }
   pthread_mutex_unlock(&r->lock);
-  return rc;
+  if (doc) json_object_put(doc); /* another thread published first */
+  return KAUN_OK;
 }
 
 /* Compares dotted versions numerically ("1.10" > "1.9"). */

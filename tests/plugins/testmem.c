@@ -36,6 +36,8 @@ static const kaun_option_spec options[] = {
     {"token", KAUN_OPTION_STRING, NULL, 0, 1, "a secret, to test masking"},
     {"create_log", KAUN_OPTION_STRING, NULL, 0, 0, "a file create appends one line to"},
     {"create_delay_ms", KAUN_OPTION_INT, "0", 0, 0, "how long create takes (a slow backend)"},
+    {"create_open", KAUN_OPTION_STRING, NULL, 0, 0,
+     "a URI create opens (a backend that needs another to start: cycles)"},
     {NULL, 0, NULL, 0, 0, NULL}};
 
 static int injected(backend *b, const char *what, const char *path, kaun_error *err) {
@@ -48,7 +50,7 @@ static int injected(backend *b, const char *what, const char *path, kaun_error *
 
 static int t_create(kaun_context *ctx, const char *instance, const kaun_options *opts, void **out,
                     kaun_error *err) {
-  (void)ctx, (void)instance;
+  (void)instance;
   const char *token = kaun_options_get(opts, "token");
   if (token && strcmp(token, "bad") == 0)
     return kaun_error_set(err, KAUN_ECONFIG, "testmem: the token was refused");
@@ -63,6 +65,13 @@ static int t_create(kaun_context *ctx, const char *instance, const kaun_options 
   }
   long delay = (long)kaun_options_get_int(opts, "create_delay_ms", 0);
   if (delay > 0) usleep((useconds_t)delay * 1000);
+  const char *needs = kaun_options_get(opts, "create_open");
+  if (needs) {
+    kaun_object *o;
+    int rc = kaun_object_open(ctx, needs, &o, err);
+    if (rc) return rc;
+    kaun_object_close(o);
+  }
   backend *b = calloc(1, sizeof *b);
   if (!b) return kaun_error_set(err, KAUN_ENOMEM, "testmem: out of memory");
   snprintf(b->dir, sizeof b->dir, "%s", kaun_options_get(opts, "dir"));
