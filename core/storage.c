@@ -14,6 +14,7 @@
 #endif
 
 #define MAX_NESTING KAUN_URI_MAX_DEPTH
+#define KAUN__INNER_KEPT 8
 
 /* A thread waiting in get_instance for another thread's creation. */
 struct waiting {
@@ -47,6 +48,10 @@ struct kaun_context {
   /* I/O settings */
   kaun_progress_fn progress;
   void *progress_user;
+  /* inner objects of stacked URIs, kept open for the next member
+   * (tar://a::X then tar://b::X open X once); guarded by lock */
+  kaun_object *inner_kept[KAUN__INNER_KEPT];
+  size_t ninner;
   uint64_t chunk_size;
   unsigned inflight;
 };
@@ -56,7 +61,8 @@ struct kaun_object {
   void *handle;
   char *uri;
   kaun_object *inner;
-  char *asked; /* the URI the caller asked for (before mirror rewriting) */
+  char *asked;      /* the URI the caller asked for (before mirror rewriting) */
+  atomic_long refs; /* the caller's, and the context's when it is a kept inner object */
 };
 
 /* The URIs this thread is opening, outermost first (a backend opening
@@ -456,7 +462,12 @@ void kaun_context_free(kaun_context *ctx) {
   ctx->instances = NULL;
   ctx->ninstances = 0;
   ctx->closed = true;
+  kaun_object *kept[KAUN__INNER_KEPT];
+  size_t nkept = ctx->ninner;
+  memcpy(kept, ctx->inner_kept, nkept * sizeof *kept);
+  ctx->ninner = 0;
   pthread_mutex_unlock(&ctx->lock);
+  for (size_t i = 0; i < nkept; i++) kaun_object_close(kept[i]);
   for (size_t i = 0; i < n; i++) kaun__instance_unref(instances[i]);
   free(instances);
   context_unref(ctx);
@@ -766,14 +777,44 @@ static int name_uri(kaun_error *err, int rc, const char *uri) {
   return rc;
 }
 
+/* The inner object of a stacked URI: one the context keeps from an
+ * earlier member, or opened now and kept (the last KAUN__INNER_KEPT, until
+ * the context is freed).  A kept object is shared: reads may run
+ * concurrently, as always, and stat is read-only in every bundled plugin. */
+static int open_inner(kaun_context *ctx, const char *uri, kaun_object **out, kaun_error *err) {
+  pthread_mutex_lock(&ctx->lock);
+  for (size_t i = 0; i < ctx->ninner; i++)
+    if (strcmp(kaun_object_uri(ctx->inner_kept[i]), uri) == 0 ||
+        (ctx->inner_kept[i]->asked && strcmp(ctx->inner_kept[i]->asked, uri) == 0)) {
+      *out = ctx->inner_kept[i];
+      atomic_fetch_add(&(*out)->refs, 1);
+      pthread_mutex_unlock(&ctx->lock);
+      return KAUN_OK;
+    }
+  pthread_mutex_unlock(&ctx->lock);
+  int rc = kaun_object_open(ctx, uri, out, err);
+  if (rc) return rc;
+  kaun_object *evicted = NULL;
+  pthread_mutex_lock(&ctx->lock);
+  if (!ctx->closed) {
+    if (ctx->ninner == KAUN__INNER_KEPT) { /* the oldest goes */
+      evicted = ctx->inner_kept[0];
+      memmove(ctx->inner_kept, ctx->inner_kept + 1, (KAUN__INNER_KEPT - 1) * sizeof evicted);
+      ctx->ninner--;
+    }
+    ctx->inner_kept[ctx->ninner++] = *out;
+    atomic_fetch_add(&(*out)->refs, 1); /* the context's */
+  }
+  pthread_mutex_unlock(&ctx->lock);
+  kaun_object_close(evicted);
+  return KAUN_OK;
+}
+
 static int open_parsed(kaun_context *ctx, const kaun_uri *u, const char *text, kaun_object **out,
                        kaun_error *err) {
   kaun_object *inner = NULL;
   int rc;
-  if (u->inner) {
-    const char *inner_text = kaun__uri_chain(text);
-    if ((rc = kaun_object_open(ctx, inner_text + 2, &inner, err))) return rc;
-  }
+  if (u->inner && (rc = open_inner(ctx, kaun__uri_chain(text) + 2, &inner, err))) return rc;
   kaun__instance *inst;
   if ((rc = get_instance(ctx, u->scheme, &inst, err))) {
     kaun_object_close(inner);
@@ -795,6 +836,7 @@ static int open_parsed(kaun_context *ctx, const kaun_uri *u, const char *text, k
   }
   o->inst = inst;
   o->inner = inner;
+  atomic_init(&o->refs, 1);
   rc = inst->plugin->ops.open(inst->backend, u->path, inner, &o->handle, err);
   if (rc) {
     o->handle = NULL;
@@ -918,7 +960,7 @@ static int open_mirrored(kaun_context *ctx, const char *uri, kaun_object **out,
 }
 
 void kaun_object_close(kaun_object *o) {
-  if (!o) return;
+  if (!o || atomic_fetch_sub(&o->refs, 1) != 1) return;
   if (o->handle) o->inst->plugin->ops.close(o->handle);
   kaun__instance_unref(o->inst);
   kaun_object_close(o->inner);

@@ -367,6 +367,28 @@ static void test_fetch_once(void) {
   kaun_context_free(ctx);
 }
 
+/* Members of one stacked object share it: the inner object is opened once
+ * per context, however many members are read through it. */
+static void test_stacked_inner_opened_once(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx = web_context();
+  test_server_reset(&server);
+  for (int i = 0; i < 3; i++) {
+    kaun_object *o;
+    ASSERT_OK(kaun_object_open(ctx, "passthru://m::web://big.safetensors", &o, &err), err);
+    kaun_stat st = {.struct_size = sizeof st};
+    ASSERT_OK(kaun_object_stat(o, &st, &err), err);
+    kaun_object_close(o);
+  }
+  kaun_reader *r;
+  ASSERT_OK(kaun_reader_open(ctx, "passthru://m::web://big.safetensors", &r, &err), err);
+  kaun_reader_close(r);
+  long long requests = test_server_stat(&server, "requests");
+  if (requests != 2) fprintf(stderr, "(%lld requests) ", requests);
+  CU_ASSERT_EQUAL(requests, 2); /* one HEAD, one header read */
+  kaun_context_free(ctx);
+}
+
 static int suite_init(void) {
   snprintf(work, sizeof work, "%s/kaun-remote-XXXXXX",
            getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -396,8 +418,9 @@ static int suite_clean(void) {
 
 int main(int argc, char **argv) {
   char path[8192];
-  snprintf(path, sizeof path, "%s",
-           getenv("KAUN_BUILT_PLUGINS") ? getenv("KAUN_BUILT_PLUGINS") : "");
+  snprintf(path, sizeof path, "%s:%s",
+           getenv("KAUN_BUILT_PLUGINS") ? getenv("KAUN_BUILT_PLUGINS") : "",
+           getenv("KAUN_TEST_PLUGINS") ? getenv("KAUN_TEST_PLUGINS") : "");
   setenv("KAUN_PLUGIN_PATH", path, 1);
   if (argc == 3) return child_main(argv[1], argv[2]);
   if (CU_initialize_registry() != CUE_SUCCESS) return 1;
@@ -412,6 +435,7 @@ int main(int argc, char **argv) {
   CU_add_test(s, "503s and dropped connections are retried", test_retries_and_resumes);
   CU_add_test(s, "an object replaced mid-load is KAUN_ECHANGED", test_object_changed_mid_load);
   CU_add_test(s, "fetch downloads into the cache once", test_fetch_once);
+  CU_add_test(s, "a stacked URI's inner object is opened once", test_stacked_inner_opened_once);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();
   unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();

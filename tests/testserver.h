@@ -98,13 +98,27 @@ static int test_server_control(const test_server *s, kaun_http_method m, const c
   return rc;
 }
 
-/* A number from the stats: "requests", "connections" or "bytes_sent". */
-static long long test_server_stat(const test_server *s, const char *key) {
+static long long stat_once(const test_server *s, const char *key) {
   char body[65536], needle[64];
   if (test_server_control(s, KAUN_HTTP_GET, "stats", NULL, body, sizeof body)) return -1;
   snprintf(needle, sizeof needle, "\"%s\":", key);
   const char *p = strstr(body, needle);
   return p ? atoll(p + strlen(needle)) : -1;
+}
+
+/* A number from the stats: "requests", "connections" or "bytes_sent".
+ * The server counts a response once it has sent it, which may be just
+ * after the client has it all: read until two reads 30 ms apart agree. */
+static long long test_server_stat(const test_server *s, const char *key) {
+  long long last = stat_once(s, key);
+  for (int i = 0; i < 50; i++) {
+    struct timespec ts = {0, 30 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    long long now = stat_once(s, key);
+    if (now == last) return now;
+    last = now;
+  }
+  return last;
 }
 
 static void test_server_reset(const test_server *s) {
