@@ -1,6 +1,6 @@
 #!/bin/sh
 # make bench: runs the load benchmarks, then the CLI ones (bench/cli.sh),
-# and keeps the tables in bench/out/.
+# then loads over HTTP (bench/http.sh), and keeps the tables in bench/out/.
 # Usage: bench/run.sh BUILD_DIR   (BENCH_DIR sets where the 13 GiB of test
 # files go, 10 GiB of them sparse, default /tmp/kaun-bench; BENCH_RUNS the
 # runs per measurement)
@@ -13,4 +13,5 @@ mkdir -p "$build/bench/out"
 out="$build/bench/out/results-$(date +%Y%m%d-%H%M%S).md"
 "$build/bench/bench_load" "$dir" "$runs" | tee "$out"
 BENCH_DIR=$dir BENCH_RUNS=$runs sh "$here/cli.sh" "$build" | tee -a "$out"
+BENCH_DIR=$dir BENCH_RUNS=$runs sh "$here/http.sh" "$build" | tee -a "$out"
 echo "results: $out"

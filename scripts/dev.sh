@@ -173,6 +173,21 @@ JSON
   $k ls models://demo@1.0
   echo "==> kaun verify models://demo"
   $k verify models://demo
+
+  echo "==> over HTTP: the team folder served on 127.0.0.1 (tests/servers/httpd.py)"
+  python3 "$ROOT/tests/servers/httpd.py" --root "$out/team" --port 0 --port-file "$out/port" \
+    2>/dev/null &
+  server=$!
+  i=0
+  while [ ! -s "$out/port" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  url="http://127.0.0.1:$(cat "$out/port")/demo/params.safetensors"
+  export KAUN_PLUGIN_PATH="$ROOT/build/plugins/http/.libs"
+  echo "==> kaun ls $url   (reads the header only)"
+  build/kaun ls "$url"
+  echo "==> kaun cat --slice 1:3 $url layers.0.weight   (reads those two rows only)"
+  build/kaun cat --slice 1:3 "$url" layers.0.weight
+  kill $server
+  wait $server 2>/dev/null || true
   rm -rf "$out"
 }
 
