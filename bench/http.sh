@@ -6,7 +6,7 @@
 #
 # Usage: bench/http.sh BUILD_DIR   (BENCH_DIR: where the 1 GiB file goes)
 set -eu
-build=${1:?build directory}
+build=$(cd "${1:?build directory}" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 dir=${BENCH_DIR:-/tmp/kaun-bench}/http
 runs=${BENCH_RUNS:-5}

@@ -1101,26 +1101,13 @@ static void release_malloc(void *data, size_t size, void *context) {
 
 int kaun_object_map(kaun_object *o, kaun_buffer **out, kaun_error *err) {
   *out = NULL;
-  const kaun_plugin *ops = &o->inst->plugin->ops;
-  if (ops->capabilities & KAUN_CAP_MAP) {
-    mapping *m = calloc(1, sizeof *m);
-    if (!m) return kaun__error_nomem(err, "mapping an object");
-    const void *data;
-    size_t size;
-    int rc = ops->map(o->handle, &data, &size, &m->cookie, err);
-    if (rc) {
-      free(m);
-      return rc;
-    }
-    m->inst = o->inst;
-    atomic_fetch_add(&m->inst->refs, 1);
-    rc = kaun_buffer_wrap(data, size, release_mapping, m, out, err);
-    if (rc) release_mapping(NULL, 0, m);
-    return rc;
-  }
   kaun_stat st = {.struct_size = sizeof st};
   int rc = kaun_object_stat(o, &st, err);
   if (rc) return rc;
+  /* zero copy when the backend maps this object; else (a refused or
+   * failed map included) the bytes are read into memory */
+  kaun_error ignored = KAUN_ERROR_INIT;
+  if (kaun_object_map_range(o, 0, st.size, out, &ignored) == KAUN_OK) return KAUN_OK;
   if (st.size > SIZE_MAX) return kaun__error_set(err, KAUN_ENOMEM, "'%s' is too large", o->uri);
   void *mem = malloc(st.size ? (size_t)st.size : 1);
   if (!mem)
