@@ -389,6 +389,28 @@ static void test_stacked_inner_opened_once(void) {
   kaun_context_free(ctx);
 }
 
+/* Saves are PUTs, removes DELETEs; what is saved loads back. */
+static void test_put_and_remove(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx = web_context();
+  kaun_flat *flat, *back;
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, web("small.safetensors"), 0, &flat, &err), err);
+  ASSERT_OK(kaun_safetensors_save(ctx, web("up/copy.safetensors"), flat, &err), err);
+  struct stat a, b;
+  CU_ASSERT_EQUAL(stat(path_in(root, "up/copy.safetensors"), &a), 0);
+  stat(path_in(root, "small.safetensors"), &b);
+  CU_ASSERT_EQUAL(a.st_size, b.st_size);
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, web("up/copy.safetensors"), 0, &back, &err), err);
+  CU_ASSERT_EQUAL(at(kaun_flat_find(back, "t9"), 9), 9009.0f);
+  kaun_flat_free(back);
+  kaun_flat_free(flat);
+  ASSERT_OK(kaun_storage_remove(ctx, web("up/copy.safetensors"), &err), err);
+  CU_ASSERT_NOT_EQUAL(stat(path_in(root, "up/copy.safetensors"), &a), 0);
+  ASSERT_FAILS(kaun_storage_remove(ctx, web("up/copy.safetensors"), &err), err, KAUN_ENOENT,
+               "up/copy.safetensors");
+  kaun_context_free(ctx);
+}
+
 static int suite_init(void) {
   snprintf(work, sizeof work, "%s/kaun-remote-XXXXXX",
            getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -435,6 +457,7 @@ int main(int argc, char **argv) {
   CU_add_test(s, "503s and dropped connections are retried", test_retries_and_resumes);
   CU_add_test(s, "an object replaced mid-load is KAUN_ECHANGED", test_object_changed_mid_load);
   CU_add_test(s, "fetch downloads into the cache once", test_fetch_once);
+  CU_add_test(s, "saves are PUTs, removes DELETEs", test_put_and_remove);
   CU_add_test(s, "a stacked URI's inner object is opened once", test_stacked_inner_opened_once);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();

@@ -275,14 +275,14 @@ static int h_read(void *ob, uint64_t offset, void *dst, size_t len, kaun_error *
   return h_read_io(ob, offset, dst, len, NULL, err);
 }
 
-static int h_put_io(void *b, const char *path, const kaun_put_source *src, kaun_io *io,
-                    kaun_error *err) {
-  backend *be = b;
+/* A request on `path` without a response body: PUT (with `src`), DELETE. */
+static int bodiless(backend *be, const char *path, kaun_http_method m, const kaun_put_source *src,
+                    kaun_io *io, kaun_error *err) {
   object o = {.be = be, .url = url_of(be, path)};
   if (!o.url) return kaun_error_set(err, KAUN_ENOMEM, "http: out of memory");
   char auth[4096];
   kaun_http_request req;
-  base_request(&o, &req, KAUN_HTTP_PUT, io);
+  base_request(&o, &req, m, io);
   req.progress_uri = NULL;
   req.authorization = bearer(be, auth, sizeof auth);
   req.body_source = src;
@@ -292,23 +292,17 @@ static int h_put_io(void *b, const char *path, const kaun_put_source *src, kaun_
   return rc;
 }
 
+static int h_put_io(void *b, const char *path, const kaun_put_source *src, kaun_io *io,
+                    kaun_error *err) {
+  return bodiless(b, path, KAUN_HTTP_PUT, src, io, err);
+}
+
 static int h_put(void *b, const char *path, const kaun_put_source *src, kaun_error *err) {
-  return h_put_io(b, path, src, NULL, err);
+  return bodiless(b, path, KAUN_HTTP_PUT, src, NULL, err);
 }
 
 static int h_remove(void *b, const char *path, kaun_error *err) {
-  backend *be = b;
-  object o = {.be = be, .url = url_of(be, path)};
-  if (!o.url) return kaun_error_set(err, KAUN_ENOMEM, "http: out of memory");
-  char auth[4096];
-  kaun_http_request req;
-  base_request(&o, &req, KAUN_HTTP_DELETE, NULL);
-  req.progress_uri = NULL;
-  req.authorization = bearer(be, auth, sizeof auth);
-  int rc = kaun_http_perform(be->http, &req, NULL, err);
-  memset(auth, 0, sizeof auth);
-  free(o.url);
-  return rc;
+  return bodiless(b, path, KAUN_HTTP_DELETE, NULL, NULL, err);
 }
 
 /* ---- fetch: the shared cache ---------------------------------------------------- */
