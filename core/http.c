@@ -925,8 +925,11 @@ static bool deliver(job *j, const char *data, size_t len) {
   }
   if (!sink_write(j, j->delivered, data, len)) return false;
   j->delivered += len;
-  if (j->req.io && kaun_io_add(j->req.io, j->progress_uri, j->want_len != UNKNOWN ? j->want_len : 0,
-                               len) == KAUN_ECANCELED) {
+  /* the object's size, when the answer told it (a ranged read is part of an object) */
+  uint64_t object_total = j->object_size >= 0                         ? (uint64_t)j->object_size
+                          : !j->ranged && j->want_len != UNKNOWN ? j->want_len
+                                                                  : 0;
+  if (j->req.io && kaun_io_add(j->req.io, j->progress_uri, object_total, len) == KAUN_ECANCELED) {
     job_abort(j, KAUN_ECANCELED, false, "canceled");
     return false;
   }
@@ -1369,7 +1372,7 @@ static void attempt_done(job *j, CURLcode rc, int64_t now) {
     retry_or_fail(j, now, KAUN_ETRANSIENT, st, retry_after_ms(r), rid, detail);
     return;
   }
-  if (st == 412 && j->sent_if_match) {
+  if (st == 412) { /* a precondition (If-Match, the caller's or ours) no longer holds */
     job_fail(j, KAUN_ECHANGED, st, rid, "the object changed while it was being read (%s)", detail);
   } else {
     job_fail(j, status_code(st), st, rid, "%s", detail);
@@ -1527,6 +1530,13 @@ static void run(kaun_http *h, job *jobs, size_t n, unsigned max_in_flight, unsig
   agent_give(h, a);
 }
 
+/* A finished transfer's progress is reported even when it moved less than
+ * the reporting step (a zero-byte add reports what is pending). */
+static void flush_progress(const job *j) {
+  if (j->req.io && j->result == KAUN_OK)
+    kaun_io_add(j->req.io, j->progress_uri, j->object_size >= 0 ? (uint64_t)j->object_size : 0, 0);
+}
+
 int kaun_http_perform(kaun_http *h, const kaun_http_request *req, kaun_http_response **out,
                       kaun_error *err) {
   if (out) *out = NULL;
@@ -1536,6 +1546,7 @@ int kaun_http_perform(kaun_http *h, const kaun_http_request *req, kaun_http_resp
   if (!j.done && j.req.body_to == KAUN_HTTP_BODY_ALLOC && !out)
     job_invalid(&j, "KAUN_HTTP_BODY_ALLOC without a response");
   run(h, &j, 1, 1, 0);
+  flush_progress(&j);
   int rc = j.result;
   if (rc != KAUN_OK && err) *err = j.err;
   if (out) {
@@ -1569,6 +1580,7 @@ int kaun_http_perform_many(kaun_http *h, const kaun_http_request *requests, size
   int rc = KAUN_OK;
   for (size_t i = 0; i < n; i++) {
     job *j = &jobs[i];
+    flush_progress(j);
     if (results) results[i] = j->result;
     if (errors) {
       if (j->result != KAUN_OK) {

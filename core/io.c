@@ -85,7 +85,10 @@ int kaun_io_add(kaun_io *io, const char *uri, uint64_t object_total, uint64_t by
   if (o) {
     o->done += bytes;
     if (object_total) o->total = object_total;
-    bool finished = (o->total && o->done >= o->total) || (io->total && io->done >= io->total);
+    /* the end of the object, or of the operation: reported once */
+    bool finished = (o->total && o->done >= o->total && o->reported < o->total) ||
+                    (io->total && io->done >= io->total && o->reported < o->done) ||
+                    (bytes == 0 && o->reported < o->done); /* a flush */
     if (finished || o->done - o->reported >= REPORT_STEP || (o->reported == 0 && o->done == 0)) {
       o->reported = o->done;
       kaun_progress p = {sizeof p, o->uri, o->done, o->total, io->done, io->total};

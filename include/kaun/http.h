@@ -25,7 +25,8 @@
  * Errors, once retries are exhausted or for what is not retried:
  *   404, 410 -> KAUN_ENOENT          401, 403 -> KAUN_EAUTH
  *   416      -> KAUN_EIO             408, 429, 5xx, network -> KAUN_ETRANSIENT
- *   412 after a resume -> KAUN_ECHANGED (the object changed under us)
+ *   412 -> KAUN_ECHANGED (an If-Match no longer holds: the object changed;
+ *          send "If-Match: ETAG" in `headers` to pin a read to a version)
  *   a canceled kaun_io -> KAUN_ECANCELED      other statuses -> KAUN_EIO
  *   a malformed or non-http(s) URL -> KAUN_EURI   bad arguments -> KAUN_EINVAL
  * err->http_status holds the last status; the message names the method

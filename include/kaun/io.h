@@ -55,8 +55,11 @@ KAUN_API int kaun_io_canceled(const kaun_io *io);
 KAUN_API void kaun_io_expect(kaun_io *io, uint64_t bytes);
 
 /* Reports `bytes` more of the object `uri` (whose size is
- * `object_total`, 0 when unknown).  Returns KAUN_OK, or KAUN_ECANCELED
- * when the operation is canceled: stop and return that code. */
+ * `object_total`, 0 when unknown).  Reports go to the callback at most
+ * every 64 KiB of an object, at its end, and at the operation's end; a
+ * call with `bytes` 0 reports what is pending (call it when a transfer
+ * ends).  Returns KAUN_OK, or KAUN_ECANCELED when the operation is
+ * canceled: stop and return that code. */
 KAUN_API int kaun_io_add(kaun_io *io, const char *uri, uint64_t object_total, uint64_t bytes);
 
 /* Transfer hints for ranged reads.  Plugins read them to size their

@@ -17,6 +17,8 @@
 #include <kaun/plugin.h>
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,7 +41,9 @@ typedef struct object {
   uint64_t size;
   char etag[256];
   int64_t mtime;
-  char local[4096]; /* the cache entry, once fetched ("" before) */
+  pthread_mutex_t lock; /* guards local */
+  char local[4096];     /* the cache entry, once fetched ("" before) */
+  atomic_int no_ranges; /* the server answered a Range with the whole object */
 } object;
 
 static const kaun_option_spec options[] = {
@@ -129,6 +133,7 @@ static char *url_of(const backend *be, const char *path) {
 static void h_close(void *o) {
   object *obj = o;
   if (!obj) return;
+  pthread_mutex_destroy(&obj->lock);
   free(obj->url);
   free(obj->uri);
   free(obj);
@@ -151,15 +156,20 @@ static const char *bearer(const backend *be, char *buf, size_t size) {
   return buf;
 }
 
-static int entry_paths(object *o, char *final_path, size_t fsize, char *lock_path, size_t lsize,
-                       kaun_error *err);
+static int fetch_locked(object *o, kaun_io *io, kaun_error *err);
 
 static int h_open(void *b, const char *path, kaun_object *inner, void **out, kaun_error *err) {
   (void)inner;
   backend *be = b;
+  size_t plen = strlen(path);
+  if (plen == 0 || path[plen - 1] == '/' || (!be->base && !strchr(path, '/')))
+    return kaun_error_set(err, KAUN_EISDIR, "%s://%s names a folder, not an object", be->name,
+                          path);
   object *o = calloc(1, sizeof *o);
   if (!o) return kaun_error_set(err, KAUN_ENOMEM, "http: out of memory");
   o->be = be;
+  pthread_mutex_init(&o->lock, NULL);
+  atomic_init(&o->no_ranges, 0);
   o->url = url_of(be, path);
   size_t n = strlen(be->name) + strlen(path) + 4;
   o->uri = malloc(n);
@@ -188,15 +198,6 @@ static int h_open(void *b, const char *path, kaun_object *inner, void **out, kau
     h_close(o);
     return rc;
   }
-  /* fetched before (same URL, ETag and size): loads map the cache entry */
-  char final_path[4300], lock_path[4400];
-  kaun_error ignored = KAUN_ERROR_INIT;
-  struct stat sb;
-  if (o->etag[0] &&
-      entry_paths(o, final_path, sizeof final_path, lock_path, sizeof lock_path, &ignored) == 0 &&
-      strlen(final_path) < sizeof o->local && stat(final_path, &sb) == 0 &&
-      (uint64_t)sb.st_size == o->size)
-    memcpy(o->local, final_path, strlen(final_path) + 1);
   *out = o;
   return KAUN_OK;
 }
@@ -206,7 +207,9 @@ static int h_stat(void *ob, kaun_stat *st, kaun_error *err) {
   object *o = ob;
   st->size = o->size;
   st->mtime = o->mtime;
+  pthread_mutex_lock(&o->lock);
   snprintf(st->local_path, sizeof st->local_path, "%s", o->local);
+  pthread_mutex_unlock(&o->lock);
   /* strip quotes and a weak prefix: W/"abc" -> abc */
   const char *e = o->etag;
   if (strncmp(e, "W/", 2) == 0) e += 2;
@@ -220,11 +223,11 @@ static int h_stat(void *ob, kaun_stat *st, kaun_error *err) {
 }
 
 /* Reads from the cache entry (an object fetched before). */
-static int read_local(object *o, uint64_t offset, void *dst, size_t len, kaun_io *io,
-                      kaun_error *err) {
-  int fd = open(o->local, O_RDONLY | O_CLOEXEC);
+static int read_local(object *o, const char *local, uint64_t offset, void *dst, size_t len,
+                      kaun_io *io, kaun_error *err) {
+  int fd = open(local, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
-    return kaun_error_set(err, KAUN_EIO, "%s: cannot open its cache entry %s", o->uri, o->local);
+    return kaun_error_set(err, KAUN_EIO, "%s: cannot open its cache entry %s", o->uri, local);
   size_t done = 0;
   while (done < len) {
     ssize_t n = pread(fd, (char *)dst + done, len - done, (off_t)(offset + done));
@@ -234,7 +237,7 @@ static int read_local(object *o, uint64_t offset, void *dst, size_t len, kaun_io
   }
   close(fd);
   if (done < len)
-    return kaun_error_set(err, KAUN_EIO, "%s: its cache entry %s is short", o->uri, o->local);
+    return kaun_error_set(err, KAUN_EIO, "%s: its cache entry %s is short", o->uri, local);
   if (kaun_io_add(io, o->uri, o->size, len) == KAUN_ECANCELED)
     return kaun_error_set(err, KAUN_ECANCELED, "%s: canceled", o->uri);
   return KAUN_OK;
@@ -247,11 +250,27 @@ static int h_read_io(void *ob, uint64_t offset, void *dst, size_t len, kaun_io *
     return kaun_error_set(err, KAUN_EIO, "%s: bytes %llu..%llu are past its end (%llu bytes)",
                           o->uri, (unsigned long long)offset, (unsigned long long)(offset + len),
                           (unsigned long long)o->size);
-  if (o->local[0]) return read_local(o, offset, dst, len, io, err);
-  char auth[4096];
+  char local[sizeof o->local];
+  pthread_mutex_lock(&o->lock);
+  memcpy(local, o->local, sizeof local);
+  pthread_mutex_unlock(&o->lock);
+  if (!local[0] && atomic_load(&o->no_ranges)) {
+    /* the server ignores Range: one download into the cache, then local
+     * reads (else every read would stream the object from its start) */
+    pthread_mutex_lock(&o->lock);
+    int rc = fetch_locked(o, io, err);
+    memcpy(local, o->local, sizeof local);
+    pthread_mutex_unlock(&o->lock);
+    if (rc) return rc;
+  }
+  if (local[0]) return read_local(o, local, offset, dst, len, io, err);
+  char auth[4096], if_match[300];
+  const char *headers[] = {if_match, NULL};
+  snprintf(if_match, sizeof if_match, "If-Match: %s", o->etag);
   kaun_http_request req;
   base_request(o, &req, KAUN_HTTP_GET, io);
   req.authorization = bearer(o->be, auth, sizeof auth);
+  if (o->etag[0] && strncmp(o->etag, "W/", 2) != 0) req.headers = headers; /* a 412: changed */
   req.range_offset = offset;
   req.range_length = len;
   req.body_to = KAUN_HTTP_BODY_BUFFER;
@@ -260,6 +279,13 @@ static int h_read_io(void *ob, uint64_t offset, void *dst, size_t len, kaun_io *
   kaun_http_response *resp = NULL;
   int rc = kaun_http_perform(o->be->http, &req, &resp, err);
   memset(auth, 0, sizeof auth);
+  if (!rc && kaun_http_response_status(resp) == 200 && len < o->size)
+    atomic_store(&o->no_ranges, 1);
+  if (rc == KAUN_ECHANGED)
+    rc = kaun_error_set(err, KAUN_ECHANGED,
+                        "%s changed while it was being read (its ETag is no longer %s): load it "
+                        "again",
+                        o->uri, o->etag);
   if (!rc && o->etag[0]) {
     const char *now = kaun_http_response_header(resp, "ETag");
     if (now && strcmp(now, o->etag) != 0)
@@ -339,20 +365,35 @@ static int entry_paths(object *o, char *final_path, size_t fsize, char *lock_pat
   return KAUN_OK;
 }
 
-static int h_fetch_io(void *ob, char *path_out, size_t path_size, kaun_io *io, kaun_error *err) {
-  object *o = ob;
+/* Downloads the object into the cache (once) and records the entry in
+ * o->local; the caller holds o->lock. */
+static int fetch_locked(object *o, kaun_io *io, kaun_error *err) {
+  if (o->local[0]) return KAUN_OK;
   char final_path[4300], lock_path[4400];
   int rc = entry_paths(o, final_path, sizeof final_path, lock_path, sizeof lock_path, err);
   if (rc) return rc;
+  if (strlen(final_path) >= sizeof o->local)
+    return kaun_error_set(err, KAUN_EINVAL, "%s: the cache path %s is too long", o->uri,
+                          final_path);
+  /* progress and cancel ride on the GET (the HTTP layer reports the body):
+   * the cache writer gets no io, or every byte would count twice */
   fill_ctx f = {o, io};
   rc = kaun_cache_get_or_fill(final_path, lock_path, o->size, KAUN_CACHE_HASH_NONE, NULL,
-                              KAUN_CACHE_LOCK_WAIT_MS, fill, &f, io, o->uri, err);
-  if (rc) return rc;
-  if (strlen(final_path) >= path_size)
-    return kaun_error_set(err, KAUN_EINVAL, "%s: the cache path does not fit", o->uri);
-  memcpy(path_out, final_path, strlen(final_path) + 1);
-  if (strlen(final_path) < sizeof o->local) memcpy(o->local, final_path, strlen(final_path) + 1);
-  return KAUN_OK;
+                              KAUN_CACHE_LOCK_WAIT_MS, fill, &f, NULL, o->uri, err);
+  if (!rc) memcpy(o->local, final_path, strlen(final_path) + 1);
+  return rc;
+}
+
+static int h_fetch_io(void *ob, char *path_out, size_t path_size, kaun_io *io, kaun_error *err) {
+  object *o = ob;
+  pthread_mutex_lock(&o->lock);
+  int rc = fetch_locked(o, io, err);
+  if (!rc && strlen(o->local) >= path_size)
+    rc = kaun_error_set(err, KAUN_EINVAL, "%s: the cache path does not fit in %zu bytes", o->uri,
+                        path_size);
+  if (!rc) memcpy(path_out, o->local, strlen(o->local) + 1);
+  pthread_mutex_unlock(&o->lock);
+  return rc;
 }
 
 static int h_fetch(void *ob, char *path_out, size_t path_size, kaun_error *err) {
