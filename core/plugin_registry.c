@@ -76,13 +76,16 @@ int kaun__plugin_check(const kaun_plugin *d, size_t reported_size, const char *p
                            "plugin '%s' has an invalid name (lowercase letters, digits, '-' "
                            "and '_', starting with a letter)",
                            path);
-  const char *missing = !d->create    ? "create"
-                        : !d->destroy ? "destroy"
-                        : !d->open    ? "open"
-                        : !d->close   ? "close"
-                        : !d->stat    ? "stat"
-                        : !d->read    ? "read"
-                                      : NULL;
+  /* a 1.1 plugin may give read_io alone: the core only calls read when
+   * there is no read_io */
+  bool has_read_io = d->abi_minor >= 1 && d->struct_size >= KAUN_PLUGIN_SIZE_1_1 && d->read_io;
+  const char *missing = !d->create                 ? "create"
+                        : !d->destroy              ? "destroy"
+                        : !d->open                 ? "open"
+                        : !d->close                ? "close"
+                        : !d->stat                 ? "stat"
+                        : !d->read && !has_read_io ? "read (or, from ABI 1.1, read_io)"
+                                                   : NULL;
   if (missing)
     return kaun__error_set(err, KAUN_EPLUGIN, "plugin '%s' (%s) lacks the mandatory operation '%s'",
                            path, d->name, missing);

@@ -38,7 +38,7 @@ struct kaun_context {
   struct pending {
     char *name;
     pthread_t thread;
-  } *pending;
+  } * pending;
   /* threads waiting for another thread's creation, and for which name (a
    * wait that would close a circle of creating threads is a cycle too) */
   size_t nwaiting;
@@ -510,8 +510,17 @@ int kaun_context_describe(const kaun_context *ctx, char **out, kaun_error *err) 
     kaun__strbuf_printf(&sb, "plugin_dirs[%zu] = %s\t(%s)\n", i, ctx->dirs[i], ctx->dir_origins[i]);
   if (c->cache_dir)
     kaun__strbuf_printf(&sb, "cache_dir = %s\t(%s:%u)\n", c->cache_dir, c->path, c->cache_line);
-  else
-    kaun__strbuf_puts(&sb, "cache_dir = (default)\t(default)\n");
+  else {
+    char root[4096];
+    kaun_error ignored = KAUN_ERROR_INIT;
+    if (kaun_cache_root(NULL, root, sizeof root, &ignored) == KAUN_OK)
+      kaun__strbuf_printf(&sb,
+                          "cache_dir = %s\t(default: $RAVEN_CACHE_ROOT, $XDG_CACHE_HOME/raven "
+                          "or ~/.cache/raven)\n",
+                          root);
+    else
+      kaun__strbuf_puts(&sb, "cache_dir = (none: no $HOME)\t(default)\n");
+  }
   kaun__strbuf_puts(&sb, "backends.file.plugin = file\t(built-in)\n");
   for (size_t i = 0; i < c->nbackends; i++) {
     const kaun__backend_conf *b = &c->backends[i];
@@ -690,6 +699,24 @@ static int create_instance(kaun_context *ctx, const char *scheme, kaun__instance
   return KAUN_OK;
 }
 
+static int get_instance(kaun_context *ctx, const char *scheme, kaun__instance **out,
+                        kaun_error *err);
+
+int kaun_context_check(kaun_context *ctx, kaun_error *err) {
+  for (size_t i = 0; i < ctx->cfg.nbackends; i++) {
+    kaun__instance *inst;
+    int rc = get_instance(ctx, ctx->cfg.backends[i].name, &inst, err);
+    if (rc) {
+      if (ctx->cfg.path && err && !strstr(err->message, ctx->cfg.path))
+        kaun__error_prefix(err, "%s: line %u: backends.%s: ", ctx->cfg.path,
+                           ctx->cfg.backends[i].line, ctx->cfg.backends[i].name);
+      return rc;
+    }
+    kaun__instance_unref(inst);
+  }
+  return KAUN_OK;
+}
+
 /* The instance answering to `scheme`, created on first use: once per
  * context, however many threads ask at the same time.  Takes a ref. */
 static int get_instance(kaun_context *ctx, const char *scheme, kaun__instance **out,
@@ -761,7 +788,7 @@ static int get_instance(kaun_context *ctx, const char *scheme, kaun__instance **
       ctx->instances = more;
       ctx->instances[ctx->ninstances++] = inst; /* the context's reference */
       atomic_fetch_add(&inst->refs, 1);         /* and the caller's */
-    } /* else: the caller's only; made again next time */
+    }                                           /* else: the caller's only; made again next time */
   }
   pthread_cond_broadcast(&ctx->created);
   pthread_mutex_unlock(&ctx->lock);
@@ -894,10 +921,11 @@ static const kaun__mirror *find_mirror(const kaun_context *ctx, const char *uri)
 
 /* How much a failure says about the object: a mirror that has it but
  * fails says more than one that does not have it. */
-static int failure_rank(int code) { return code == KAUN_ENOENT ? 0 : code == KAUN_EBACKEND ? 1 : 2; }
+static int failure_rank(int code) {
+  return code == KAUN_ENOENT ? 0 : code == KAUN_EBACKEND ? 1 : 2;
+}
 
-static int open_mirrored(kaun_context *ctx, const char *uri, kaun_object **out,
-                         kaun_error *err);
+static int open_mirrored(kaun_context *ctx, const char *uri, kaun_object **out, kaun_error *err);
 
 int kaun_object_open(kaun_context *ctx, const char *uri, kaun_object **out, kaun_error *err) {
   *out = NULL;
@@ -909,8 +937,7 @@ int kaun_object_open(kaun_context *ctx, const char *uri, kaun_object **out, kaun
   return rc;
 }
 
-static int open_mirrored(kaun_context *ctx, const char *uri, kaun_object **out,
-                         kaun_error *err) {
+static int open_mirrored(kaun_context *ctx, const char *uri, kaun_object **out, kaun_error *err) {
   const kaun__mirror *m = find_mirror(ctx, uri);
   if (!m) return open_direct(ctx, uri, out, err);
   kaun__strbuf why = {0};
@@ -1148,8 +1175,8 @@ int kaun_storage_put(kaun_context *ctx, const char *uri, const kaun_put_source *
   return kaun_storage_put_io(ctx, uri, src, NULL, err);
 }
 
-int kaun_storage_put_io(kaun_context *ctx, const char *uri, const kaun_put_source *src,
-                        kaun_io *io, kaun_error *err) {
+int kaun_storage_put_io(kaun_context *ctx, const char *uri, const kaun_put_source *src, kaun_io *io,
+                        kaun_error *err) {
   kaun__instance *inst;
   char *path;
   int rc = backend_for(ctx, uri, &inst, &path, err);

@@ -172,7 +172,14 @@ static void test_slice_parse(void) {
   ASSERT_OK(kaun_slice_parse(":,2:,:1", 3, shape, g, 3, &n, &err), err);
   CU_ASSERT(n == 3 && g[1].start == 2 && g[1].stop == 8 && g[2].stop == 1);
   ASSERT_FAILS(kaun_slice_parse("0:11", 3, shape, g, 3, &n, &err), err, KAUN_EINVAL,
-               "part 1 (0:11) is outside dimension 0 of size 10");
+               "part 1 ('0:11') is outside dimension 0 of size 10");
+  ASSERT_FAILS(kaun_slice_parse("5:2", 3, shape, g, 3, &n, &err), err, KAUN_EINVAL,
+               "part 1 ('5:2') stops before it starts (5 > 2)");
+  ASSERT_OK(kaun_slice_parse("-1,-3:,:-2", 3, shape, g, 3, &n, &err), err); /* as in Python */
+  CU_ASSERT(n == 3 && g[0].start == 9 && g[0].stop == 10 && g[1].start == 5 && g[1].stop == 8 &&
+            g[2].start == 0 && g[2].stop == 1);
+  ASSERT_FAILS(kaun_slice_parse("-11", 3, shape, g, 3, &n, &err), err, KAUN_EINVAL,
+               "part 1 ('-11') is outside dimension 0 of size 10");
   ASSERT_FAILS(kaun_slice_parse("a:b", 3, shape, g, 3, &n, &err), err, KAUN_EINVAL,
                "part 1 ('a:b')");
   ASSERT_FAILS(kaun_slice_parse(":,:,:,:", 3, shape, g, 3, &n, &err), err, KAUN_EINVAL,

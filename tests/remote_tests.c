@@ -384,6 +384,37 @@ static void test_server_without_ranges(void) {
   kaun_context_free(ctx);
 }
 
+/* verify --data compares the SHA-256 a server states as its ETag (quoted,
+ * as HTTP writes it): a match passes, a mismatch is KAUN_ECHECKSUM. */
+static void test_check_data_sha256(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  char want[KAUN_SHA256_HEX_SIZE], rule[512];
+  char *bytes;
+  size_t len;
+  ASSERT_OK(
+      kaun_storage_read_all(NULL, path_in(root, "small.safetensors"), 8 << 20, &bytes, &len, &err),
+      err);
+  ASSERT_OK(kaun_sha256_hex(bytes, len, want, &err), err);
+  free(bytes);
+  kaun_context *ctx = web_context();
+  for (int wrong = 0; wrong < 2; wrong++) {
+    if (wrong) want[10] = want[10] == '0' ? '1' : '0';
+    test_server_reset(&server);
+    snprintf(rule, sizeof rule,
+             "[{\"path\": \"/small.safetensors\", \"count\": -1, \"etag\": \"\\\"%s\\\"\"}]", want);
+    test_server_faults(&server, rule);
+    kaun_reader *r;
+    ASSERT_OK(kaun_reader_open(ctx, web("small.safetensors"), &r, &err), err);
+    if (!wrong)
+      ASSERT_OK(kaun_reader_check_data(r, NULL, &err), err);
+    else
+      ASSERT_FAILS(kaun_reader_check_data(r, NULL, &err), err, KAUN_ECHECKSUM, want);
+    kaun_reader_close(r);
+  }
+  test_server_reset(&server);
+  kaun_context_free(ctx);
+}
+
 /* Members of one stacked object share it: the inner object is opened once
  * per context, however many members are read through it. */
 static void test_stacked_inner_opened_once(void) {
@@ -476,6 +507,7 @@ int main(int argc, char **argv) {
   CU_add_test(s, "fetch downloads into the cache once", test_fetch_once);
   CU_add_test(s, "saves are PUTs, removes DELETEs", test_put_and_remove);
   CU_add_test(s, "a server that ignores Range is read once", test_server_without_ranges);
+  CU_add_test(s, "verify --data checks a SHA-256 stated as the ETag", test_check_data_sha256);
   CU_add_test(s, "a stacked URI's inner object is opened once", test_stacked_inner_opened_once);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();

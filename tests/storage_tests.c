@@ -226,7 +226,7 @@ static void test_plugin_loader_errors(void) {
   expect_plugin_error("abimajor", KAUN_EABI, "built for ABI 2, this kaun speaks ABI 1");
   expect_plugin_error("abiminor", KAUN_EABI, "needs ABI 1.99, newer than this kaun's 1.1");
   expect_plugin_error("noentry", KAUN_ECONFIG, "no entry symbol kaun_plugin_entry");
-  expect_plugin_error("noread", KAUN_ECONFIG, "lacks the mandatory operation 'read'");
+  expect_plugin_error("noread", KAUN_ECONFIG, "lacks the mandatory operation 'read (or, from ABI 1.1, read_io)'");
   expect_plugin_error("tiny", KAUN_EABI, "smaller than ABI 1.0");
   expect_plugin_error("missing", KAUN_ECONFIG, "cannot load plugin");
   /* two plugins may not share a name */

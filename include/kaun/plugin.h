@@ -108,7 +108,8 @@ typedef struct kaun_plugin {
   void (*close)(void *object);
   /* Fills size (and mtime, etag, local_path when known).  Mandatory. */
   int (*stat)(void *object, kaun_stat *out, kaun_error *err);
-  /* Reads exactly `len` bytes at `offset` into `dst`.  Mandatory. */
+  /* Reads exactly `len` bytes at `offset` into `dst`.  Mandatory, unless
+   * the plugin gives read_io (ABI 1.1), which the core then calls instead. */
   int (*read)(void *object, uint64_t offset, void *dst, size_t len, kaun_error *err);
 
   /* Optional (KAUN_CAP_MAP): the whole object's bytes, valid until unmap
@@ -179,7 +180,8 @@ typedef const kaun_plugin *(*kaun_plugin_entry_fn)(void);
 /* ---- helpers for plugins -------------------------------------------------------- */
 
 /* Fills `err` (when not NULL) with `code` and a printf-style message, and
- * returns `code`.  For plugins: the core's own error formatting. */
+ * returns `code`.  For plugins: the core's own error formatting.  It
+ * resets err->sys_errno and err->http_status: set those after calling it. */
 KAUN_API int kaun_error_set(kaun_error *err, int code, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 3, 4)))

@@ -56,6 +56,12 @@ KAUN_API void kaun_context_set_io(kaun_context *ctx, uint64_t chunk_size, unsign
  * operations that take a kaun_io: cancel it from another thread). */
 KAUN_API int kaun_context_new_io(kaun_context *ctx, kaun_io **out, kaun_error *err);
 
+/* Creates every backend the config names now (instances are otherwise
+ * made on first use): each plugin checks its options' values and looks up
+ * its credentials.  `kaun config --check` calls it.  Errors: the first
+ * plugin's, prefixed with the file, line and backends.NAME. */
+KAUN_API int kaun_context_check(kaun_context *ctx, kaun_error *err);
+
 /* The config file in use, or NULL when running on defaults. */
 KAUN_API const char *kaun_context_config_path(const kaun_context *ctx);
 

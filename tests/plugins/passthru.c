@@ -21,8 +21,9 @@ static int p_open(void *b, const char *path, kaun_object *inner, void **out, kau
 }
 static void p_close(void *o) { (void)o; }
 static int p_stat(void *o, kaun_stat *st, kaun_error *err) { return kaun_object_stat(o, st, err); }
-static int p_read(void *o, uint64_t off, void *d, size_t n, kaun_error *err) {
-  return kaun_object_read(o, off, d, n, err);
+/* read_io alone (ABI 1.1): no read; progress and cancel pass through */
+static int p_read_io(void *o, uint64_t off, void *d, size_t n, kaun_io *io, kaun_error *err) {
+  return kaun_object_read_io(o, off, d, n, io, err);
 }
 
 static const kaun_plugin descriptor = {
@@ -38,7 +39,7 @@ static const kaun_plugin descriptor = {
     .open = p_open,
     .close = p_close,
     .stat = p_stat,
-    .read = p_read,
+    .read_io = p_read_io,
 };
 
 KAUN_PLUGIN_DEFINE(descriptor)

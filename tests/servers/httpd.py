@@ -44,6 +44,7 @@ Fault rules: {"path": "/f" (or "*"), "method": "GET" (optional), "count": K
   "truncate_after": B     send B body bytes with the full Content-Length, close
   "drip_bytes": B, "drip_interval": S   send the body B bytes every S seconds
   "record": true          record the request's headers (GET /__seen)
+  "etag": "\"...\""        use this ETag for the file (If-Match compares with it)
 Every matching rule applies (each counts down); status and redirect answer
 before the file is looked at.
 """
@@ -305,7 +306,7 @@ class Handler(BaseHTTPRequestHandler):
             if not (info.st_mode & 0o170000 == 0o100000):
                 return self.reply(404, b"not found\n")
             size = info.st_size
-            etag = '"%x-%x"' % (info.st_mtime_ns, size)
+            etag = fx.get("etag") or '"%x-%x"' % (info.st_mtime_ns, size)
             meta = [
                 ("ETag", etag),
                 ("Last-Modified", email.utils.formatdate(info.st_mtime, usegmt=True)),
