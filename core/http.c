@@ -1287,7 +1287,16 @@ static void attempt_done(job *j, CURLcode rc, int64_t now) {
     char eb[CURL_ERROR_SIZE];
     size_t k = strcspn(j->errbuf, "?"); /* no query strings in messages */
     snprintf(eb, sizeof eb, "%.*s", (int)k, j->errbuf);
-    snprintf(detail, sizeof detail, "%s%s%s", curl_easy_strerror(rc), eb[0] ? ": " : "", eb);
+    /* curl says what; say what to do */
+    const char *hint = rc == CURLE_COULDNT_CONNECT ? " (is a server listening there?)"
+                       : rc == CURLE_COULDNT_RESOLVE_HOST ? " (check the host name)"
+                       : rc == CURLE_SSL_CONNECT_ERROR && strstr(eb, "wrong version number")
+                           ? " (the server does not speak TLS: try http://)"
+                       : rc == CURLE_PEER_FAILED_VERIFICATION
+                           ? " (an untrusted certificate: give the CA with ca_file)"
+                           : "";
+    snprintf(detail, sizeof detail, "%s%s%s%s", curl_easy_strerror(rc), eb[0] ? ": " : "", eb,
+             hint);
     if (curl_code_retryable(rc))
       retry_or_fail(j, now, KAUN_ETRANSIENT, 0, -1, rid, detail);
     else

@@ -315,6 +315,10 @@ static void test_retries_and_resumes(void) {
   ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, web("absent.safetensors"), 0, &flat, &err), err,
                KAUN_ENOENT, "web://absent.safetensors");
   CU_ASSERT_EQUAL(err.http_status, 404);
+  test_server_faults(&server, "[{\"path\": \"/small.safetensors\", \"status\": 401}]");
+  ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, web("small.safetensors"), 0, &flat, &err), err,
+               KAUN_EAUTH, "set a bearer token as backends.web.token");
+  CU_ASSERT_EQUAL(err.http_status, 401);
   kaun_context_free(ctx);
 }
 

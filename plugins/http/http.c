@@ -185,6 +185,22 @@ static int h_open(void *b, const char *path, kaun_object *inner, void **out, kau
   kaun_http_response *resp = NULL;
   int rc = kaun_http_perform(be->http, &req, &resp, err);
   memset(auth, 0, sizeof auth);
+  if (rc == KAUN_EAUTH && err) { /* say how to give credentials */
+    char why[KAUN_ERROR_MESSAGE_MAX];
+    long status = err->http_status;
+    snprintf(why, sizeof why, "%s", err->message);
+    if (be->token)
+      kaun_error_set(err, rc, "%s (the token was refused: check backends.%s.token)", why,
+                     be->name);
+    else if (be->base)
+      kaun_error_set(err, rc, "%s (set a bearer token as backends.%s.token)", why, be->name);
+    else
+      kaun_error_set(err, rc,
+                     "%s (a bare URL carries no credentials: configure a backend with "
+                     "\"plugin\": \"http\", \"url\" and \"token\")",
+                     why);
+    err->http_status = status;
+  }
   if (!rc) {
     int64_t size = kaun_http_response_content_length(resp);
     const char *etag = kaun_http_response_header(resp, "ETag");
