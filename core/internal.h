@@ -74,6 +74,16 @@ int kaun__tensor_new_uninit(kaun_dtype dtype, size_t ndim, const uint64_t *shape
  * removed and `path` is untouched. */
 typedef int (*kaun__write_fn)(int fd, const char *tmp_path, void *context, kaun_error *err);
 int kaun__atomic_write(const char *path, kaun__write_fn write_fn, void *context, kaun_error *err);
+/* As kaun__atomic_write, for the entry `name` of the folder `dir_fd` (not
+ * closed; O_PATH will do): every step is relative to it.  `path` names
+ * the target in messages.  The temporary is unnamed (O_TMPFILE) where the
+ * file system allows, else ".NAME.kaun-tmp-PID-WHERE-RANDOM"; dead
+ * writers' temporaries in the folder are removed first (core/fileio.c). */
+int kaun__atomic_write_at(int dir_fd, const char *name, const char *path, kaun__write_fn write_fn,
+                          void *context, kaun_error *err);
+/* kaun_file_put_atomic into the entry `name` of the folder `dir_fd`. */
+int kaun__atomic_put_at(int dir_fd, const char *name, const char *path, const kaun_put_source *src,
+                        kaun_error *err);
 
 /* A flat list whose tensors are borrowed (not freed with it): used to
  * save a tree without copying it. */

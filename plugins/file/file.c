@@ -1,8 +1,13 @@
 /* "SafeTensors local files": the file backend.
  *
  * file:///abs/path, plain paths, and named instances with a `root`
- * directory (models:///bert/model.safetensors = ROOT/bert/...).  Paths
- * that escape the root — through ".." or a symlink — are refused.
+ * directory (models:///bert/model.safetensors = ROOT/bert/...).  An
+ * instance with a root holds a descriptor of the root open and resolves
+ * every path from it, component by component, so that no path — through
+ * "..", a symbolic link, or a link swapped in while it is being resolved —
+ * reaches outside the root: openat2(RESOLVE_BENEATH) where the kernel has
+ * it, else a walk with openat(O_NOFOLLOW) that reads each symbolic link
+ * itself (docs/config.md, "Confinement"; docs/design-notes.md).
  * Objects are mapped (zero copy) and read with pread; puts are atomic.
  *
  * This backend is compiled into libkaun and registered through the same
@@ -12,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,21 +25,33 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <linux/fs.h> /* FICLONE */
+#if defined(__has_include)
+#if __has_include(<linux/openat2.h>)
+#include <linux/openat2.h> /* struct open_how, RESOLVE_* */
+#endif
+#endif
+#endif
+#if defined(SYS_openat2) && defined(RESOLVE_BENEATH) && defined(RESOLVE_NO_MAGICLINKS)
+#define HAVE_OPENAT2 1
 #endif
 
 #include "../../core/storage_internal.h"
 
 typedef struct file_backend {
   char *name;
-  char *root; /* realpath of the root, or NULL */
+  char *root;       /* realpath of the root, or NULL */
+  int root_fd;      /* the root, held open (O_PATH): every path resolves from it; -1 */
+  bool use_openat2; /* false: always walk (KAUN_TEST_NO_OPENAT2, for the tests) */
 } file_backend;
 
 typedef struct file_object {
   int fd;
-  char *path;
+  char *path;    /* for messages: ROOT/PATH, or the plain path */
+  bool confined; /* opened beneath a root: local_path is what fd has open */
   uint64_t size;
   struct stat sb;
 } file_object;
@@ -56,11 +74,11 @@ static int file_create(kaun_context *ctx, const char *instance, const kaun_optio
     free(b);
     return kaun__error_nomem(err, "creating a file backend");
   }
+  b->root_fd = -1;
   const char *root = kaun_options_get(opts, "root");
   if (root && *root) {
     b->root = realpath(root, NULL);
-    struct stat sb;
-    if (!b->root || stat(b->root, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+    if (!b->root || (b->root_fd = open(b->root, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0) {
       int e = errno;
       free(b->root);
       free(b->name);
@@ -68,6 +86,8 @@ static int file_create(kaun_context *ctx, const char *instance, const kaun_optio
       return kaun__error_sys(err, KAUN_ECONFIG, e,
                              "the root '%s' of backend '%s' is not a directory", root, instance);
     }
+    const char *no = getenv("KAUN_TEST_NO_OPENAT2");
+    b->use_openat2 = !(no && *no && strcmp(no, "0") != 0);
   }
   *out = b;
   return KAUN_OK;
@@ -75,28 +95,29 @@ static int file_create(kaun_context *ctx, const char *instance, const kaun_optio
 
 static void file_destroy(void *backend) {
   file_backend *b = backend;
+  if (b->root_fd >= 0) close(b->root_fd);
   free(b->root);
   free(b->name);
   free(b);
 }
 
-static bool inside(const char *root, const char *path) {
-  size_t n = strlen(root);
-  return strncmp(root, path, n) == 0 && (path[n] == '/' || path[n] == '\0' || n == 1);
-}
+static int sys_code(int e) { return e == ENOENT ? KAUN_ENOENT : KAUN_EIO; }
 
-/* The local path for `path`; with a root, checked to stay inside it.
- * `must_exist`: check the file itself (else its directory) for symlinks. */
-static int resolve(const file_backend *b, const char *path, bool must_exist, char **out,
-                   kaun_error *err) {
-  *out = NULL;
+/* The instance path `path` relative to the root (`*rel`, pointing into
+ * `path`) and the local path that names it in messages (`*full`,
+ * malloc'd: ROOT/REL, or `path` itself without a root).  A ".."
+ * component is refused outright. */
+static int locate(const file_backend *b, const char *path, const char **rel, char **full,
+                  kaun_error *err) {
+  *full = NULL;
+  *rel = path;
   if (!b->root) {
     if (!*path) return kaun__error_set(err, KAUN_EURI, "an empty path names no file");
-    return (*out = strdup(path)) ? KAUN_OK : kaun__error_nomem(err, "resolving a path");
+    return (*full = strdup(path)) ? KAUN_OK : kaun__error_nomem(err, "resolving a path");
   }
-  const char *rel = path;
-  while (*rel == '/') rel++;
-  for (const char *p = rel; *p;) { /* no ".." component */
+  const char *r = path;
+  while (*r == '/') r++;
+  for (const char *p = r; *p;) { /* no ".." component */
     const char *slash = strchr(p, '/');
     size_t n = slash ? (size_t)(slash - p) : strlen(p);
     if (n == 2 && p[0] == '.' && p[1] == '.')
@@ -105,71 +126,314 @@ static int resolve(const file_backend *b, const char *path, bool must_exist, cha
     if (!slash) break;
     p = slash + 1;
   }
-  size_t len = strlen(b->root) + strlen(rel) + 2;
-  char *full = malloc(len);
-  if (!full) return kaun__error_nomem(err, "resolving a path");
-  snprintf(full, len, "%s%s%s", b->root, *rel ? "/" : "", rel);
-  /* symlinks: the real location must still be inside the root */
-  char *probe = strdup(full);
-  if (!probe) {
-    free(full);
-    return kaun__error_nomem(err, "resolving a path");
-  }
-  char *real = realpath(probe, NULL);
-  if (!real && !must_exist) {
-    char *slash = strrchr(probe, '/');
-    if (slash && slash != probe) *slash = '\0';
-    real = realpath(probe, NULL);
-  }
-  free(probe);
-  if (real && !inside(b->root, real)) {
-    free(real);
-    free(full);
-    return kaun__error_set(err, KAUN_EACCESS,
-                           "%s://%s: a symbolic link leads outside the backend's root %s", b->name,
-                           path, b->root);
-  }
-  free(real);
-  *out = full;
+  size_t len = strlen(b->root) + strlen(r) + 2;
+  if (!(*full = malloc(len))) return kaun__error_nomem(err, "resolving a path");
+  snprintf(*full, len, "%s%s%s", b->root, *r && strcmp(b->root, "/") != 0 ? "/" : "", r);
+  *rel = r;
   return KAUN_OK;
 }
+
+/* ---- confinement: every path of a rooted instance resolves from the root's descriptor --------
+ *
+ * The kernel's openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS) when it
+ * has it: one call, and the kernel refuses any step out of the root,
+ * races included.  It also refuses absolute links, even to a place inside
+ * the root, and says only EXDEV: so whenever it fails the walk below
+ * decides, with its own message.  The walk opens one component at a time
+ * relative to the folder opened before it, with O_NOFOLLOW: what it opens
+ * is what it checks.  A symbolic link is opened itself (O_PATH), and the
+ * link it holds is read from that descriptor (readlinkat(fd, "")), never
+ * by name again; its target is spliced in front of the rest of the path:
+ * a relative one continues from the link's folder, ".." pops a folder the
+ * walk holds (never the kernel's ".." of a folder that may have moved), a
+ * ".." above the root or an absolute target that does not name the root's
+ * real path is refused. */
+
+#define MAX_LINKS 40  /* symbolic links followed in one path: the kernel's MAXSYMLINKS */
+#define MAX_RACES 100 /* retries when a component changes while it is being opened */
+
+#ifdef HAVE_OPENAT2
+static atomic_bool openat2_missing; /* the kernel answered ENOSYS once */
+#endif
+
+typedef struct walk {
+  const file_backend *b;
+  int *dirs; /* descriptors of the folders below the root, outermost first */
+  size_t n, cap;
+} walk;
+
+static int walk_top(const walk *w) { return w->n ? w->dirs[w->n - 1] : w->b->root_fd; }
+
+static void walk_clear(walk *w) {
+  while (w->n) close(w->dirs[--w->n]);
+}
+
+static bool walk_push(walk *w, int fd) {
+  if (w->n == w->cap) {
+    size_t cap = w->cap ? 2 * w->cap : 16;
+    int *d = realloc(w->dirs, cap * sizeof *d);
+    if (!d) return false;
+    w->dirs = d;
+    w->cap = cap;
+  }
+  w->dirs[w->n++] = fd;
+  return true;
+}
+
+static int escape_error(const file_backend *b, const char *path, const char *link,
+                        const char *target, kaun_error *err) {
+  return kaun__error_set(err, KAUN_EACCESS,
+                         "%s://%s: a symbolic link leads outside the backend's root %s ('%s' -> "
+                         "'%s'); kaun does not follow it",
+                         b->name, path, b->root, link, target);
+}
+
+/* Whether the absolute `target` is the root or inside it; `*rest` is then
+ * what follows the root in it. */
+static bool names_root(const char *root, const char *target, const char **rest) {
+  size_t n = strlen(root);
+  if (n == 1) { /* the root is "/" */
+    *rest = target;
+    return true;
+  }
+  if (strncmp(root, target, n) != 0 || (target[n] != '/' && target[n] != '\0')) return false;
+  *rest = target + n;
+  return true;
+}
+
+/* Resolves `rel` beneath the root without leaving it.  `want_file`: opens
+ * the last component for reading (O_RDONLY | O_NONBLOCK: a FIFO cannot
+ * block; the caller checks what it got); else the last component must be
+ * a folder, returned as an O_PATH descriptor, and with `create` missing
+ * folders are made (mkdirat, 0777 less the umask).  `path` (the instance
+ * path) and `full` name the object in messages; `what` says what failed
+ * ("open", "list"...). */
+static int walk_path(const file_backend *b, const char *path, const char *full, const char *rel,
+                     bool want_file, bool create, const char *what, int *out, kaun_error *err) {
+  walk w = {.b = b};
+  char *p = strdup(rel);
+  if (!p) return kaun__error_nomem(err, "resolving a path");
+  char comp[NAME_MAX + 1], link[NAME_MAX + 1] = "", target[PATH_MAX] = "";
+  size_t pos = 0;
+  unsigned links = 0, races = 0;
+  int rc = KAUN_OK, fd = -1;
+  for (;;) {
+    while (p[pos] == '/') pos++;
+    if (!p[pos]) { /* the path ends at the folder the walk is in */
+      if (want_file)
+        fd = openat(walk_top(&w), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      else if (w.n)
+        fd = w.dirs[--w.n];
+      else
+        fd = fcntl(b->root_fd, F_DUPFD_CLOEXEC, 0);
+      if (fd < 0) rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot %s '%s'", what, full);
+      break;
+    }
+    size_t end = pos;
+    while (p[end] && p[end] != '/') end++;
+    size_t next = end;
+    while (p[next] == '/') next++;
+    bool last = !p[next];
+    if (end - pos > NAME_MAX) {
+      rc = kaun__error_sys(err, KAUN_EIO, ENAMETOOLONG, "cannot %s '%s'", what, full);
+      break;
+    }
+    memcpy(comp, p + pos, end - pos);
+    comp[end - pos] = '\0';
+    if (strcmp(comp, ".") == 0) {
+      pos = next;
+      continue;
+    }
+    if (strcmp(comp, "..") == 0) { /* only from a link: the user's path has none */
+      if (!w.n) {
+        rc = escape_error(b, path, link, target, err);
+        break;
+      }
+      close(w.dirs[--w.n]);
+      pos = next;
+      continue;
+    }
+    int top = walk_top(&w);
+    if (last && want_file) {
+      fd = openat(top, comp, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+      if (fd >= 0) break;
+      if (errno != ELOOP) { /* ELOOP: a symbolic link, read below */
+        rc = kaun__error_sys(err, sys_code(errno), errno, "cannot %s '%s'", what, full);
+        break;
+      }
+    }
+    int cur = openat(top, comp, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (cur < 0) {
+      int e = errno;
+      if (e == ENOENT && create && !want_file) {
+        if (mkdirat(top, comp, 0777) != 0 && errno != EEXIST) {
+          e = errno;
+          rc = kaun__error_sys(err, sys_code(e), e, "cannot create the folders of '%s'", full);
+          break;
+        }
+        if (races++ < MAX_RACES) continue; /* open what is there now */
+      } else if (e == ENOENT && last && want_file && races++ < MAX_RACES) {
+        continue; /* the link went away: open the name again */
+      }
+      rc = kaun__error_sys(err, sys_code(e), e, "cannot %s '%s'", what, full);
+      break;
+    }
+    struct stat sb;
+    if (fstat(cur, &sb) != 0) {
+      rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot %s '%s'", what, full);
+      close(cur);
+      break;
+    }
+    if (S_ISDIR(sb.st_mode) && !(last && want_file)) {
+      if (!walk_push(&w, cur)) {
+        close(cur);
+        rc = kaun__error_nomem(err, "resolving a path");
+        break;
+      }
+      pos = next;
+      continue;
+    }
+    if (!S_ISLNK(sb.st_mode)) {
+      close(cur);
+      if (last && want_file && races++ < MAX_RACES) continue; /* a link replaced: open again */
+      rc = kaun__error_sys(err, KAUN_EIO, ENOTDIR, "cannot %s '%s'", what, full);
+      break;
+    }
+    /* a symbolic link: the one this descriptor holds, not whatever the name holds now */
+    ssize_t tn = readlinkat(cur, "", target, sizeof target);
+    int e = errno;
+    close(cur);
+    if (tn < 0 || (size_t)tn >= sizeof target) {
+      rc = kaun__error_sys(err, KAUN_EIO, tn < 0 ? e : ENAMETOOLONG, "cannot %s '%s'", what, full);
+      break;
+    }
+    target[tn] = '\0';
+    snprintf(link, sizeof link, "%s", comp);
+    if (++links > MAX_LINKS) {
+      rc = kaun__error_sys(err, KAUN_EIO, ELOOP, "cannot %s '%s'", what, full);
+      break;
+    }
+    const char *t = target;
+    if (target[0] == '/') {
+      if (!names_root(b->root, target, &t)) {
+        rc = escape_error(b, path, link, target, err);
+        break;
+      }
+      walk_clear(&w); /* continue from the root */
+    }
+    size_t tl = strlen(t), rl = strlen(p + next);
+    char *np = malloc(tl + rl + 2);
+    if (!np) {
+      rc = kaun__error_nomem(err, "resolving a path");
+      break;
+    }
+    memcpy(np, t, tl);
+    np[tl] = '/';
+    memcpy(np + tl + 1, p + next, rl + 1);
+    free(p);
+    p = np;
+    pos = 0;
+  }
+  walk_clear(&w);
+  free(w.dirs);
+  free(p);
+  if (rc) {
+    if (fd >= 0) close(fd);
+    return rc;
+  }
+  *out = fd;
+  return KAUN_OK;
+}
+
+/* As walk_path: the kernel's openat2 first, the walk when it fails. */
+static int confined_open(const file_backend *b, const char *path, const char *full, const char *rel,
+                         bool want_file, bool create, const char *what, int *out, kaun_error *err) {
+#ifdef HAVE_OPENAT2
+  if (b->use_openat2 && !atomic_load_explicit(&openat2_missing, memory_order_relaxed)) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = want_file ? (O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+                          : (O_PATH | O_DIRECTORY | O_CLOEXEC);
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+    long fd = syscall(SYS_openat2, b->root_fd, *rel ? rel : ".", &how, sizeof how);
+    if (fd >= 0) {
+      *out = (int)fd;
+      return KAUN_OK;
+    }
+    if (errno == ENOSYS) atomic_store_explicit(&openat2_missing, true, memory_order_relaxed);
+    /* anything else (a folder to create, a link refused: absolute or out
+     * of the root, EAGAIN after a rename, a missing file) the walk decides */
+  }
+#endif
+  return walk_path(b, path, full, rel, want_file, create, what, out, err);
+}
+
+/* Splits `rel` into its folder (malloc'd, "" for the root) and its last
+ * component (`*name`, pointing into `rel`; "" when `rel` ends with '/'). */
+static char *split_parent(const char *rel, const char **name) {
+  const char *slash = strrchr(rel, '/');
+  *name = slash ? slash + 1 : rel;
+  size_t n = slash ? (size_t)(slash - rel) : 0;
+  char *dir = malloc(n + 1);
+  if (dir) {
+    memcpy(dir, rel, n);
+    dir[n] = '\0';
+  }
+  return dir;
+}
+
+/* The folder of `rel` beneath the root (O_PATH, made when `create`) and
+ * the name in it; a name that is no file name is KAUN_EISDIR. */
+static int confined_parent(const file_backend *b, const char *path, const char *full,
+                           const char *rel, bool create, const char *what, int *dir_fd,
+                           const char **name, kaun_error *err) {
+  char *dir = split_parent(rel, name);
+  if (!dir) return kaun__error_nomem(err, "resolving a path");
+  int rc;
+  if (!**name || strcmp(*name, ".") == 0)
+    rc = kaun__error_set(err, KAUN_EISDIR, "'%s' is a directory", full);
+  else
+    rc = confined_open(b, path, full, dir, false, create, what, dir_fd, err);
+  free(dir);
+  return rc;
+}
+
+/* ---- objects ----------------------------------------------------------------------------- */
 
 static int file_open(void *backend, const char *path, kaun_object *inner, void **out,
                      kaun_error *err) {
   (void)inner;
   file_backend *b = backend;
   char *full;
-  int rc = resolve(b, path, true, &full, err);
+  const char *rel;
+  int rc = locate(b, path, &rel, &full, err);
   if (rc) return rc;
-  int fd = open(full, O_RDONLY | O_CLOEXEC);
-  struct stat sb;
-  if (fd < 0 || fstat(fd, &sb) != 0) {
+  int fd = -1;
+  if (b->root) {
+    rc = confined_open(b, path, full, rel, true, false, "open", &fd, err);
+  } else if ((fd = open(full, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)) < 0) {
     int e = errno;
-    if (fd >= 0) close(fd);
-    rc = kaun__error_sys(err, e == ENOENT ? KAUN_ENOENT : KAUN_EIO, e, "cannot open '%s'", full);
-    free(full);
-    return rc;
+    rc = kaun__error_sys(err, sys_code(e), e, "cannot open '%s'", full);
   }
-  if (S_ISDIR(sb.st_mode)) {
-    close(fd);
+  struct stat sb;
+  if (!rc && fstat(fd, &sb) != 0)
+    rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot open '%s'", full);
+  else if (!rc && S_ISDIR(sb.st_mode))
     rc = kaun__error_set(err, KAUN_EISDIR, "'%s' is a directory", full);
-    free(full);
-    return rc;
-  }
-  if (!S_ISREG(sb.st_mode)) {
-    close(fd);
+  else if (!rc && !S_ISREG(sb.st_mode))
     rc = kaun__error_set(err, KAUN_EINVAL, "'%s' is not a regular file", full);
+  int fl;
+  if (!rc && (fl = fcntl(fd, F_GETFL)) >= 0) (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  file_object *o = NULL;
+  if (!rc && !(o = calloc(1, sizeof *o))) rc = kaun__error_nomem(err, "opening a file");
+  if (rc) {
+    if (fd >= 0) close(fd);
     free(full);
     return rc;
-  }
-  file_object *o = calloc(1, sizeof *o);
-  if (!o) {
-    close(fd);
-    free(full);
-    return kaun__error_nomem(err, "opening a file");
   }
   o->fd = fd;
   o->path = full;
+  o->confined = b->root != NULL;
   o->size = (uint64_t)sb.st_size;
   o->sb = sb;
   *out = o;
@@ -183,6 +447,18 @@ static void file_close(void *object) {
   free(o);
 }
 
+/* The path of the file `fd` has open, as the kernel names it; "" when it
+ * has none any more (removed or replaced since) or /proc cannot say. */
+static void open_file_path(int fd, char *out, size_t size) {
+  char proc[64];
+  snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(proc, out, size - 1);
+  struct stat sb;
+  if (n <= 0 || (size_t)n >= size - 1 || out[0] != '/' || fstat(fd, &sb) != 0 || sb.st_nlink == 0)
+    n = 0;
+  out[n] = '\0';
+}
+
 static int file_stat(void *object, kaun_stat *out, kaun_error *err) {
   file_object *o = object;
   (void)err;
@@ -192,6 +468,12 @@ static int file_stat(void *object, kaun_stat *out, kaun_error *err) {
   snprintf(out->etag, sizeof out->etag, "%llx-%llx-%llx.%09ld", (unsigned long long)o->sb.st_ino,
            (unsigned long long)o->size, (unsigned long long)o->sb.st_mtim.tv_sec,
            (long)o->sb.st_mtim.tv_nsec);
+  if (o->confined) {
+    /* the file this object has open, not what its name leads to now:
+     * resolving the name again could leave the root */
+    open_file_path(o->fd, out->local_path, sizeof out->local_path);
+    return KAUN_OK;
+  }
   char *real = realpath(o->path, NULL);
   snprintf(out->local_path, sizeof out->local_path, "%s", real ? real : o->path);
   free(real);
@@ -235,44 +517,77 @@ static void file_unmap(void *backend, void *cookie) {
   free(m);
 }
 
+/* The size of the entry `name` of the listed folder `dfd` (`rel`, beneath
+ * the root) when it is a regular file: a symbolic link is followed as
+ * an open would follow it, so one that leads out is not listed. */
+static bool confined_entry_size(const file_backend *b, int dfd, const char *rel, const char *name,
+                                uint64_t *size) {
+  struct stat sb;
+  if (fstatat(dfd, name, &sb, AT_SYMLINK_NOFOLLOW) != 0) return false;
+  if (S_ISLNK(sb.st_mode)) {
+    size_t n = strlen(rel) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (!p) return false;
+    snprintf(p, n, "%s%s%s", rel, *rel ? "/" : "", name);
+    kaun_error ignored = KAUN_ERROR_INIT;
+    int fd;
+    bool ok = confined_open(b, p, p, p, true, false, "open", &fd, &ignored) == KAUN_OK;
+    free(p);
+    if (!ok) return false;
+    ok = fstat(fd, &sb) == 0;
+    close(fd);
+    if (!ok) return false;
+  }
+  if (!S_ISREG(sb.st_mode)) return false;
+  *size = (uint64_t)sb.st_size;
+  return true;
+}
+
 static int file_list(void *backend, const char *prefix, kaun_list_fn fn, void *context,
                      kaun_error *err) {
   file_backend *b = backend;
   char *full;
-  int rc = resolve(b, *prefix || b->root ? prefix : ".", true, &full, err);
+  const char *rel;
+  int rc = locate(b, *prefix || b->root ? prefix : ".", &rel, &full, err);
   if (rc) return rc;
-  DIR *d = opendir(full);
-  if (!d) {
+  DIR *d = NULL;
+  if (b->root) {
+    int pfd, dfd = -1;
+    rc = confined_open(b, prefix, full, rel, false, false, "list", &pfd, err);
+    if (!rc) {
+      dfd = openat(pfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      close(pfd);
+    }
+    if (!rc && (dfd < 0 || !(d = fdopendir(dfd)))) {
+      int e = errno;
+      if (dfd >= 0) close(dfd);
+      rc = kaun__error_sys(err, sys_code(e), e, "cannot list '%s'", full);
+    }
+  } else if (!(d = opendir(full))) {
     int e = errno;
-    rc = kaun__error_sys(err, e == ENOENT ? KAUN_ENOENT : KAUN_EIO, e, "cannot list '%s'", full);
+    rc = kaun__error_sys(err, sys_code(e), e, "cannot list '%s'", full);
+  }
+  if (rc) {
     free(full);
     return rc;
   }
   struct dirent *e;
   while ((e = readdir(d))) {
     if (e->d_name[0] == '.') continue;
-    char p[PATH_MAX];
-    snprintf(p, sizeof p, "%s/%s", full, e->d_name);
-    struct stat sb;
-    if (stat(p, &sb) != 0 || !S_ISREG(sb.st_mode)) continue;
-    if (fn(e->d_name, (uint64_t)sb.st_size, context)) break;
+    uint64_t size;
+    if (b->root) {
+      if (!confined_entry_size(b, dirfd(d), rel, e->d_name, &size)) continue;
+    } else {
+      char p[PATH_MAX];
+      snprintf(p, sizeof p, "%s/%s", full, e->d_name);
+      struct stat sb;
+      if (stat(p, &sb) != 0 || !S_ISREG(sb.st_mode)) continue;
+      size = (uint64_t)sb.st_size;
+    }
+    if (fn(e->d_name, size, context)) break;
   }
   closedir(d);
   free(full);
-  return KAUN_OK;
-}
-
-/* Creates the missing directories above `full` (inside a root only). */
-static int make_parents(const file_backend *b, char *full, kaun_error *err) {
-  for (char *p = full + strlen(b->root) + 1; (p = strchr(p, '/')); p++) {
-    *p = '\0';
-    int r = mkdir(full, 0777);
-    int e = errno;
-    *p = '/';
-    if (r != 0 && e != EEXIST)
-      return kaun__error_sys(err, e == ENOENT ? KAUN_ENOENT : KAUN_EIO, e,
-                             "cannot create the directories of '%s'", full);
-  }
   return KAUN_OK;
 }
 
@@ -305,7 +620,7 @@ static int open_local_source(kaun_object *obj, uint64_t size, local_copy *lc, ka
   st->struct_size = sizeof *st;
   if (kaun_object_stat(obj, st, &ignored) != KAUN_OK || !st->local_path[0] || st->size != size)
     return -1;
-  int fd = open(st->local_path, O_RDONLY | O_CLOEXEC);
+  int fd = open(st->local_path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
   if (fd < 0) return -1;
   file_object probe = {.fd = fd, .path = st->local_path, .size = size};
   kaun_stat mine = {.struct_size = sizeof mine};
@@ -409,11 +724,14 @@ static int local_copy_write(int out, const char *tmp_path, void *context, kaun_e
 static int file_put(void *backend, const char *path, const kaun_put_source *src, kaun_error *err) {
   file_backend *b = backend;
   char *full;
-  int rc = resolve(b, path, false, &full, err);
+  const char *rel, *name = NULL;
+  int rc = locate(b, path, &rel, &full, err);
   if (rc) return rc;
   /* an instance with a root behaves as an object store: keys need no
-   * folders made first; plain paths keep file semantics */
-  if (b->root && (rc = make_parents(b, full, err))) {
+   * folders made first (made beneath the root, from its descriptor);
+   * plain paths keep file semantics */
+  int dir_fd = -1;
+  if (b->root && (rc = confined_parent(b, path, full, rel, true, "save", &dir_fd, &name, err))) {
     free(full);
     return rc;
   }
@@ -424,23 +742,35 @@ static int file_put(void *backend, const char *path, const kaun_put_source *src,
   kaun_stat st;
   if (kaun__copy_source(src, &from, &lc.io, &lc.uri) &&
       open_local_source(from, src->size, &lc, &st) >= 0) {
-    rc = kaun__atomic_write(full, local_copy_write, &lc, err);
+    rc = dir_fd >= 0 ? kaun__atomic_write_at(dir_fd, name, full, local_copy_write, &lc, err)
+                     : kaun__atomic_write(full, local_copy_write, &lc, err);
     close(lc.in);
   } else {
-    rc = kaun_file_put_atomic(full, src, err);
+    rc = dir_fd >= 0 ? kaun__atomic_put_at(dir_fd, name, full, src, err)
+                     : kaun_file_put_atomic(full, src, err);
   }
+  if (dir_fd >= 0) close(dir_fd);
   free(full);
   return rc;
 }
 
 static int file_remove(void *backend, const char *path, kaun_error *err) {
+  file_backend *b = backend;
   char *full;
-  int rc = resolve(backend, path, true, &full, err);
+  const char *rel, *name;
+  int rc = locate(b, path, &rel, &full, err);
   if (rc) return rc;
-  if (unlink(full) != 0) {
-    int e = errno;
-    rc = kaun__error_sys(err, e == ENOENT ? KAUN_ENOENT : KAUN_EIO, e, "cannot remove '%s'", full);
+  int dir_fd = AT_FDCWD;
+  if (b->root) { /* the entry itself goes, in the folder the walk found */
+    rc = confined_parent(b, path, full, rel, false, "remove", &dir_fd, &name, err);
+  } else {
+    name = full;
   }
+  if (!rc && unlinkat(dir_fd, name, 0) != 0) {
+    int e = errno;
+    rc = kaun__error_sys(err, sys_code(e), e, "cannot remove '%s'", full);
+  }
+  if (dir_fd >= 0) close(dir_fd);
   free(full);
   return rc;
 }
