@@ -97,9 +97,93 @@ typedef struct command {
   int (*run)(int argc, char **argv);
 } command;
 
+/* ---- strings from files, shown safely ------------------------------------------ */
+
+/* The length of the valid UTF-8 sequence at s (at most `avail` bytes), or 0
+ * when it is not one; C1 controls (U+0080..U+009F) count as not one. */
+static size_t utf8_len(const unsigned char *s, size_t avail) {
+  unsigned char c = s[0];
+  size_t n = c < 0x80                 ? 1
+             : c >= 0xC2 && c <= 0xDF ? 2
+             : c >= 0xE0 && c <= 0xEF ? 3
+             : c >= 0xF0 && c <= 0xF4 ? 4
+                                      : 0;
+  if (!n || n > avail) return 0;
+  for (size_t k = 1; k < n; k++)
+    if ((s[k] & 0xC0) != 0x80) return 0;
+  if ((c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] >= 0xA0) || /* overlong, surrogate */
+      (c == 0xF0 && s[1] < 0x90) || (c == 0xF4 && s[1] >= 0x90) || /* overlong, > U+10FFFF */
+      (c == 0xC2 && s[1] < 0xA0))                                  /* C1 control */
+    return 0;
+  return n;
+}
+
+/* Writes `n` bytes of `s` for a human reader, as `ls` and `git` quote
+ * names: control characters become \n, \t, \r, \0 or \xHH, and so do DEL,
+ * C1 controls and bytes that are not UTF-8, so that a name from a file can
+ * neither forge output rows nor send escape sequences to a terminal.  With
+ * `backslash` a backslash is doubled, so that the escapes read back
+ * unambiguously (names in listings). */
+static void put_escaped(FILE *out, const char *str, size_t n, bool backslash) {
+  const unsigned char *s = (const unsigned char *)str;
+  for (size_t i = 0; i < n;) {
+    unsigned char c = s[i];
+    size_t len = utf8_len(s + i, n - i);
+    if (c == '\\' && backslash) {
+      fputs("\\\\", out);
+    } else if (c == '\n' || c == '\t' || c == '\r' || c == 0) {
+      fprintf(out, "\\%c", c == '\n' ? 'n' : c == '\t' ? 't' : c == '\r' ? 'r' : '0');
+    } else if (c < 0x20 || c == 0x7F || len == 0) {
+      fprintf(out, "\\x%02x", c);
+    } else {
+      fwrite(s + i, 1, len, out);
+      i += len;
+      continue;
+    }
+    i++;
+  }
+}
+
+/* A JSON string literal of the `n` bytes at `s` (UTF-8, NUL bytes
+ * included): exact, and safe on a terminal (controls, DEL and C1 controls
+ * as \u escapes, bytes that are not UTF-8 (never in a validated header)
+ * as U+FFFD). */
+static void print_json_string(FILE *out, const char *str, size_t n) {
+  const unsigned char *s = (const unsigned char *)str;
+  fputc('"', out);
+  for (size_t i = 0; i < n;) {
+    unsigned char c = s[i];
+    size_t len = utf8_len(s + i, n - i);
+    if (c == '"' || c == '\\') {
+      fprintf(out, "\\%c", c);
+    } else if (c == '\n') {
+      fputs("\\n", out);
+    } else if (c == '\t') {
+      fputs("\\t", out);
+    } else if (c < 0x20 || c == 0x7F) {
+      fprintf(out, "\\u%04x", c);
+    } else if (c == 0xC2 && n - i >= 2 && s[i + 1] >= 0x80 && s[i + 1] < 0xA0) {
+      fprintf(out, "\\u%04x", s[i + 1]); /* a C1 control */
+      i += 2;
+      continue;
+    } else if (len == 0) {
+      fputs("\\ufffd", out);
+    } else {
+      fwrite(s + i, 1, len, out);
+      i += len;
+      continue;
+    }
+    i++;
+  }
+  fputc('"', out);
+}
+
 static int fail(const kaun_error *err) {
   end_progress();
-  fprintf(stderr, "kaun: %s\n", err->message);
+  /* messages quote names and values from files: escaped, one line */
+  fputs("kaun: ", stderr);
+  put_escaped(stderr, err->message, strlen(err->message), false);
+  fputc('\n', stderr);
   switch (err->code) {
     case KAUN_EIO:
     case KAUN_ENOMEM:
@@ -112,9 +196,20 @@ static int fail(const kaun_error *err) {
 }
 
 static int usage_error(const char *cmd, const char *fmt, const char *arg) {
+  char *shown = NULL;
+  size_t size = 0;
+  FILE *m = open_memstream(&shown, &size);
+  if (m) {
+    put_escaped(m, arg, strlen(arg), false);
+    if (fclose(m) != 0) {
+      free(shown);
+      shown = NULL;
+    }
+  }
   fprintf(stderr, "kaun%s%s: ", cmd ? " " : "", cmd ? cmd : "");
-  fprintf(stderr, fmt, arg);
+  fprintf(stderr, fmt, shown ? shown : "?");
   fprintf(stderr, "\nTry 'kaun %s%s--help'.\n", cmd ? cmd : "", cmd ? " " : "");
+  free(shown);
   return EXIT_USAGE;
 }
 
@@ -175,19 +270,6 @@ static void print_shape(FILE *out, size_t ndim, const uint64_t *shape, const cha
   fputc(']', out);
 }
 
-static void print_json_string(FILE *out, const char *s) {
-  fputc('"', out);
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-    if (*p == '"' || *p == '\\')
-      fprintf(out, "\\%c", *p);
-    else if (*p < 0x20)
-      fprintf(out, "\\u%04x", *p);
-    else
-      fputc(*p, out);
-  }
-  fputc('"', out);
-}
-
 /* ---- ls ------------------------------------------------------------------------ */
 
 typedef struct ls_opts {
@@ -224,14 +306,17 @@ static int cmd_ls(int argc, char **argv) {
     kaun_reader_tensor t;
     kaun_reader_info(r, i, &t);
     const char *dt = kaun_dtype_name(t.dtype);
+    size_t name_len = kaun_reader_name_length(r, i);
     if (o.json) {
       printf("%s\n  {\"name\": ", i ? "," : "");
-      print_json_string(stdout, t.name);
+      print_json_string(stdout, t.name, name_len);
       printf(", \"dtype\": \"%s\", \"shape\": ", dt);
       print_shape(stdout, t.ndim, t.shape, ", ");
       printf(", \"bytes\": %llu}", (unsigned long long)t.nbytes);
     } else {
-      printf("%s\t%s\t", t.name, dt);
+      /* one line per tensor, whatever its name holds */
+      put_escaped(stdout, t.name, name_len, true);
+      printf("\t%s\t", dt);
       print_shape(stdout, t.ndim, t.shape, ",");
       printf("\t%llu\n", (unsigned long long)t.nbytes);
     }
@@ -273,9 +358,11 @@ static int cmd_inspect(int argc, char **argv) {
     printf("{");
     for (long i = 0; i < md; i++) {
       printf("%s", i ? ", " : "");
-      print_json_string(stdout, kaun_safetensors_metadata_key(st, (size_t)i));
+      print_json_string(stdout, kaun_safetensors_metadata_key(st, (size_t)i),
+                        kaun_safetensors_metadata_key_length(st, (size_t)i));
       printf(": ");
-      print_json_string(stdout, kaun_safetensors_metadata_value(st, (size_t)i));
+      print_json_string(stdout, kaun_safetensors_metadata_value(st, (size_t)i),
+                        kaun_safetensors_metadata_value_length(st, (size_t)i));
     }
     printf("}");
   }
@@ -284,7 +371,7 @@ static int cmd_inspect(int argc, char **argv) {
     kaun_safetensors_info in;
     kaun_safetensors_info_at(st, i, &in);
     printf("%s\n    ", i ? "," : "");
-    print_json_string(stdout, in.name);
+    print_json_string(stdout, in.name, kaun_safetensors_name_length(st, i));
     printf(": {\"dtype\": \"%s\", \"shape\": ", kaun_dtype_name(in.dtype));
     print_shape(stdout, in.ndim, in.shape, ", ");
     printf(", \"data_offsets\": [%llu, %llu]}", (unsigned long long)in.begin,
@@ -370,8 +457,9 @@ static int cmd_cp(int argc, char **argv) {
     rc = kaun_flat_new(&out, &err);
     if (!rc && kaun_flat_has_metadata(in)) {
       for (size_t i = 0; i < kaun_flat_metadata_count(in) && !rc; i++)
-        rc = kaun_flat_set_metadata(out, kaun_flat_metadata_key(in, i),
-                                    kaun_flat_metadata_value(in, i), &err);
+        rc = kaun_flat_set_metadata_n(
+            out, kaun_flat_metadata_key(in, i), kaun_flat_metadata_key_length(in, i),
+            kaun_flat_metadata_value(in, i), kaun_flat_metadata_value_length(in, i), &err);
     }
     for (size_t i = 0; i < kaun_flat_count(in) && !rc; i++) {
       const kaun_tensor *t = kaun_flat_tensor(in, i);
@@ -379,7 +467,8 @@ static int cmd_cp(int argc, char **argv) {
       kaun_tensor *c;
       bool convert = kaun_dtype_is_float(dt) && kaun_dtype_can_cast(dt);
       rc = kaun_tensor_cast(t, convert ? o.dtype : dt, &c, &err);
-      if (!rc) rc = kaun_flat_add(out, kaun_flat_name(in, i), c, &err);
+      if (!rc)
+        rc = kaun_flat_add_n(out, kaun_flat_name(in, i), kaun_flat_name_length(in, i), c, &err);
     }
   }
   if (!rc) rc = kaun_safetensors_save(ctx, argv[1], out ? out : in, &err);
@@ -423,7 +512,8 @@ static int cmd_verify(int argc, char **argv) {
     return fail(&err);
   }
   end_progress();
-  printf("%s: OK, %zu tensors, %llu bytes of data (%s)\n", argv[0], kaun_reader_count(r),
+  put_escaped(stdout, argv[0], strlen(argv[0]), false);
+  printf(": OK, %zu tensors, %llu bytes of data (%s)\n", kaun_reader_count(r),
          (unsigned long long)kaun_reader_data_bytes(r),
          o.data ? "every byte read" : "headers and sizes checked; --data reads every byte");
   kaun_reader_close(r);
@@ -516,6 +606,11 @@ static int cmd_cat(int argc, char **argv) {
       kaun_range ranges[KAUN_MAX_DIMS];
       size_t nr;
       rc = kaun_slice_parse(o.slice, info.ndim, info.shape, ranges, KAUN_MAX_DIMS, &nr, &err);
+      if (rc) {
+        char why[KAUN_ERROR_MESSAGE_MAX];
+        snprintf(why, sizeof why, "%s", err.message);
+        kaun_error_set(&err, rc, "%s, tensor '%s': %s", argv[0], argv[1], why);
+      }
       if (!rc) rc = kaun_reader_get_slice(r, argv[1], nr, ranges, NULL, &t, &err);
     } else {
       rc = kaun_reader_get(r, argv[1], info.dtype, NULL, &t, &err);
@@ -532,7 +627,8 @@ static int cmd_cat(int argc, char **argv) {
         rc = kaun_error_set(&err, KAUN_EIO, "cannot write '%s'", o.output);
     }
   } else if (!rc) {
-    printf("%s\t%s\t", argv[1], kaun_dtype_name(kaun_tensor_dtype(t)));
+    put_escaped(stdout, argv[1], strlen(argv[1]), true);
+    printf("\t%s\t", kaun_dtype_name(kaun_tensor_dtype(t)));
     print_shape(stdout, kaun_tensor_ndim(t), kaun_tensor_shape(t), ",");
     putchar('\n');
     rc = print_values(t, o.limit, &err);
@@ -585,8 +681,11 @@ static int cmd_config(int argc, char **argv) {
   kaun_context *ctx = open_context(&status);
   if (!ctx) return status;
   if (o.check) {
-    printf("%s: OK\n", o.check);
+    kaun_error err = KAUN_ERROR_INIT;
+    int rc = kaun_context_check(ctx, &err); /* each backend made: its option values checked */
     kaun_context_free(ctx);
+    if (rc) return fail(&err);
+    printf("%s: OK\n", o.check);
     return EXIT_OKAY;
   }
   kaun_error err = KAUN_ERROR_INIT;
@@ -711,6 +810,11 @@ int main(int argc, char **argv) {
       break;
     }
   }
+  if (argc == 2 && (strcmp(argv[1], "--config") == 0 || strcmp(argv[1], "-q") == 0))
+    return usage_error(NULL,
+                       strcmp(argv[1], "-q") == 0 ? "'%s' needs a COMMAND after it"
+                                                  : "option '%s' needs a FILE and a COMMAND",
+                       argv[1]);
   if (argc < 2) {
     print_main_help(stderr);
     return EXIT_USAGE;

@@ -37,10 +37,12 @@ int kaun_checkpoint_load_flat_ex(kaun_context *ctx, const char *uri,
   int rc = kaun_reader_open(ctx, uri, &r, err);
   if (rc) return rc;
   size_t n = kaun_reader_count(r);
+  /* names and metadata with their lengths: they may hold NUL bytes */
   const char **names = calloc(n + 1, sizeof *names);
+  size_t *lens = calloc(n + 1, sizeof *lens);
   kaun_tensor **tensors = calloc(n + 1, sizeof *tensors);
   kaun_flat *flat = NULL;
-  if (!names || !tensors) {
+  if (!names || !lens || !tensors) {
     rc = kaun__error_nomem(err, "loading a checkpoint");
     goto done;
   }
@@ -48,24 +50,28 @@ int kaun_checkpoint_load_flat_ex(kaun_context *ctx, const char *uri,
     kaun_reader_tensor t;
     kaun_reader_info(r, i, &t);
     names[i] = t.name;
+    lens[i] = kaun_reader_name_length(r, i);
   }
-  if ((rc = kaun_reader_get_many(r, n, names, NULL, opts, tensors, err))) goto done;
+  if ((rc = kaun_reader_get_many_n(r, n, names, lens, NULL, opts, tensors, err))) goto done;
   if ((rc = kaun_flat_new(&flat, err))) goto done;
   for (size_t i = 0; i < n && !rc; i++) {
-    rc = kaun_flat_add(flat, names[i], tensors[i], err);
+    rc = kaun_flat_add_n(flat, names[i], lens[i], tensors[i], err);
     tensors[i] = NULL;
   }
   long md = kaun_reader_metadata_count(r);
   if (!rc && md >= 0) {
     kaun__flat_mark_metadata(flat);
     for (long i = 0; i < md && !rc; i++)
-      rc = kaun_flat_set_metadata(flat, kaun_reader_metadata_key(r, (size_t)i),
-                                  kaun_reader_metadata_value(r, (size_t)i), err);
+      rc = kaun_flat_set_metadata_n(flat, kaun_reader_metadata_key(r, (size_t)i),
+                                    kaun_reader_metadata_key_length(r, (size_t)i),
+                                    kaun_reader_metadata_value(r, (size_t)i),
+                                    kaun_reader_metadata_value_length(r, (size_t)i), err);
   }
 done:
   for (size_t i = 0; tensors && i < n; i++) kaun_tensor_free(tensors[i]);
   free(tensors);
   free(names);
+  free(lens);
   kaun_reader_close(r);
   if (rc) {
     kaun_flat_free(flat);

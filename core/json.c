@@ -264,8 +264,10 @@ static int check_duplicates(parser *ps, kaun__json *obj) {
     free(v);
   }
   if (!dup) return 0;
+  char shown[KAUN__SHOWN];
   ps->rc = kaun__error_set(ps->err, KAUN_EDUPLICATE, "%s%sline %u: duplicate key \"%s\"",
-                           ps->name ? ps->name : "", ps->name ? ": " : "", dup->line, dup->key);
+                           ps->name ? ps->name : "", ps->name ? ": " : "", dup->line,
+                           kaun__str_escape(dup->key, dup->key_len, shown, sizeof shown));
   return ps->rc;
 }
 
@@ -359,40 +361,90 @@ static int parse_value(parser *ps, kaun__json *v, int depth) {
   return rc;
 }
 
+/* The length of the valid UTF-8 sequence at s[0] (no overlongs, no
+ * surrogates, <= U+10FFFF), or 0.  `avail` bytes may be read. */
+static size_t utf8_seq(const unsigned char *s, size_t avail) {
+  unsigned char c = s[0];
+  if (c < 0x80) return 1;
+  size_t n;
+  unsigned cp;
+  if (c >= 0xC2 && c <= 0xDF) {
+    n = 1;
+    cp = c & 0x1F;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    n = 2;
+    cp = c & 0x0F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 3;
+    cp = c & 0x07;
+  } else {
+    return 0;
+  }
+  if (avail <= n) return 0;
+  for (size_t k = 1; k <= n; k++) {
+    if ((s[k] & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (s[k] & 0x3F);
+  }
+  if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+      (cp >= 0xD800 && cp <= 0xDFFF))
+    return 0;
+  return n + 1;
+}
+
 size_t kaun__utf8_check(const char *str, size_t len) {
   const unsigned char *s = (const unsigned char *)str;
   size_t i = 0;
   while (i < len) {
-    unsigned char c = s[i];
-    if (c < 0x80) {
+    if (s[i] < 0x80) {
       i++;
       continue;
     }
-    size_t n;
-    unsigned cp;
-    if (c >= 0xC2 && c <= 0xDF) {
-      n = 1;
-      cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      n = 2;
-      cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      n = 3;
-      cp = c & 0x07;
-    } else {
-      return i;
-    }
-    if (len - i <= n) return i;
-    for (size_t k = 1; k <= n; k++) {
-      if ((s[i + k] & 0xC0) != 0x80) return i;
-      cp = (cp << 6) | (s[i + k] & 0x3F);
-    }
-    if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
-        (cp >= 0xD800 && cp <= 0xDFFF))
-      return i;
-    i += n + 1;
+    size_t n = utf8_seq(s + i, len - i);
+    if (!n) return i;
+    i += n;
   }
   return len;
+}
+
+const char *kaun__str_escape(const char *str, size_t n, char *buf, size_t size) {
+  static const char hex[] = "0123456789abcdef";
+  const unsigned char *s = (const unsigned char *)str;
+  size_t o = 0, cut = 0;
+  if (size < 4) {
+    if (size) buf[0] = '\0';
+    return buf;
+  }
+  for (size_t i = 0; i < n;) {
+    char piece[8];
+    size_t len = 0, used = 1;
+    unsigned char c = s[i];
+    size_t seq = c >= 0x80 ? utf8_seq(s + i, n - i) : 1;
+    /* C1 controls (U+0080..U+009F, C2 80..C2 9F) act on some terminals */
+    if (seq == 2 && c == 0xC2 && s[i + 1] < 0xA0) seq = 0;
+    if (c == '\\' || c == '\n' || c == '\t' || c == '\r' || c == 0) {
+      piece[len++] = '\\';
+      piece[len++] = c == '\\' ? '\\' : c == '\n' ? 'n' : c == '\t' ? 't' : c == '\r' ? 'r' : '0';
+    } else if (c < 0x20 || c == 0x7F || seq == 0) {
+      piece[len++] = '\\';
+      piece[len++] = 'x';
+      piece[len++] = hex[c >> 4];
+      piece[len++] = hex[c & 15];
+    } else {
+      used = seq;
+      memcpy(piece, s + i, seq);
+      len = seq;
+    }
+    if (o + len + 1 > size) { /* cut after the last piece that leaves room for "..." */
+      memcpy(buf + cut, "...", 4);
+      return buf;
+    }
+    memcpy(buf + o, piece, len);
+    o += len;
+    i += used;
+    if (o + 4 <= size) cut = o;
+  }
+  buf[o] = '\0';
+  return buf;
 }
 
 int kaun__json_parse(const char *text, size_t len, const char *name, int syntax_code,
@@ -422,6 +474,11 @@ int kaun__json_parse(const char *text, size_t len, const char *name, int syntax_
   doc->root = root;
   *out = doc;
   return KAUN_OK;
+}
+
+bool kaun__json_key_is(const kaun__json *m, const char *key) {
+  size_t n = strlen(key);
+  return m->key && m->key_len == n && memcmp(m->key, key, n) == 0;
 }
 
 kaun__json *kaun__json_get(const kaun__json *obj, const char *key) {

@@ -27,10 +27,12 @@ typedef enum kaun__json_type {
 typedef struct kaun__json kaun__json;
 struct kaun__json {
   kaun__json_type type;
-  unsigned line;   /* 1-based line where the value starts */
-  const char *key; /* member name when inside an object (NUL-terminated) */
+  unsigned line; /* 1-based line where the value starts */
+  /* Strings carry their length: a decoded "\u0000" is a NUL byte inside
+   * them.  Both are also NUL-terminated, for messages and old callers. */
+  const char *key; /* member name when inside an object */
   size_t key_len;
-  const char *text; /* string contents (decoded, NUL-terminated) or number text */
+  const char *text; /* string contents (decoded) or number text */
   size_t text_len;
   size_t count;      /* members of an array or object */
   kaun__json *child; /* first member */
@@ -50,11 +52,23 @@ kaun__json *kaun__json_root(kaun__json_doc *doc);
 
 /* Member of an object by name, or NULL. */
 kaun__json *kaun__json_get(const kaun__json *obj, const char *key);
+/* True when member `m`'s name is exactly `key` (length included: a key
+ * "__metadata__\u0000x" is not "__metadata__"). */
+bool kaun__json_key_is(const kaun__json *m, const char *key);
 /* Parses a number as an unsigned 64-bit integer: digits only, no sign,
  * fraction or exponent.  Returns false when it is not one or overflows. */
 bool kaun__json_u64(const kaun__json *v, uint64_t *out);
 /* The JSON type's name, for messages ("a string"). */
 const char *kaun__json_type_name(kaun__json_type t);
+
+/* `n` bytes of a name from a file, made safe to quote in a message: bytes
+ * below 0x20, DEL, C1 controls and invalid UTF-8 become \n, \t, \r, \0 or
+ * \xHH, a backslash \\; the rest (valid UTF-8) is kept.  Written to `buf`
+ * (always NUL-terminated; cut with "..." when longer than `size` allows).
+ * Returns `buf`. */
+const char *kaun__str_escape(const char *s, size_t n, char *buf, size_t size);
+/* The buffer size kaun__str_escape is usually given in messages. */
+#define KAUN__SHOWN 256
 
 /* Checks UTF-8 (no overlongs, no surrogates, <= U+10FFFF).  Returns the
  * offset of the first bad byte, or `len` when all is well. */

@@ -1,5 +1,6 @@
 /* Parameter trees: leaves, records and lists, addressed by dotted paths. */
 #include "index.h"
+#include "json.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -438,6 +439,16 @@ int kaun_ptree_unflatten(kaun_flat *flat, kaun_ptree **out, kaun_error *err) {
   for (size_t i = 0; i < kaun_flat_count(flat) && !rc; i++) {
     const char *name = kaun_flat_name(flat, i);
     if (!kaun_flat_tensor(flat, i)) continue; /* already taken */
+    /* a name with a NUL byte ("a\u0000b" in a file) has no path to go to */
+    if (strlen(name) != kaun_flat_name_length(flat, i)) {
+      char shown[KAUN__SHOWN];
+      rc = kaun__error_set(
+          err, KAUN_EBADKEY,
+          "the tensor name '%s' holds a NUL byte, which a tree path cannot; load it as a flat "
+          "list (kaun_checkpoint_load_flat)",
+          kaun__str_escape(name, kaun_flat_name_length(flat, i), shown, sizeof shown));
+      break;
+    }
     rc = insert_path(root, name, kaun_flat_take(flat, i), err);
   }
   if (!rc) rc = listify(root, err);

@@ -43,6 +43,7 @@ struct kaun_reader {
   size_t nshards;
   entry *entries;
   char **names;
+  size_t *name_lens; /* names may hold NUL bytes */
   size_t count;
   kaun__index index;
   kaun__json_doc *doc;
@@ -153,10 +154,13 @@ static int add_entry(kaun_reader *r, size_t s, size_t t, size_t cap, kaun_error 
   kaun_safetensors_info in;
   kaun_safetensors_info_at(r->shards[s].st, t, &in);
   if (r->count >= cap) return kaun__error_set(err, KAUN_EINDEX, "%s: too many tensors", r->uri);
+  if (!r->name_lens && !(r->name_lens = calloc(cap + 1, sizeof *r->name_lens)))
+    return kaun__error_nomem(err, "opening a checkpoint");
   r->entries[r->count] = (entry){s, t};
   r->names[r->count] = (char *)in.name;
+  r->name_lens[r->count] = kaun_safetensors_name_length(r->shards[s].st, t);
   r->count++;
-  if (!kaun__index_add(&r->index, r->names, r->count, r->count - 1))
+  if (!kaun__index_add_n(&r->index, r->names, r->name_lens, r->count, r->count - 1))
     return kaun__error_nomem(err, "opening a checkpoint");
   return KAUN_OK;
 }
@@ -238,7 +242,8 @@ static int open_index(kaun_reader *r, const char *index_uri, kaun_object *obj, k
                            cfg ? cfg : "a config file");
       goto done;
     }
-    if (m->type != KAUN__JSON_STRING || (!uri && !safe_shard_name(m->text))) {
+    if (m->type != KAUN__JSON_STRING || memchr(m->text, '\0', m->text_len) ||
+        (!uri && !safe_shard_name(m->text))) {
       rc = kaun__error_set(err, KAUN_EINDEX,
                            "%s: line %u: the shard of tensor '%s' must be a file name relative to "
                            "the index (not absolute, no '..', no '::')%s",
@@ -275,7 +280,7 @@ static int open_index(kaun_reader *r, const char *index_uri, kaun_object *obj, k
     char *key = (char *)m->text;
     char **found = bsearch(&key, names, distinct, sizeof *names, cmp_str);
     wm_shard[i] = (size_t)(found - names);
-    if (kaun_safetensors_find(r->shards[wm_shard[i]].st, m->key) < 0) {
+    if (kaun_safetensors_find_n(r->shards[wm_shard[i]].st, m->key, m->key_len) < 0) {
       rc = kaun__error_set(err, KAUN_EINDEX,
                            "%s: line %u: the index puts tensor '%s' in '%s', but that shard does "
                            "not contain it",
@@ -292,12 +297,14 @@ static int open_index(kaun_reader *r, const char *index_uri, kaun_object *obj, k
   }
   kaun__index wm_index = {0};
   char **wm_names = calloc(wm->count + 1, sizeof *wm_names);
+  size_t *wm_lens = calloc(wm->count + 1, sizeof *wm_lens); /* names may hold NUL bytes */
   i = 0;
-  for (kaun__json *m = wm->child; wm_names && m; m = m->next, i++) {
+  for (kaun__json *m = wm->child; wm_names && wm_lens && m; m = m->next, i++) {
     wm_names[i] = (char *)m->key;
-    if (!kaun__index_add(&wm_index, wm_names, i + 1, i)) break;
+    wm_lens[i] = m->key_len;
+    if (!kaun__index_add_n(&wm_index, wm_names, wm_lens, i + 1, i)) break;
   }
-  if (!wm_names || i != wm->count) {
+  if (!wm_names || !wm_lens || i != wm->count) {
     rc = kaun__error_nomem(err, "reading a sharded index");
   } else {
     for (size_t s = 0; s < r->nshards && !rc; s++) {
@@ -305,13 +312,15 @@ static int open_index(kaun_reader *r, const char *index_uri, kaun_object *obj, k
       for (size_t t = 0; t < kaun_safetensors_count(st) && !rc; t++) {
         kaun_safetensors_info in;
         kaun_safetensors_info_at(st, t, &in);
-        long w = kaun__index_find(&wm_index, wm_names, in.name, strlen(in.name));
+        long w = kaun__index_find_n(&wm_index, wm_names, wm_lens, in.name,
+                                    kaun_safetensors_name_length(st, t));
         if (w >= 0 && wm_shard[w] == s) rc = add_entry(r, s, t, wm->count, err);
       }
     }
   }
   kaun__index_free(&wm_index);
   free(wm_names);
+  free(wm_lens);
 done:
   free(text);
   free(names);
@@ -399,6 +408,7 @@ void kaun_reader_close(kaun_reader *r) {
   free(r->shards);
   free(r->entries);
   free(r->names);
+  free(r->name_lens);
   kaun__index_free(&r->index);
   kaun__json_free(r->doc);
   kaun_context_free(r->own_ctx);
@@ -411,8 +421,16 @@ void kaun_reader_close(kaun_reader *r) {
 const char *kaun_reader_uri(const kaun_reader *r) { return r->uri; }
 size_t kaun_reader_count(const kaun_reader *r) { return r->count; }
 
+long kaun_reader_find_n(const kaun_reader *r, const char *name, size_t len) {
+  return kaun__index_find_n(&r->index, r->names, r->name_lens, name, len);
+}
+
 long kaun_reader_find(const kaun_reader *r, const char *name) {
-  return kaun__index_find(&r->index, r->names, name, strlen(name));
+  return kaun_reader_find_n(r, name, strlen(name));
+}
+
+size_t kaun_reader_name_length(const kaun_reader *r, size_t i) {
+  return i < r->count ? r->name_lens[i] : 0;
 }
 
 int kaun_reader_info(const kaun_reader *r, size_t i, kaun_reader_tensor *out) {
@@ -436,6 +454,12 @@ const char *kaun_reader_metadata_key(const kaun_reader *r, size_t i) {
 }
 const char *kaun_reader_metadata_value(const kaun_reader *r, size_t i) {
   return kaun_safetensors_metadata_value(first_header(r), i);
+}
+size_t kaun_reader_metadata_key_length(const kaun_reader *r, size_t i) {
+  return kaun_safetensors_metadata_key_length(first_header(r), i);
+}
+size_t kaun_reader_metadata_value_length(const kaun_reader *r, size_t i) {
+  return kaun_safetensors_metadata_value_length(first_header(r), i);
 }
 
 uint64_t kaun_reader_data_bytes(const kaun_reader *r) {
@@ -769,9 +793,14 @@ static int materialize(kaun_reader *r, const request *reqs, size_t n, const char
 
 /* ---- the getters ------------------------------------------------------------------ */
 
-static int lookup(const kaun_reader *r, const char *name, size_t *entry_out, kaun_error *err) {
-  long i = kaun_reader_find(r, name);
-  if (i < 0) return kaun__error_set(err, KAUN_EKEY, "%s: no tensor '%s'", r->uri, name);
+static int lookup(const kaun_reader *r, const char *name, size_t len, size_t *entry_out,
+                  kaun_error *err) {
+  long i = kaun_reader_find_n(r, name, len);
+  if (i < 0) {
+    char shown[KAUN__SHOWN];
+    return kaun__error_set(err, KAUN_EKEY, "%s: no tensor '%s'", r->uri,
+                           kaun__str_escape(name, len, shown, sizeof shown));
+  }
   *entry_out = (size_t)i;
   return KAUN_OK;
 }
@@ -782,21 +811,28 @@ static kaun_dtype stored_dtype(const kaun_reader *r, size_t e) {
   return t.dtype;
 }
 
-int kaun_reader_get_many(kaun_reader *r, size_t n, const char *const *names,
-                         const kaun_dtype *dtypes, const kaun_load_options *opts, kaun_tensor **out,
-                         kaun_error *err) {
+int kaun_reader_get_many_n(kaun_reader *r, size_t n, const char *const *names, const size_t *lens,
+                           const kaun_dtype *dtypes, const kaun_load_options *opts,
+                           kaun_tensor **out, kaun_error *err) {
   request *reqs = calloc(n + 1, sizeof *reqs);
   if (!reqs) return kaun__error_nomem(err, "loading tensors");
   int rc = KAUN_OK;
   for (size_t i = 0; i < n && !rc; i++) {
     out[i] = NULL;
-    if (!(rc = lookup(r, names[i], &reqs[i].entry, err)))
+    size_t len = lens ? lens[i] : strlen(names[i]);
+    if (!(rc = lookup(r, names[i], len, &reqs[i].entry, err)))
       reqs[i].dtype =
           dtypes && dtypes[i] < KAUN_DTYPE_COUNT_ ? dtypes[i] : stored_dtype(r, reqs[i].entry);
   }
   if (!rc) rc = materialize(r, reqs, n, names, opts, out, err);
   free(reqs);
   return rc;
+}
+
+int kaun_reader_get_many(kaun_reader *r, size_t n, const char *const *names,
+                         const kaun_dtype *dtypes, const kaun_load_options *opts, kaun_tensor **out,
+                         kaun_error *err) {
+  return kaun_reader_get_many_n(r, n, names, NULL, dtypes, opts, out, err);
 }
 
 int kaun_reader_get(kaun_reader *r, const char *name, kaun_dtype dtype,
@@ -810,7 +846,7 @@ int kaun_reader_get_slice(kaun_reader *r, const char *name, size_t nranges,
   *out = NULL;
   static const kaun_range none[1] = {{0, 0}};
   request q = {0, KAUN_DTYPE_COUNT_, nranges, nranges ? ranges : none};
-  int rc = lookup(r, name, &q.entry, err);
+  int rc = lookup(r, name, strlen(name), &q.entry, err);
   if (rc) return rc;
   q.dtype = stored_dtype(r, q.entry);
   return materialize(r, &q, 1, &name, opts, out, err);
@@ -818,11 +854,20 @@ int kaun_reader_get_slice(kaun_reader *r, const char *name, size_t nranges,
 
 /* ---- reading every byte once --------------------------------------------------------- */
 
-static bool is_sha256_hex(const char *s) {
-  size_t n = 0;
-  for (; s[n]; n++)
-    if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f'))) return false;
-  return n == 64;
+/* The SHA-256 an etag states, as 64 lowercase hex digits, or false: bare
+ * or quoted ("..."), not weak (W/"..." promises no byte identity). */
+static bool etag_sha256(const char *etag, char out[65]) {
+  size_t n = strlen(etag);
+  if (n == 66 && etag[0] == '"' && etag[65] == '"') etag++, n -= 2;
+  if (n != 64) return false;
+  for (size_t i = 0; i < 64; i++) {
+    char c = etag[i];
+    if (c >= 'A' && c <= 'F') c = (char)(c - 'A' + 'a');
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+    out[i] = c;
+  }
+  out[64] = '\0';
+  return true;
 }
 
 /* Streams a whole object through SHA-256 and compares with `want`. */
@@ -870,9 +915,10 @@ int kaun_reader_check_data(kaun_reader *r, const kaun_load_options *opts, kaun_e
     shard *sh = &r->shards[s];
     kaun_stat st = {.struct_size = sizeof st};
     if ((rc = kaun_object_stat(sh->obj, &st, err))) break;
-    if (is_sha256_hex(st.etag)) { /* a checksum is known: hash while reading */
+    char want[65];
+    if (etag_sha256(st.etag, want)) { /* a checksum is known: hash while reading */
       kaun_io_expect(rs.io, kaun_safetensors_file_size(sh->st));
-      rc = check_sha256(sh, st.etag, rs.io, err);
+      rc = check_sha256(sh, want, rs.io, err);
       continue;
     }
     uint64_t start = kaun_safetensors_data_start(sh->st);
@@ -912,14 +958,16 @@ int kaun_reader_is_canonical(kaun_reader *r, kaun_error *err) {
     kaun_reader_info(r, i, &t);
     rc = kaun__tensor_view_unchecked(t.dtype, t.ndim, t.shape, dummy, 0, (size_t)t.nbytes,
                                      &views[i], err);
-    if (!rc) rc = kaun_flat_add(flat, t.name, views[i], err);
+    if (!rc) rc = kaun_flat_add_n(flat, t.name, kaun_reader_name_length(r, i), views[i], err);
   }
   long md = kaun_reader_metadata_count(r);
   if (!rc && md >= 0) {
     kaun__flat_mark_metadata(flat);
     for (long i = 0; i < md && !rc; i++)
-      rc = kaun_flat_set_metadata(flat, kaun_reader_metadata_key(r, (size_t)i),
-                                  kaun_reader_metadata_value(r, (size_t)i), err);
+      rc = kaun_flat_set_metadata_n(flat, kaun_reader_metadata_key(r, (size_t)i),
+                                    kaun_reader_metadata_key_length(r, (size_t)i),
+                                    kaun_reader_metadata_value(r, (size_t)i),
+                                    kaun_reader_metadata_value_length(r, (size_t)i), err);
   }
   if (!rc)
     rc = kaun_safetensors_serialize_header(flat, &header, &header_size, &data_size, NULL, err);
@@ -942,14 +990,18 @@ int kaun_reader_is_canonical(kaun_reader *r, kaun_error *err) {
 
 /* ---- slices as text ----------------------------------------------------------------- */
 
-static bool parse_u64(const char *s, size_t n, uint64_t *out) {
+/* An index as in Python: N, or -N counting from the end of a dimension of
+ * `size` (then clamped at 0 by the caller's bounds check). */
+static bool parse_index(const char *s, size_t n, uint64_t size, uint64_t *out, bool *negative) {
+  *negative = n > 0 && s[0] == '-';
+  if (*negative) s++, n--;
   if (!n) return false;
   uint64_t v = 0;
   for (size_t i = 0; i < n; i++) {
     if (s[i] < '0' || s[i] > '9' || v > (UINT64_MAX - 9) / 10) return false;
     v = v * 10 + (uint64_t)(s[i] - '0');
   }
-  *out = v;
+  *out = *negative ? (v > size ? UINT64_MAX : size - v) : v;
   return true;
 }
 
@@ -964,25 +1016,28 @@ int kaun_slice_parse(const char *text, size_t ndim, const uint64_t *shape, kaun_
                              text, ndim);
     const char *colon = memchr(p, ':', len);
     kaun_range g = {0, shape[k]};
-    bool ok = true;
+    bool ok = true, neg = false;
     if (!colon) {
-      ok = parse_u64(p, len, &g.start);
-      g.stop = g.start + 1;
+      ok = parse_index(p, len, shape[k], &g.start, &neg);
+      g.stop = g.start == UINT64_MAX ? UINT64_MAX : g.start + 1;
     } else {
       size_t a = (size_t)(colon - p), b = len - a - 1;
-      if (a) ok = parse_u64(p, a, &g.start);
-      if (ok && b) ok = parse_u64(colon + 1, b, &g.stop);
+      if (a) ok = parse_index(p, a, shape[k], &g.start, &neg);
+      if (ok && b) ok = parse_index(colon + 1, b, shape[k], &g.stop, &neg);
     }
     if (!ok)
       return kaun__error_set(err, KAUN_EINVAL,
-                             "slice '%s': part %zu ('%.*s') is not START:STOP, START, or ':'", text,
-                             k + 1, (int)len, p);
-    if (g.start > g.stop || g.stop > shape[k])
+                             "slice '%s': part %zu ('%.*s') is not START:STOP, START or ':' "
+                             "(negative numbers count from the end)",
+                             text, k + 1, (int)len, p);
+    if (g.start == UINT64_MAX || g.stop == UINT64_MAX || g.stop > shape[k] || g.start > shape[k])
       return kaun__error_set(err, KAUN_EINVAL,
-                             "slice '%s': part %zu (%llu:%llu) is outside dimension %zu of size "
-                             "%llu",
-                             text, k + 1, (unsigned long long)g.start, (unsigned long long)g.stop,
-                             k, (unsigned long long)shape[k]);
+                             "slice '%s': part %zu ('%.*s') is outside dimension %zu of size %llu",
+                             text, k + 1, (int)len, p, k, (unsigned long long)shape[k]);
+    if (g.start > g.stop)
+      return kaun__error_set(
+          err, KAUN_EINVAL, "slice '%s': part %zu ('%.*s') stops before it starts (%llu > %llu)",
+          text, k + 1, (int)len, p, (unsigned long long)g.start, (unsigned long long)g.stop);
     ranges[k++] = g;
     if (!comma) break;
     p = comma + 1;

@@ -9,27 +9,34 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Names and metadata keep their length: a JSON "\u0000" is a NUL byte
+ * inside them, and two names that differ after it are two names. */
+typedef struct tensor_rec {
+  kaun_safetensors_info info;
+  size_t name_len;
+} tensor_rec;
+
 struct kaun_safetensors {
   uint64_t header_length;
   uint64_t file_size;
   size_t count;
-  kaun_safetensors_info *infos; /* in offset order */
-  char **names;                 /* infos[i].name, for the index */
+  tensor_rec *infos; /* in offset order */
+  char **names;      /* infos[i].info.name, for the index */
+  size_t *name_lens;
   uint64_t *shapes;
   kaun__index index;
-  long md_count; /* -1: none */
-  const char **md_keys;
-  const char **md_values;
-  kaun__json_doc *doc; /* owns the strings */
+  long md_count;         /* -1: none */
+  const kaun__json **md; /* the members of __metadata__ */
+  kaun__json_doc *doc;   /* owns the strings */
 };
 
 void kaun_safetensors_free(kaun_safetensors *st) {
   if (!st) return;
   free(st->infos);
   free(st->names);
+  free(st->name_lens);
   free(st->shapes);
-  free(st->md_keys);
-  free(st->md_values);
+  free(st->md);
   kaun__index_free(&st->index);
   kaun__json_free(st->doc);
   free(st);
@@ -63,7 +70,8 @@ int kaun_safetensors_header_length(const void *first8, size_t avail, uint64_t fi
 }
 
 static int by_offsets(const void *a, const void *b) {
-  const kaun_safetensors_info *x = a, *y = b;
+  const kaun_safetensors_info *x = &((const tensor_rec *)a)->info;
+  const kaun_safetensors_info *y = &((const tensor_rec *)b)->info;
   if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
   if (x->end != y->end) return x->end < y->end ? -1 : 1;
   return 0;
@@ -76,65 +84,66 @@ static int parse_metadata(kaun_safetensors *st, const kaun__json *md, const char
     return kaun__error_set(err, KAUN_EMETADATA,
                            "%s: line %u: __metadata__ is %s; it must be an object of strings", name,
                            md->line, kaun__json_type_name(md->type));
-  st->md_keys = malloc((md->count + 1) * sizeof *st->md_keys);
-  st->md_values = malloc((md->count + 1) * sizeof *st->md_values);
-  if (!st->md_keys || !st->md_values) return kaun__error_nomem(err, "reading __metadata__");
+  st->md = malloc((md->count + 1) * sizeof *st->md);
+  if (!st->md) return kaun__error_nomem(err, "reading __metadata__");
   st->md_count = 0;
   for (const kaun__json *m = md->child; m; m = m->next) {
+    char shown[KAUN__SHOWN];
     if (m->type != KAUN__JSON_STRING)
       return kaun__error_set(err, KAUN_EMETADATA,
                              "%s: line %u: __metadata__ key \"%s\" is %s; metadata values must "
                              "be strings",
-                             name, m->line, m->key, kaun__json_type_name(m->type));
-    st->md_keys[st->md_count] = m->key;
-    st->md_values[st->md_count] = m->text;
-    st->md_count++;
+                             name, m->line,
+                             kaun__str_escape(m->key, m->key_len, shown, sizeof shown),
+                             kaun__json_type_name(m->type));
+    st->md[st->md_count++] = m;
   }
   return KAUN_OK;
 }
 
-/* Reads one tensor entry into `info` (shape goes to `shape`). */
-static int parse_entry(const kaun__json *e, const char *name, kaun_safetensors_info *info,
-                       uint64_t *shape, kaun_error *err) {
-  const char *t = e->key;
-  if (memchr(e->key, '\0', e->key_len))
-    return kaun__error_set(err, KAUN_ENOTSUP,
-                           "%s: line %u: a tensor name contains a NUL character, which kaun "
-                           "does not support",
-                           name, e->line);
+/* Reads one tensor entry into `rec` (shape goes to `shape`).  The name
+ * may hold any character, NUL included (as the reference allows). */
+static int parse_entry(const kaun__json *e, const char *name, tensor_rec *rec, uint64_t *shape,
+                       kaun_error *err) {
+  kaun_safetensors_info *info = &rec->info;
+  char shown[KAUN__SHOWN];
+#define SHOWN_NAME kaun__str_escape(e->key, e->key_len, shown, sizeof shown) /* on failure only */
   if (e->type != KAUN__JSON_OBJECT)
     return kaun__error_set(err, KAUN_EHEADER_JSON,
                            "%s: line %u: the entry for tensor '%s' is %s, not an object", name,
-                           e->line, t, kaun__json_type_name(e->type));
+                           e->line, SHOWN_NAME, kaun__json_type_name(e->type));
   const kaun__json *dt = kaun__json_get(e, "dtype");
   const kaun__json *sh = kaun__json_get(e, "shape");
   const kaun__json *off = kaun__json_get(e, "data_offsets");
   const char *missing = !dt ? "dtype" : !sh ? "shape" : !off ? "data_offsets" : NULL;
   if (missing)
     return kaun__error_set(err, KAUN_EHEADER_JSON, "%s: line %u: tensor '%s' has no \"%s\"", name,
-                           e->line, t, missing);
+                           e->line, SHOWN_NAME, missing);
   if (dt->type != KAUN__JSON_STRING)
     return kaun__error_set(err, KAUN_EHEADER_JSON,
                            "%s: line %u: the dtype of tensor '%s' is %s, not a string", name,
-                           dt->line, t, kaun__json_type_name(dt->type));
-  if (kaun_dtype_from_name(dt->text, dt->text_len, &info->dtype))
+                           dt->line, SHOWN_NAME, kaun__json_type_name(dt->type));
+  if (kaun_dtype_from_name(dt->text, dt->text_len, &info->dtype)) {
+    char dshown[64];
     return kaun__error_set(err, KAUN_EDTYPE, "%s: line %u: tensor '%s' has unknown dtype \"%s\"",
-                           name, dt->line, t, dt->text);
+                           name, dt->line, SHOWN_NAME,
+                           kaun__str_escape(dt->text, dt->text_len, dshown, sizeof dshown));
+  }
   if (sh->type != KAUN__JSON_ARRAY)
     return kaun__error_set(err, KAUN_EHEADER_JSON,
                            "%s: line %u: the shape of tensor '%s' is %s, not an array", name,
-                           sh->line, t, kaun__json_type_name(sh->type));
+                           sh->line, SHOWN_NAME, kaun__json_type_name(sh->type));
   if (sh->count > KAUN_MAX_DIMS)
     return kaun__error_set(err, KAUN_ENOTSUP,
                            "%s: tensor '%s' has %zu dimensions, more than kaun's limit of %d", name,
-                           t, sh->count, KAUN_MAX_DIMS);
+                           SHOWN_NAME, sh->count, KAUN_MAX_DIMS);
   size_t d = 0;
   for (const kaun__json *x = sh->child; x; x = x->next, d++) {
     if (!kaun__json_u64(x, &shape[d]))
       return kaun__error_set(err, KAUN_EHEADER_JSON,
                              "%s: line %u: dimension %zu of tensor '%s' is not an unsigned "
                              "64-bit integer",
-                             name, x->line, d, t);
+                             name, x->line, d, SHOWN_NAME);
   }
   info->ndim = d;
   info->shape = shape;
@@ -143,9 +152,11 @@ static int parse_entry(const kaun__json *e, const char *name, kaun_safetensors_i
     return kaun__error_set(err, KAUN_EHEADER_JSON,
                            "%s: line %u: data_offsets of tensor '%s' must be two unsigned "
                            "64-bit integers [begin, end]",
-                           name, off->line, t);
-  info->name = t;
+                           name, off->line, SHOWN_NAME);
+  info->name = e->key;
+  rec->name_len = e->key_len;
   return KAUN_OK;
+#undef SHOWN_NAME
 }
 
 /* The reference's Metadata::validate, in its order of checks. */
@@ -153,35 +164,38 @@ static int validate_layout(kaun_safetensors *st, const char *name, kaun_error *e
   qsort(st->infos, st->count, sizeof *st->infos, by_offsets);
   uint64_t expected = 0;
   for (size_t i = 0; i < st->count; i++) {
-    const kaun_safetensors_info *in = &st->infos[i];
+    const kaun_safetensors_info *in = &st->infos[i].info;
+    char shown[KAUN__SHOWN];
+#define SHOWN_NAME kaun__str_escape(in->name, st->infos[i].name_len, shown, sizeof shown)
     if (in->begin != expected || in->end < in->begin) {
       if (in->end < in->begin)
         return kaun__error_set(
             err, KAUN_EOFFSET, "%s: tensor '%s' ends (%llu) before it begins (%llu)", name,
-            in->name, (unsigned long long)in->end, (unsigned long long)in->begin);
+            SHOWN_NAME, (unsigned long long)in->end, (unsigned long long)in->begin);
       return kaun__error_set(err, KAUN_EOFFSET,
                              "%s: tensor '%s' begins at %llu but the data before it ends at %llu: "
                              "tensors must be contiguous, with no gap or overlap",
-                             name, in->name, (unsigned long long)in->begin,
+                             name, SHOWN_NAME, (unsigned long long)in->begin,
                              (unsigned long long)expected);
     }
     expected = in->end;
     uint64_t size;
     kaun_error sub = KAUN_ERROR_INIT;
     int rc = kaun_tensor_size_bytes(in->dtype, in->ndim, in->shape, &size, &sub);
-    if (rc) return kaun__error_set(err, rc, "%s: tensor '%s': %s", name, in->name, sub.message);
+    if (rc) return kaun__error_set(err, rc, "%s: tensor '%s': %s", name, SHOWN_NAME, sub.message);
     if (in->end - in->begin != size) {
       char shape[128];
       return kaun__error_set(err, KAUN_ESIZE,
                              "%s: tensor '%s' (%s %s) needs %llu bytes but its data_offsets "
                              "[%llu, %llu] hold %llu",
-                             name, in->name, kaun_dtype_name(in->dtype),
+                             name, SHOWN_NAME, kaun_dtype_name(in->dtype),
                              kaun_shape_format(in->ndim, in->shape, shape, sizeof shape),
                              (unsigned long long)size, (unsigned long long)in->begin,
                              (unsigned long long)in->end,
                              (unsigned long long)(in->end - in->begin));
     }
   }
+#undef SHOWN_NAME
   uint64_t data_size = st->file_size - 8 - st->header_length;
   if (expected != data_size)
     return kaun__error_set(err, KAUN_EINCOMPLETE,
@@ -214,7 +228,7 @@ int kaun_safetensors_parse_header(const void *header, size_t length, uint64_t fi
   }
   size_t dims = 0, n = 0;
   for (kaun__json *m = root->child; m; m = m->next) {
-    if (strcmp(m->key, "__metadata__") == 0) continue;
+    if (kaun__json_key_is(m, "__metadata__")) continue; /* not "__metadata__\u0000x" */
     n++;
     if (m->type == KAUN__JSON_OBJECT) {
       kaun__json *sh = kaun__json_get(m, "shape");
@@ -223,25 +237,27 @@ int kaun_safetensors_parse_header(const void *header, size_t length, uint64_t fi
   }
   st->infos = calloc(n ? n : 1, sizeof *st->infos);
   st->names = calloc(n ? n : 1, sizeof *st->names);
+  st->name_lens = calloc(n ? n : 1, sizeof *st->name_lens);
   st->shapes = calloc(dims ? dims : 1, sizeof *st->shapes);
-  if (!st->infos || !st->names || !st->shapes) {
+  if (!st->infos || !st->names || !st->name_lens || !st->shapes) {
     rc = kaun__error_nomem(err, "reading a SafeTensors header");
     goto fail;
   }
   uint64_t *shape = st->shapes;
   for (kaun__json *m = root->child; m; m = m->next) {
-    if (strcmp(m->key, "__metadata__") == 0) {
+    if (kaun__json_key_is(m, "__metadata__")) {
       if ((rc = parse_metadata(st, m, name, err))) goto fail;
       continue;
     }
     if ((rc = parse_entry(m, name, &st->infos[st->count], shape, err))) goto fail;
-    shape += st->infos[st->count].ndim;
+    shape += st->infos[st->count].info.ndim;
     st->count++;
   }
   if ((rc = validate_layout(st, name, err))) goto fail;
   for (size_t i = 0; i < st->count; i++) {
-    st->names[i] = (char *)st->infos[i].name;
-    if (!kaun__index_add(&st->index, st->names, i + 1, i)) {
+    st->names[i] = (char *)st->infos[i].info.name;
+    st->name_lens[i] = st->infos[i].name_len;
+    if (!kaun__index_add_n(&st->index, st->names, st->name_lens, i + 1, i)) {
       rc = kaun__error_nomem(err, "indexing tensor names");
       goto fail;
     }
@@ -334,28 +350,49 @@ size_t kaun_safetensors_count(const kaun_safetensors *st) { return st->count; }
 
 int kaun_safetensors_info_at(const kaun_safetensors *st, size_t i, kaun_safetensors_info *out) {
   if (i >= st->count) return KAUN_EINVAL;
-  *out = st->infos[i];
+  *out = st->infos[i].info;
   return KAUN_OK;
 }
 
+size_t kaun_safetensors_name_length(const kaun_safetensors *st, size_t i) {
+  return i < st->count ? st->infos[i].name_len : 0;
+}
+
+long kaun_safetensors_find_n(const kaun_safetensors *st, const char *name, size_t len) {
+  return kaun__index_find_n(&st->index, st->names, st->name_lens, name, len);
+}
+
 long kaun_safetensors_find(const kaun_safetensors *st, const char *name) {
-  return kaun__index_find(&st->index, st->names, name, strlen(name));
+  return kaun_safetensors_find_n(st, name, strlen(name));
 }
 
 long kaun_safetensors_metadata_count(const kaun_safetensors *st) { return st->md_count; }
 
+static const kaun__json *md_at(const kaun_safetensors *st, size_t i) {
+  return st && st->md_count >= 0 && i < (size_t)st->md_count ? st->md[i] : NULL;
+}
+
 const char *kaun_safetensors_metadata_key(const kaun_safetensors *st, size_t i) {
-  return st->md_count >= 0 && i < (size_t)st->md_count ? st->md_keys[i] : NULL;
+  return md_at(st, i) ? md_at(st, i)->key : NULL;
 }
 
 const char *kaun_safetensors_metadata_value(const kaun_safetensors *st, size_t i) {
-  return st->md_count >= 0 && i < (size_t)st->md_count ? st->md_values[i] : NULL;
+  return md_at(st, i) ? md_at(st, i)->text : NULL;
+}
+
+size_t kaun_safetensors_metadata_key_length(const kaun_safetensors *st, size_t i) {
+  return md_at(st, i) ? md_at(st, i)->key_len : 0;
+}
+
+size_t kaun_safetensors_metadata_value_length(const kaun_safetensors *st, size_t i) {
+  return md_at(st, i) ? md_at(st, i)->text_len : 0;
 }
 
 /* ---- writing ------------------------------------------------------------ */
 
 typedef struct sort_item {
   const char *name;
+  size_t len;
   unsigned rank;
   size_t index;
 } sort_item;
@@ -363,7 +400,22 @@ typedef struct sort_item {
 static int writer_order(const void *a, const void *b) {
   const sort_item *x = a, *y = b;
   if (x->rank != y->rank) return x->rank > y->rank ? -1 : 1; /* descending dtype */
-  return strcmp(x->name, y->name);                           /* then name, bytewise */
+  /* then name, bytewise (as Rust orders Strings: a prefix first) */
+  int c = memcmp(x->name, y->name, x->len < y->len ? x->len : y->len);
+  if (c) return c;
+  return (x->len > y->len) - (x->len < y->len);
+}
+
+/* Refuses what the reader would refuse back: kaun never writes a file it
+ * cannot read.  Strings keep their length (NUL bytes are written as
+ * "\u0000", as serde_json does) but must be UTF-8, and no tensor may be
+ * called "__metadata__". */
+static int check_string(const char *what, const char *s, size_t n, kaun_error *err) {
+  if (kaun__utf8_check(s, n) == n) return KAUN_OK;
+  char shown[KAUN__SHOWN];
+  return kaun__error_set(err, KAUN_EINVAL,
+                         "%s '%s' is not valid UTF-8, which a SafeTensors header must be", what,
+                         kaun__str_escape(s, n, shown, sizeof shown));
 }
 
 int kaun_safetensors_serialize_header(const kaun_flat *flat, char **out, size_t *out_size,
@@ -373,10 +425,27 @@ int kaun_safetensors_serialize_header(const kaun_flat *flat, char **out, size_t 
   size_t n = kaun_flat_count(flat);
   sort_item *items = malloc((n ? n : 1) * sizeof *items);
   if (!items) return kaun__error_nomem(err, "writing a SafeTensors header");
-  for (size_t i = 0; i < n; i++) {
+  int rc = KAUN_OK;
+  for (size_t i = 0; i < n && !rc; i++) {
     items[i].name = kaun_flat_name(flat, i);
+    items[i].len = kaun_flat_name_length(flat, i);
     items[i].rank = kaun_dtype_rank(kaun_tensor_dtype(kaun_flat_tensor(flat, i)));
     items[i].index = i;
+    rc = check_string("the tensor name", items[i].name, items[i].len, err);
+    if (!rc && items[i].len == 12 && memcmp(items[i].name, "__metadata__", 12) == 0)
+      rc = kaun__error_set(err, KAUN_EINVAL,
+                           "a tensor cannot be called '__metadata__': that key holds the metadata");
+  }
+  for (size_t i = 0; i < kaun_flat_metadata_count(flat) && !rc; i++) {
+    rc = check_string("the metadata key", kaun_flat_metadata_key(flat, i),
+                      kaun_flat_metadata_key_length(flat, i), err);
+    if (!rc)
+      rc = check_string("the metadata value", kaun_flat_metadata_value(flat, i),
+                        kaun_flat_metadata_value_length(flat, i), err);
+  }
+  if (rc) {
+    free(items);
+    return rc;
   }
   qsort(items, n, sizeof *items, writer_order);
   kaun__strbuf sb = {0};
@@ -385,11 +454,12 @@ int kaun_safetensors_serialize_header(const kaun_flat *flat, char **out, size_t 
   if (kaun_flat_has_metadata(flat)) {
     kaun__strbuf_puts(&sb, "\"__metadata__\":{");
     for (size_t i = 0; i < kaun_flat_metadata_count(flat); i++) {
-      const char *k = kaun_flat_metadata_key(flat, i), *v = kaun_flat_metadata_value(flat, i);
       if (i) kaun__strbuf_append(&sb, ",", 1);
-      kaun__strbuf_json_string(&sb, k, strlen(k));
+      kaun__strbuf_json_string(&sb, kaun_flat_metadata_key(flat, i),
+                               kaun_flat_metadata_key_length(flat, i));
       kaun__strbuf_append(&sb, ":", 1);
-      kaun__strbuf_json_string(&sb, v, strlen(v));
+      kaun__strbuf_json_string(&sb, kaun_flat_metadata_value(flat, i),
+                               kaun_flat_metadata_value_length(flat, i));
     }
     kaun__strbuf_append(&sb, "}", 1);
     first = false;
@@ -399,7 +469,7 @@ int kaun_safetensors_serialize_header(const kaun_flat *flat, char **out, size_t 
     const kaun_tensor *t = kaun_flat_tensor(flat, items[i].index);
     if (!first) kaun__strbuf_append(&sb, ",", 1);
     first = false;
-    kaun__strbuf_json_string(&sb, items[i].name, strlen(items[i].name));
+    kaun__strbuf_json_string(&sb, items[i].name, items[i].len);
     kaun__strbuf_printf(&sb, ":{\"dtype\":\"%s\",\"shape\":[",
                         kaun_dtype_name(kaun_tensor_dtype(t)));
     const uint64_t *shape = kaun_tensor_shape(t);

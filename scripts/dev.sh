@@ -6,7 +6,8 @@
 #                          normal build, an ASan+UBSan build, the format check
 #                          and make distcheck
 #   scripts/dev.sh deps | build | check | asan | format-check | distcheck | bench
-#   scripts/dev.sh fuzz [SECONDS]   libFuzzer on the header parser (needs clang)
+#   scripts/dev.sh fuzz [SECONDS] [TARGET]   libFuzzer, SECONDS (default 60) on each
+#                          target: safetensors (headers), uri, config, index (needs clang)
 set -eu
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -90,18 +91,79 @@ distcheck() {
   make -C build distcheck >/dev/null 2>&1 || { echo "make distcheck failed; rerun 'make -C build distcheck'" >&2; exit 1; }
 }
 
+FUZZ_TARGETS="safetensors uri config index"
+
+# Seeds for a target's corpus: a few valid inputs to start from.
+fuzz_seeds() {
+  c=build-fuzz/corpus-$1
+  [ -n "$(ls "$c" 2>/dev/null)" ] && return 0
+  mkdir -p "$c"
+  case $1 in
+    safetensors)
+      fix="${KAUN_FIXTURES:-$ROOT/../shared/fixtures}/safetensors"
+      [ -d "$fix" ] && find "$fix" -name '*.safetensors' -exec cp {} "$c/" \;
+      h='{"__metadata__":{"k\u0000":"v"},"a\u0000b":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}'
+      while [ $((${#h} % 8)) -ne 0 ]; do h="$h "; done
+      { printf "\\$(printf %03o ${#h})\\0\\0\\0\\0\\0\\0\\0"; printf '%sabcd' "$h"; } >"$c/nul-name" ;;
+    uri)
+      for u in model.safetensors file:///srv/m/model.safetensors 'hf://org/repo@main/x.json' \
+        'model.safetensors::tar://pack.tar::s3://bucket/key' 'a\::b' 'registry://demo@1.0'; do
+        printf '%s' "$u" >"$c/$(printf '%s' "$u" | cksum | cut -d' ' -f1)"
+      done ;;
+    config)
+      printf '{"plugin_dirs": ["plugins", "/opt/kaun"], "cache_dir": "/tmp/kaun-cache",\n "backends": {"team": {"plugin": "file", "root": "/tmp", "index_shard_uris": true},\n  "file": {"index_shard_uris": false}},\n "mirrors": {"hf://": ["team://mirror/", "hf://"]}}\n' >"$c/full"
+      printf '{"backends": {"m": {"plugin": "file"}}}' >"$c/small" ;;
+    index)
+      printf '{"metadata": {"total_size": 5}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b\\u0000c": "model-00001-of-00002.safetensors", "b\\u0000d": "model-00001-of-00002.safetensors", "__metadata__\\u0000": "model-00002-of-00002.safetensors", "e.weight": "model-00002-of-00002.safetensors"}}\n' >"$c/all"
+      printf '{"weight_map": {"e.weight": "./sub/../model-00002-of-00002.safetensors"}}' >"$c/dots" ;;
+  esac
+}
+
 fuzz() {
-  # libFuzzer on the header parser (needs clang; not part of 'test')
+  # libFuzzer on every parser of untrusted input, SECONDS each (needs
+  # clang; not part of 'test'): the SafeTensors header, the URI parser,
+  # the config reader and the sharded index through the reader.  Crashes
+  # are kept as build-fuzz/crash-TARGET-*; the corpora grow across runs.
   seconds=${1:-60}
+  targets=${2:-$FUZZ_TARGETS}
+  case " $FUZZ_TARGETS " in
+    *" $targets "*) ;;
+    *) echo "fuzz: no target '$targets' (targets: $FUZZ_TARGETS)" >&2; exit 2 ;;
+  esac
   command -v clang >/dev/null || { echo "fuzz needs clang (apt-get install clang)" >&2; exit 1; }
-  mkdir -p build-fuzz/corpus
-  clang -g -O1 -std=c11 -D_GNU_SOURCE -DKAUN_BUILDING_LIBRARY -Iinclude \
-    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-    tests/fuzz/fuzz_safetensors.c core/*.c -lcrypto -lpthread -lm -o build-fuzz/fuzz_safetensors
-  fix="${KAUN_FIXTURES:-$ROOT/../shared/fixtures}/safetensors"
-  [ -d "$fix" ] && find "$fix" -name '*.safetensors' -exec cp {} build-fuzz/corpus/ \;
-  echo "==> fuzzing the SafeTensors parser for ${seconds}s"
-  build-fuzz/fuzz_safetensors -max_total_time="$seconds" -max_len=65536 build-fuzz/corpus
+  mkdir -p build-fuzz/obj
+  # the library once, instrumented for coverage; no installed plugin is ever loaded
+  flags="-g -O1 -std=c11 -D_GNU_SOURCE -DKAUN_BUILDING_LIBRARY -Iinclude \
+    -DKAUN_PLUGINDIR=\"/nonexistent/kaun-fuzz-plugins\" -fsanitize=address,undefined \
+    -fno-sanitize-recover=all"
+  echo "==> building the library for libFuzzer"
+  for src in core/*.c plugins/file/file.c; do
+    printf '%s\n' "$src"
+  done | xargs -P "$JOBS" -I{} sh -c 'o=build-fuzz/obj/$(echo "$1" | tr / _).o
+    clang $2 -fsanitize=fuzzer-no-link -c "$1" -o "$o"' sh {} "$flags"
+  for t in $targets; do
+    clang $flags -fsanitize=fuzzer "tests/fuzz/fuzz_$t.c" build-fuzz/obj/*.o \
+      -lcrypto -lcurl -lpthread -lm -ldl -o "build-fuzz/fuzz_$t"
+  done
+  failed=""
+  for t in $targets; do
+    fuzz_seeds "$t"
+    echo "==> fuzzing $t for ${seconds}s"
+    status=0
+    ASAN_OPTIONS=detect_leaks=1 "build-fuzz/fuzz_$t" -max_total_time="$seconds" -max_len=65536 \
+      -print_final_stats=1 -dict=tests/fuzz/kaun.dict -artifact_prefix="build-fuzz/crash-$t-" \
+      "build-fuzz/corpus-$t" \
+      >"build-fuzz/$t.log" 2>&1 || status=$?
+    grep -E '^(Done [0-9]+ runs|stat::number_of_executed_units|stat::new_units_added)' \
+      "build-fuzz/$t.log" || true
+    if [ "$status" -ne 0 ]; then
+      grep -E '^(==[0-9]+==ERROR|SUMMARY|Test unit written|artifact_prefix)' "build-fuzz/$t.log" >&2 || true
+      echo "fuzz: $t failed (exit $status): build-fuzz/$t.log, build-fuzz/crash-$t-*" >&2
+      failed="$failed $t"
+    fi
+  done
+  [ -z "$failed" ] || { echo "fuzz: failures in:$failed" >&2; exit 1; }
+  echo "==> fuzzing found nothing"
 }
 
 # The plugin guide's example, built out of tree against the *installed*
@@ -200,7 +262,7 @@ case "${1:-}" in
   distcheck) distcheck ;;
   demo) demo ;;
   bench) build; make -C build bench ;;
-  fuzz) fuzz "${2:-60}" ;;
+  fuzz) fuzz "${2:-60}" "${3:-}" ;;
   plugin-oot) plugin_out_of_tree ;;
   test)
     check; asan; format_check; plugin_out_of_tree; distcheck

@@ -226,6 +226,226 @@ static void test_read_file(void) {
                "not a regular file");
 }
 
+/* ---- strings keep their length: NUL bytes (JSON "\u0000") in names and metadata ---- */
+
+#define U8_AT(name, b, e) T(name, "U8", "[1]", b, e)
+
+/* A header padded with spaces to a multiple of 8, as the writer pads. */
+static unsigned char *make_padded(const char *header, size_t data_len, size_t *out_len) {
+  size_t n = strlen(header), padded = (n + 7) / 8 * 8;
+  char *h = malloc(padded + 1);
+  memcpy(h, header, n);
+  memset(h + n, ' ', padded - n);
+  h[padded] = '\0';
+  unsigned char *b = make_st(h, data_len, out_len);
+  free(h);
+  return b;
+}
+
+static void test_metadata_key_with_nul_is_a_tensor(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_safetensors *st;
+  /* the name is "__metadata__", a NUL, "x": a tensor like any other (as in
+   * the reference, which compares whole strings), not the metadata */
+  ASSERT_OK(parse_text("{" U8_AT("__metadata__\\u0000x", 0, 1) "}", 1, &st, &err), err);
+  CU_ASSERT_EQUAL(kaun_safetensors_count(st), 1);
+  CU_ASSERT_EQUAL(kaun_safetensors_metadata_count(st), -1);
+  CU_ASSERT_EQUAL(kaun_safetensors_name_length(st, 0), 14);
+  kaun_safetensors_info in;
+  ASSERT_OK(kaun_safetensors_info_at(st, 0, &in), err);
+  CU_ASSERT_EQUAL(memcmp(in.name, "__metadata__\0x", 15), 0); /* NUL-terminated after it */
+  CU_ASSERT_EQUAL(kaun_safetensors_find_n(st, "__metadata__\0x", 14), 0);
+  CU_ASSERT_EQUAL(kaun_safetensors_find(st, "__metadata__"), -1);
+  CU_ASSERT_EQUAL(kaun_safetensors_find_n(st, "__metadata__\0y", 14), -1);
+  CU_ASSERT_EQUAL(kaun_safetensors_name_length(st, 1), 0);
+  kaun_safetensors_free(st);
+  /* with real metadata beside it: both kept, apart */
+  ASSERT_OK(parse_text("{\"__metadata__\":{\"k\":\"v\"}," U8_AT("__metadata__\\u0000x", 0, 1) "}",
+                       1, &st, &err),
+            err);
+  CU_ASSERT_EQUAL(kaun_safetensors_count(st), 1);
+  CU_ASSERT_EQUAL(kaun_safetensors_metadata_count(st), 1);
+  kaun_safetensors_free(st);
+  /* two such keys holding metadata-like objects: once both were taken for
+   * the metadata (and leaked); now they are tensors without a dtype, and
+   * the message shows the whole name */
+  ASSERT_FAILS(parse_text("{\"__metadata__\\u0000a\":{\"k\":\"v\"},"
+                          "\"__metadata__\\u0000b\":{\"k\":\"w\"}}",
+                          0, &st, &err),
+               err, KAUN_EHEADER_JSON, "tensor '__metadata__\\0a' has no \"dtype\"");
+  ASSERT_FAILS(parse_text("{\"__metadata__\\u0000\":[]}", 0, &st, &err), err, KAUN_EHEADER_JSON,
+               "tensor '__metadata__\\0' is an array");
+}
+
+static void test_names_differing_after_nul(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_safetensors *st;
+  ASSERT_OK(
+      parse_text("{" U8_AT("a\\u0000x", 0, 1) "," U8_AT("a\\u0000y", 1, 2) "," U8_AT("a", 2, 3) "}",
+                 3, &st, &err),
+      err);
+  CU_ASSERT_EQUAL(kaun_safetensors_count(st), 3);
+  CU_ASSERT_EQUAL(kaun_safetensors_find_n(st, "a\0x", 3), 0);
+  CU_ASSERT_EQUAL(kaun_safetensors_find_n(st, "a\0y", 3), 1);
+  CU_ASSERT_EQUAL(kaun_safetensors_find(st, "a"), 2);
+  CU_ASSERT_EQUAL(kaun_safetensors_find_n(st, "a\0", 2), -1);
+  CU_ASSERT_EQUAL(kaun_safetensors_name_length(st, 0), 3);
+  CU_ASSERT_EQUAL(kaun_safetensors_name_length(st, 2), 1);
+  kaun_safetensors_free(st);
+  /* the same name twice is still a duplicate, shown whole */
+  ASSERT_FAILS(
+      parse_text("{" U8_AT("a\\u0000x", 0, 1) "," U8_AT("a\\u0000x", 1, 2) "}", 2, &st, &err), err,
+      KAUN_EDUPLICATE, "duplicate key \"a\\0x\"");
+  /* layout errors show the whole name too, escaped: no raw control bytes */
+  ASSERT_FAILS(parse_text("{" U8_AT("b\\u0000\\n\\u001b[31m", 1, 2) "}", 2, &st, &err), err,
+               KAUN_EOFFSET, "tensor 'b\\0\\n\\x1b[31m' begins at 1");
+}
+
+static void test_metadata_with_nul(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_safetensors *st;
+  ASSERT_OK(parse_text("{\"__metadata__\":{\"k\\u0000a\":\"v\\u0000w\",\"k\\u0000b\":\"\\u0000\"}}",
+                       0, &st, &err),
+            err);
+  CU_ASSERT_EQUAL(kaun_safetensors_metadata_count(st), 2);
+  CU_ASSERT_EQUAL(kaun_safetensors_metadata_key_length(st, 0), 3);
+  CU_ASSERT_EQUAL(memcmp(kaun_safetensors_metadata_key(st, 0), "k\0a", 4), 0);
+  CU_ASSERT_EQUAL(kaun_safetensors_metadata_value_length(st, 0), 3);
+  CU_ASSERT_EQUAL(memcmp(kaun_safetensors_metadata_value(st, 0), "v\0w", 4), 0);
+  CU_ASSERT_EQUAL(kaun_safetensors_metadata_key_length(st, 1), 3);
+  CU_ASSERT_EQUAL(kaun_safetensors_metadata_value_length(st, 1), 1);
+  CU_ASSERT_EQUAL(kaun_safetensors_metadata_key_length(st, 2), 0);
+  kaun_safetensors_free(st);
+  /* two keys differing after a NUL are two keys; the same one twice is not */
+  ASSERT_FAILS(
+      parse_text("{\"__metadata__\":{\"k\\u0000a\":\"1\",\"k\\u0000a\":\"2\"}}", 0, &st, &err), err,
+      KAUN_EDUPLICATE, "duplicate key \"k\\0a\"");
+  ASSERT_FAILS(parse_text("{\"__metadata__\":{\"k\\u0000a\":1}}", 0, &st, &err), err,
+               KAUN_EMETADATA, "key \"k\\0a\" is a number");
+}
+
+/* What the writer makes of the list loaded from it: the same bytes. */
+#define NUL_FILE                                                                      \
+  "{\"__metadata__\":{\"k\\u0000a\":\"v\\u0000w\",\"format\":\"pt\"},"                \
+  "\"__metadata__\\u0000x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}," \
+  "\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]},"                    \
+  "\"a\\u0000x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[2,3]},"            \
+  "\"a\\u0000y\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[3,4]}}"
+
+static void test_nul_round_trip(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  size_t len;
+  unsigned char *bytes = make_padded(NUL_FILE, 4, &len);
+  const char *src = tmp_path("nul-src.safetensors");
+  write_all(src, bytes, len);
+  kaun_flat *flat;
+  ASSERT_OK(kaun_checkpoint_load_flat(NULL, src, 0, &flat, &err), err);
+  CU_ASSERT_EQUAL(kaun_flat_count(flat), 4);
+  CU_ASSERT_EQUAL(kaun_flat_name_length(flat, 0), 14);
+  CU_ASSERT_EQUAL(kaun_flat_name_length(flat, 2), 3);
+  CU_ASSERT_PTR_NOT_NULL(kaun_flat_find_n(flat, "a\0y", 3));
+  CU_ASSERT_EQUAL(*(const unsigned char *)kaun_tensor_data(kaun_flat_find_n(flat, "a\0y", 3)), 3);
+  CU_ASSERT_PTR_NULL(kaun_flat_find(flat, "__metadata__"));
+  CU_ASSERT_EQUAL(kaun_flat_metadata_count(flat), 2);
+  size_t vlen = 0;
+  const char *v = kaun_flat_metadata_get_n(flat, "k\0a", 3, &vlen);
+  CU_ASSERT_TRUE(v && vlen == 3 && memcmp(v, "v\0w", 4) == 0);
+  CU_ASSERT_PTR_NULL(kaun_flat_metadata_get(flat, "k")); /* "k" is not "k\0a" */
+  const char *dst = tmp_path("nul-dst.safetensors");
+  ASSERT_OK(kaun_safetensors_save(NULL, dst, flat, &err), err);
+  size_t got_len;
+  unsigned char *got = read_all(dst, &got_len);
+  CU_ASSERT_EQUAL(got_len, len);
+  CU_ASSERT_TRUE(got_len == len && memcmp(got, bytes, len) == 0);
+  free(got);
+  /* the reader sees the same names and calls the file canonical */
+  kaun_reader *r;
+  ASSERT_OK(kaun_reader_open(NULL, src, &r, &err), err);
+  CU_ASSERT_EQUAL(kaun_reader_find_n(r, "a\0x", 3), 2);
+  CU_ASSERT_EQUAL(kaun_reader_find(r, "a"), 1);
+  CU_ASSERT_EQUAL(kaun_reader_name_length(r, 0), 14);
+  CU_ASSERT_EQUAL(kaun_reader_metadata_key_length(r, 0), 3);
+  CU_ASSERT_EQUAL(kaun_reader_metadata_value_length(r, 0), 3);
+  CU_ASSERT_EQUAL(kaun_reader_is_canonical(r, &err), 1);
+  const char *names[] = {"a\0x", "a\0y"};
+  const size_t lens[] = {3, 3};
+  kaun_tensor *t[2];
+  ASSERT_OK(kaun_reader_get_many_n(r, 2, names, lens, NULL, NULL, t, &err), err);
+  CU_ASSERT_EQUAL(*(const unsigned char *)kaun_tensor_data(t[0]), 2);
+  CU_ASSERT_EQUAL(*(const unsigned char *)kaun_tensor_data(t[1]), 3);
+  kaun_tensor_free(t[0]);
+  kaun_tensor_free(t[1]);
+  ASSERT_FAILS(kaun_reader_get_many_n(r, 1, names, (const size_t[]){2}, NULL, NULL, t, &err), err,
+               KAUN_EKEY, "no tensor 'a\\0'");
+  kaun_reader_close(r);
+  /* a tree cannot hold such a name: said, not cut */
+  kaun_ptree *tree;
+  ASSERT_FAILS(kaun_ptree_unflatten(flat, &tree, &err), err, KAUN_EBADKEY,
+               "'__metadata__\\0x' holds a NUL byte");
+  kaun_flat_free(flat);
+  free(bytes);
+}
+
+static void test_flat_lengths(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_flat *flat;
+  ASSERT_OK(kaun_flat_new(&flat, &err), err);
+  const uint64_t one[] = {1};
+  kaun_tensor *t;
+  ASSERT_OK(kaun_tensor_new(KAUN_DTYPE_U8, 1, one, &t, &err), err);
+  ASSERT_OK(kaun_flat_add_n(flat, "w\0a", 3, t, &err), err);
+  ASSERT_OK(kaun_tensor_new(KAUN_DTYPE_U8, 1, one, &t, &err), err);
+  ASSERT_OK(kaun_flat_add_n(flat, "w\0b", 3, t, &err), err);
+  ASSERT_OK(kaun_tensor_new(KAUN_DTYPE_U8, 1, one, &t, &err), err);
+  ASSERT_OK(kaun_flat_add(flat, "w", t, &err), err);
+  ASSERT_OK(kaun_tensor_new(KAUN_DTYPE_U8, 1, one, &t, &err), err);
+  ASSERT_FAILS(kaun_flat_add_n(flat, "w\0b", 3, t, &err), err, KAUN_EDUPLICATE, "'w\\0b'");
+  CU_ASSERT_EQUAL(kaun_flat_count(flat), 3);
+  CU_ASSERT_STRING_EQUAL(kaun_flat_name(flat, 1), "w"); /* the old view: up to the NUL */
+  CU_ASSERT_EQUAL(kaun_flat_name_length(flat, 1), 3);
+  CU_ASSERT_EQUAL(kaun_flat_name_length(flat, 9), 0);
+  CU_ASSERT_PTR_EQUAL(kaun_flat_find(flat, "w"), kaun_flat_tensor(flat, 2));
+  CU_ASSERT_PTR_EQUAL(kaun_flat_find_n(flat, "w\0a", 3), kaun_flat_tensor(flat, 0));
+  ASSERT_OK(kaun_flat_set_metadata_n(flat, "m\0", 2, "1\0", 2, &err), err);
+  ASSERT_OK(kaun_flat_set_metadata(flat, "m", "2", &err), err);
+  ASSERT_OK(kaun_flat_set_metadata_n(flat, "m\0", 2, "3", 1, &err), err); /* replaced in place */
+  CU_ASSERT_EQUAL(kaun_flat_metadata_count(flat), 2);
+  CU_ASSERT_EQUAL(kaun_flat_metadata_key_length(flat, 0), 2);
+  CU_ASSERT_EQUAL(kaun_flat_metadata_value_length(flat, 0), 1);
+  CU_ASSERT_STRING_EQUAL(kaun_flat_metadata_get(flat, "m"), "2");
+  /* written whole: NUL as \u0000, names ordered bytewise (a prefix first) */
+  char *hdr;
+  size_t size, *order;
+  uint64_t data;
+  ASSERT_OK(kaun_safetensors_serialize_header(flat, &hdr, &size, &data, &order, &err), err);
+  const char *want =
+      "{\"__metadata__\":{\"m\\u0000\":\"3\",\"m\":\"2\"},"
+      "\"w\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+      "\"w\\u0000a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]},"
+      "\"w\\u0000b\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[2,3]}}";
+  CU_ASSERT_TRUE(size - 8 >= strlen(want) && memcmp(hdr + 8, want, strlen(want)) == 0);
+  CU_ASSERT_EQUAL(order[0], 2);
+  free(hdr);
+  free(order);
+  /* what the reader would refuse is never written */
+  ASSERT_OK(kaun_tensor_new(KAUN_DTYPE_U8, 1, one, &t, &err), err);
+  ASSERT_OK(kaun_flat_add(flat, "__metadata__", t, &err), err);
+  ASSERT_FAILS(kaun_safetensors_serialize_header(flat, &hdr, &size, &data, NULL, &err), err,
+               KAUN_EINVAL, "cannot be called '__metadata__'");
+  kaun_flat_free(flat);
+  ASSERT_OK(kaun_flat_new(&flat, &err), err);
+  ASSERT_OK(kaun_tensor_new(KAUN_DTYPE_U8, 1, one, &t, &err), err);
+  ASSERT_OK(kaun_flat_add(flat, "bad\xff", t, &err), err);
+  ASSERT_FAILS(kaun_safetensors_serialize_header(flat, &hdr, &size, &data, NULL, &err), err,
+               KAUN_EINVAL, "'bad\\xff' is not valid UTF-8");
+  kaun_flat_free(flat);
+  ASSERT_OK(kaun_flat_new(&flat, &err), err);
+  ASSERT_OK(kaun_flat_set_metadata(flat, "k", "\xc3", &err), err);
+  ASSERT_FAILS(kaun_safetensors_serialize_header(flat, &hdr, &size, &data, NULL, &err), err,
+               KAUN_EINVAL, "metadata value");
+  kaun_flat_free(flat);
+}
+
 void register_safetensors_tests(void) {
   static const unit_test tests[] = {
       {"valid headers parse", test_valid},
@@ -235,6 +455,12 @@ void register_safetensors_tests(void) {
       {"every dtype keeps its bytes through save and load", test_every_dtype_round_trips},
       {"the writer's order, escaping and padding", test_writer_format},
       {"reading a file's header reports file errors", test_read_file},
+      {"\"__metadata__\\u0000x\" is a tensor, not the metadata",
+       test_metadata_key_with_nul_is_a_tensor},
+      {"names differing after a NUL are distinct", test_names_differing_after_nul},
+      {"metadata keys and values keep their NUL bytes", test_metadata_with_nul},
+      {"a file with NUL bytes in names loads and saves byte for byte", test_nul_round_trip},
+      {"flat lists keep lengths; the writer refuses what it cannot read", test_flat_lengths},
       {NULL, NULL}};
   add_suite("safetensors", tests);
 }

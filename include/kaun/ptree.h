@@ -116,6 +116,21 @@ KAUN_API kaun_tensor *kaun_flat_find(const kaun_flat *flat, const char *name);
  * the slot keeps its name and holds NULL afterwards. */
 KAUN_API kaun_tensor *kaun_flat_take(kaun_flat *flat, size_t index);
 
+/* Names are byte strings with a length: a SafeTensors name may hold NUL
+ * bytes (JSON "\u0000"), and a list loaded from such a file keeps them, so
+ * that saving it gives the same file.  The functions above that take or
+ * return a `const char *` see a name up to its first NUL (kaun_flat_find
+ * and kaun_flat_add use strlen); these take and give the whole name. */
+/* As kaun_flat_add, with a name of `len` bytes (any bytes; UTF-8 to be
+ * saved). */
+KAUN_API int kaun_flat_add_n(kaun_flat *flat, const char *name, size_t len, kaun_tensor *tensor,
+                             kaun_error *err);
+/* The length in bytes of name `index` (0 when out of range); the name is
+ * kaun_flat_name's pointer, followed by a NUL. */
+KAUN_API size_t kaun_flat_name_length(const kaun_flat *flat, size_t index);
+/* The tensor whose name is these `len` bytes, or NULL. */
+KAUN_API kaun_tensor *kaun_flat_find_n(const kaun_flat *flat, const char *name, size_t len);
+
 /* String metadata (SafeTensors "__metadata__"), in insertion order. */
 KAUN_API int kaun_flat_set_metadata(kaun_flat *flat, const char *key, const char *value,
                                     kaun_error *err);
@@ -126,6 +141,16 @@ KAUN_API const char *kaun_flat_metadata_value(const kaun_flat *flat, size_t inde
 KAUN_API const char *kaun_flat_metadata_get(const kaun_flat *flat, const char *key);
 /* 1 when the metadata was given (even empty), 0 when absent. */
 KAUN_API int kaun_flat_has_metadata(const kaun_flat *flat);
+/* Metadata with lengths (keys and values may hold NUL bytes; the
+ * functions above see them up to the first NUL). */
+KAUN_API int kaun_flat_set_metadata_n(kaun_flat *flat, const char *key, size_t key_len,
+                                      const char *value, size_t value_len, kaun_error *err);
+KAUN_API size_t kaun_flat_metadata_key_length(const kaun_flat *flat, size_t index);
+KAUN_API size_t kaun_flat_metadata_value_length(const kaun_flat *flat, size_t index);
+/* The value for the `key_len` bytes of `key`, or NULL; its length in
+ * `*value_len` (may be NULL). */
+KAUN_API const char *kaun_flat_metadata_get_n(const kaun_flat *flat, const char *key,
+                                              size_t key_len, size_t *value_len);
 
 /* Flattens a tree into dotted paths; tensors are cloned (views stay
  * views, owned tensors are copied).  Errors: KAUN_EINVAL (root is a leaf,

@@ -86,6 +86,16 @@ KAUN_API const char *kaun_reader_metadata_value(const kaun_reader *r, size_t ind
 /* The sum of the tensors' bytes. */
 KAUN_API uint64_t kaun_reader_data_bytes(const kaun_reader *r);
 
+/* Names and metadata may hold NUL bytes (JSON "\u0000"): the `name` of
+ * kaun_reader_tensor and the strings above end at the first one, and
+ * kaun_reader_find matches whole names only.  These give whole strings:
+ * the length in bytes of name `index` (0 when out of range) and of
+ * metadata key and value `index`, and a lookup by bytes and length. */
+KAUN_API size_t kaun_reader_name_length(const kaun_reader *r, size_t index);
+KAUN_API long kaun_reader_find_n(const kaun_reader *r, const char *name, size_t len);
+KAUN_API size_t kaun_reader_metadata_key_length(const kaun_reader *r, size_t index);
+KAUN_API size_t kaun_reader_metadata_value_length(const kaun_reader *r, size_t index);
+
 /* Gets one tensor.  `dtype` casts it; pass the stored dtype (from
  * kaun_reader_info) or KAUN_DTYPE_COUNT_ to keep it.  A zero-copy view
  * when the backend maps, the dtype is kept and KAUN_LOAD_COPY is not
@@ -112,6 +122,12 @@ KAUN_API int kaun_reader_get_slice(kaun_reader *r, const char *name, size_t nran
 KAUN_API int kaun_reader_get_many(kaun_reader *r, size_t n, const char *const *names,
                                   const kaun_dtype *dtypes, const kaun_load_options *opts,
                                   kaun_tensor **out, kaun_error *err);
+/* As kaun_reader_get_many, names[i] being lens[i] bytes (`lens` NULL:
+ * strlen).  on_tensor still gets names[i] as a C string. */
+KAUN_API int kaun_reader_get_many_n(kaun_reader *r, size_t n, const char *const *names,
+                                    const size_t *lens, const kaun_dtype *dtypes,
+                                    const kaun_load_options *opts, kaun_tensor **out,
+                                    kaun_error *err);
 
 /* Reads every byte of every file once, with bounded memory (reads in
  * flight x chunk size), keeping nothing: data that cannot be read is

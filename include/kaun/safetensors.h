@@ -83,14 +83,26 @@ KAUN_API long kaun_safetensors_metadata_count(const kaun_safetensors *st);
 KAUN_API const char *kaun_safetensors_metadata_key(const kaun_safetensors *st, size_t index);
 KAUN_API const char *kaun_safetensors_metadata_value(const kaun_safetensors *st, size_t index);
 
+/* Names, metadata keys and values may hold NUL bytes (JSON "\u0000", which
+ * the reference accepts): `name` in kaun_safetensors_info and the strings
+ * above are NUL-terminated, so they show such a string up to its first
+ * NUL, and kaun_safetensors_find matches whole names only.  These give the
+ * whole strings: the length in bytes (0 when out of range) of what the
+ * pointers above point to, and a lookup by bytes and length. */
+KAUN_API size_t kaun_safetensors_name_length(const kaun_safetensors *st, size_t index);
+KAUN_API long kaun_safetensors_find_n(const kaun_safetensors *st, const char *name, size_t len);
+KAUN_API size_t kaun_safetensors_metadata_key_length(const kaun_safetensors *st, size_t index);
+KAUN_API size_t kaun_safetensors_metadata_value_length(const kaun_safetensors *st, size_t index);
+
 /* Serialises the header the reference writer would produce for the
  * tensors and metadata of `flat`: "__metadata__" first when given, then
  * tensors by descending dtype rank and then by name, compact JSON, padded
  * with spaces to a multiple of 8.  `*out` (malloc'd, caller frees) holds
  * the 8-byte length followed by the header; `*out_data_size` the bytes
  * of data that follow.  `order` (may be NULL) receives, malloc'd, the flat
- * indices in on-disk order.  Errors: KAUN_EDUPLICATE, KAUN_EINVAL (NUL
- * in a name), KAUN_ENOMEM. */
+ * indices in on-disk order.  Names and metadata are written whole, NUL
+ * bytes as "\u0000".  Errors: KAUN_EINVAL (a name, key or value that is
+ * not UTF-8, a tensor called "__metadata__"), KAUN_ENOMEM. */
 KAUN_API int kaun_safetensors_serialize_header(const kaun_flat *flat, char **out, size_t *out_size,
                                                uint64_t *out_data_size, size_t **order,
                                                kaun_error *err);
