@@ -71,6 +71,24 @@ static int read_string_list(const char *path, const kaun__json *v, const char *k
   return KAUN_OK;
 }
 
+/* Config keys and values are C strings for everything that reads them: a
+ * NUL inside one ("backends\u0000", "root\u0000") would make two keys
+ * read as one.  Refused, wherever it is (nesting is bounded by the reader). */
+static int refuse_nul(const char *path, const kaun__json *v, kaun_error *err) {
+  if (v->key && strlen(v->key) != v->key_len)
+    return kaun__error_set(err, KAUN_ECONFIG, "%s: line %u: a key contains a NUL byte (\\u0000)",
+                           path, v->line);
+  if (v->type == KAUN__JSON_STRING && strlen(v->text) != v->text_len)
+    return kaun__error_set(err, KAUN_ECONFIG,
+                           "%s: line %u: a string value contains a NUL byte (\\u0000)", path,
+                           v->line);
+  for (const kaun__json *c = v->child; c; c = c->next) {
+    int rc = refuse_nul(path, c, err);
+    if (rc) return rc;
+  }
+  return KAUN_OK;
+}
+
 static int read_backend(const char *path, const kaun__json *m, kaun__backend_conf *b,
                         kaun_error *err) {
   b->line = m->line;
@@ -156,8 +174,8 @@ static int beside_config(const char *path, char **base, char **p, kaun_error *er
       *base = NULL;
       return kaun__error_nomem(err, "reading the config");
     }
-    char *slash = strrchr(*base, '/'); /* there is one: the path is absolute */
-    slash[slash == *base] = '\0';      /* "/c.json" -> "/", "/a/c.json" -> "/a" */
+    char *slash = strrchr(*base, '/');  /* there is one: the path is absolute */
+    slash[slash == *base] = '\0';       /* "/c.json" -> "/", "/a/c.json" -> "/a" */
     char *real = realpath(*base, NULL); /* "/a/b/../c.json": "/a", not "/a/b/.." */
     if (real) {
       free(*base);
@@ -211,6 +229,7 @@ int kaun__config_read(const char *path, const char *origin, kaun__config *c, kau
     goto done;
   }
   const kaun__json *root = kaun__json_root(doc);
+  if ((rc = refuse_nul(path, root, err))) goto done;
   if (root->type != KAUN__JSON_OBJECT) {
     rc = kaun__error_set(err, KAUN_ECONFIG, "%s: the config must be a JSON object, not %s", path,
                          kaun__json_type_name(root->type));

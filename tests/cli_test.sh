@@ -258,4 +258,94 @@ run "$KAUN" --config "$T/kaun.json" plugins; expect_status 0 "a plugin in a stic
 expect_out_contains "$(printf 'schemes: m\t')" "a sticky folder (as /tmp) is allowed"
 chmod 755 "$T/plugins"
 
+# --- a backend's root: no path leaves it, not even while links are swapped ---
+# (each twice: with the kernel's openat2 and with the walk that replaces it)
+C="$(cd "$TEST_TMP" && pwd -P)/confine"
+mkdir -p "$C/root/in" "$C/outside"
+cp "$P" "$C/root/in/m.safetensors"
+st_file "$C/outside/m.safetensors" '{"outside_secret":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}' 'x'
+ln -s "$C/outside" "$C/root/ldir"
+ln -s in "$C/root/inlink"
+printf '{"backends": {"team": {"plugin": "file", "root": "%s"}}}\n' "$C/root" >"$C/kaun.json"
+for walk in 0 1; do
+  run env KAUN_TEST_NO_OPENAT2=$walk "$KAUN" --config "$C/kaun.json" cp "$P" team://ldir/newsub/deeper/x.safetensors
+  expect_status 1 "cp through a symlinked folder out of the root (walk=$walk)"
+  expect_err_contains "team://ldir/newsub/deeper/x.safetensors: a symbolic link leads outside the backend's root $C/root ('ldir' -> '$C/outside')" "the refusal names the path, the root and the link (walk=$walk)"
+  run env KAUN_TEST_NO_OPENAT2=$walk "$KAUN" --config "$C/kaun.json" ls team://ldir/m.safetensors
+  expect_status 1 "ls through a link out of the root (walk=$walk)"
+  expect_err_contains "leads outside the backend's root" "ls through a link out says why (walk=$walk)"
+  run env KAUN_TEST_NO_OPENAT2=$walk "$KAUN" --config "$C/kaun.json" ls team://inlink/m.safetensors
+  expect_status 0 "ls through a link inside the root (walk=$walk)"
+  expect_out_contains "$(printf 'embed\tF32\t[8,4]\t128')" "a link inside the root is followed (walk=$walk)"
+done
+if [ "$(ls -A "$C/outside")" = "m.safetensors" ]; then ok; else bad "a refused cp wrote outside the root: $(ls -AR "$C/outside")"; fi
+# the race: team://flip is swapped, over and over, between a folder inside
+# (real) and a link out, with one atomic exchange (a C loop where a
+# compiler is at hand, else a shell loop of ln and mv)
+mkdir "$C/root/real"; cp "$P" "$C/root/real/m.safetensors"
+ln -s "$C/outside" "$C/root/flip"
+printf '#define _GNU_SOURCE\n#include <fcntl.h>\n#include <stdio.h>\nint main(int c, char **v) {\n  for (;;) renameat2(AT_FDCWD, v[1], AT_FDCWD, v[2], RENAME_EXCHANGE);\n}\n' >"$C/swap.c"
+if [ -n "${KAUN_CC:-}" ] && $KAUN_CC -o "$C/swap" "$C/swap.c" 2>/dev/null; then
+  "$C/swap" "$C/root/flip" "$C/root/real" &
+else
+  rm -rf "$C/root/real" "$C/root/flip"; ln -s in "$C/root/flip"
+  (
+    while :; do
+      ln -sfn "$C/outside" "$C/root/flip.new" && mv -Tf "$C/root/flip.new" "$C/root/flip"
+      ln -sfn in "$C/root/flip.new" && mv -Tf "$C/root/flip.new" "$C/root/flip"
+    done
+  ) 2>/dev/null &
+fi
+swapper=$!
+runs=0; inside=0; leaked=0; end=$(($(date +%s) + 2))
+while [ "$(date +%s)" -lt "$end" ]; do
+  walk=$((runs % 2))
+  if [ $((runs % 4)) -eq 3 ]; then
+    KAUN_TEST_NO_OPENAT2=$walk "$KAUN" --config "$C/kaun.json" cp "$P" "team://flip/new$runs/x.safetensors" >/dev/null 2>&1
+  else
+    got=$(KAUN_TEST_NO_OPENAT2=$walk "$KAUN" --config "$C/kaun.json" ls team://flip/m.safetensors 2>/dev/null)
+    case "$got" in *outside_secret*) leaked=$((leaked + 1)) ;; *embed*) inside=$((inside + 1)) ;; esac
+  fi
+  runs=$((runs + 1))
+done
+kill "$swapper"; wait "$swapper" 2>/dev/null
+echo "swapped links: $runs runs of kaun, $inside read inside, $leaked outside"
+if [ "$leaked" -eq 0 ]; then ok; else bad "kaun ls read the file outside the root in $leaked of $runs runs"; fi
+if [ "$inside" -gt 0 ]; then ok; else bad "the swap test never read inside the root ($runs runs)"; fi
+if [ "$(ls -A "$C/outside")" = "m.safetensors" ]; then ok; else bad "a cp during the swaps wrote outside the root: $(ls -AR "$C/outside")"; fi
+if find "$C" -name '*kaun-tmp*' | grep -q .; then bad "the swap test left a temporary file"; else ok; fi
+rm -rf "$C"
+
+# --- crash leftovers: kaun cp killed with SIGKILL half-way ---
+# The file under the name is always the old or the new one, whole; a
+# temporary left behind (named temporaries, or the instant between an
+# unnamed one's link and its rename) carries the dead writer's pid, and
+# the next save into the folder removes it once it is a few seconds old.
+K="$TEST_TMP/kill"
+mkdir -p "$K/dst"
+big=$((128 << 20))
+st_file "$K/big.safetensors" "{\"big\":{\"dtype\":\"U8\",\"shape\":[$big],\"data_offsets\":[0,$big]}}" ''
+truncate -s +$big "$K/big.safetensors"
+cp "$P" "$K/dst/m.safetensors"
+for named in 0 1; do
+  for delay in 0.01 0.03 0.06 0.1; do
+    KAUN_TEST_NO_O_TMPFILE=$named "$KAUN" cp "$K/big.safetensors" "$K/dst/m.safetensors" >/dev/null 2>&1 &
+    pid=$!
+    sleep "$delay"; kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    if cmp -s "$K/dst/m.safetensors" "$P" || cmp -s "$K/dst/m.safetensors" "$K/big.safetensors"; then ok
+    else bad "a killed cp (named=$named, after ${delay}s) left a corrupt file"; fi
+    for t in "$K"/dst/.m.safetensors.kaun-tmp-*; do
+      [ -e "$t" ] || continue
+      case "${t##*/}" in
+        .m.safetensors.kaun-tmp-"$pid"-*) touch -d '1 minute ago' "$t"; ok ;;
+        *) bad "a temporary without the dead writer's pid $pid: $t" ;;
+      esac
+    done
+  done
+done
+cp "$P" "$K/src.safetensors"
+run "$KAUN" cp "$K/src.safetensors" "$K/dst/other.safetensors"; expect_status 0 "a save after killed ones"
+if ls -A "$K/dst" | grep -q kaun-tmp; then bad "the next save left dead writers' temporaries: $(ls -A "$K/dst")"; else ok; fi
+rm -rf "$K"
+
 finish

@@ -148,6 +148,11 @@ static void test_config_errors(void) {
                       KAUN_ECONFIG, "backends.m.index_shard_uris must be true or false");
   expect_config_error("{\"mirrors\": {\"hf://\": []}}", KAUN_ECONFIG, "mirrors.hf:// lists no");
   expect_config_error("{\"a\": 1, \"a\": 2}", KAUN_ECONFIG, "duplicate key");
+  /* a NUL would make "backends\u0000" read as a second "backends" */
+  expect_config_error("{\"backends\": {\"a\": {}}, \"backends\\u0000\": {\"b\": {}}}", KAUN_ECONFIG,
+                      "line 1: a key contains a NUL byte");
+  expect_config_error("{\"backends\": {\"m\": {\"plugin\": \"file\", \"root\": \"/a\\u0000b\"}}}",
+                      KAUN_ECONFIG, "a string value contains a NUL byte");
   expect_config_error("[]", KAUN_ECONFIG, "must be a JSON object");
   /* KAUN_CONFIG naming nothing is an error, not "defaults" */
   kaun_error err = KAUN_ERROR_INIT;
@@ -226,7 +231,8 @@ static void test_plugin_loader_errors(void) {
   expect_plugin_error("abimajor", KAUN_EABI, "built for ABI 2, this kaun speaks ABI 1");
   expect_plugin_error("abiminor", KAUN_EABI, "needs ABI 1.99, newer than this kaun's 1.1");
   expect_plugin_error("noentry", KAUN_ECONFIG, "no entry symbol kaun_plugin_entry");
-  expect_plugin_error("noread", KAUN_ECONFIG, "lacks the mandatory operation 'read (or, from ABI 1.1, read_io)'");
+  expect_plugin_error("noread", KAUN_ECONFIG,
+                      "lacks the mandatory operation 'read (or, from ABI 1.1, read_io)'");
   expect_plugin_error("tiny", KAUN_EABI, "smaller than ABI 1.0");
   expect_plugin_error("missing", KAUN_ECONFIG, "cannot load plugin");
   /* two plugins may not share a name */
