@@ -30,8 +30,8 @@ static const kaun_load_options *flags_only(kaun_load_options *o, unsigned flags)
   return o;
 }
 
-int kaun_checkpoint_load_flat_ex(kaun_context *ctx, const char *uri,
-                                 const kaun_load_options *opts, kaun_flat **out, kaun_error *err) {
+int kaun_checkpoint_load_flat_ex(kaun_context *ctx, const char *uri, const kaun_load_options *opts,
+                                 kaun_flat **out, kaun_error *err) {
   *out = NULL;
   kaun_reader *r;
   int rc = kaun_reader_open(ctx, uri, &r, err);

@@ -926,9 +926,9 @@ static bool deliver(job *j, const char *data, size_t len) {
   if (!sink_write(j, j->delivered, data, len)) return false;
   j->delivered += len;
   /* the object's size, when the answer told it (a ranged read is part of an object) */
-  uint64_t object_total = j->object_size >= 0                         ? (uint64_t)j->object_size
+  uint64_t object_total = j->object_size >= 0                    ? (uint64_t)j->object_size
                           : !j->ranged && j->want_len != UNKNOWN ? j->want_len
-                                                                  : 0;
+                                                                 : 0;
   if (j->req.io && kaun_io_add(j->req.io, j->progress_uri, object_total, len) == KAUN_ECANCELED) {
     job_abort(j, KAUN_ECANCELED, false, "canceled");
     return false;
@@ -1288,7 +1288,7 @@ static void attempt_done(job *j, CURLcode rc, int64_t now) {
     size_t k = strcspn(j->errbuf, "?"); /* no query strings in messages */
     snprintf(eb, sizeof eb, "%.*s", (int)k, j->errbuf);
     /* curl says what; say what to do */
-    const char *hint = rc == CURLE_COULDNT_CONNECT ? " (is a server listening there?)"
+    const char *hint = rc == CURLE_COULDNT_CONNECT        ? " (is a server listening there?)"
                        : rc == CURLE_COULDNT_RESOLVE_HOST ? " (check the host name)"
                        : rc == CURLE_SSL_CONNECT_ERROR && strstr(eb, "wrong version number")
                            ? " (the server does not speak TLS: try http://)"

@@ -49,9 +49,7 @@ void kaun_io_cancel(kaun_io *io) {
   if (io) atomic_store(&io->canceled, 1);
 }
 
-int kaun_io_canceled(const kaun_io *io) {
-  return io ? atomic_load(&((kaun_io *)io)->canceled) : 0;
-}
+int kaun_io_canceled(const kaun_io *io) { return io ? atomic_load(&((kaun_io *)io)->canceled) : 0; }
 
 void kaun_io_expect(kaun_io *io, uint64_t bytes) {
   if (!io) return;

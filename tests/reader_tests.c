@@ -35,9 +35,8 @@ static void save_grid(kaun_context *ctx, const char *uri, int n, uint64_t rows, 
   for (int i = 0; i < n; i++) {
     for (uint64_t k = 0; k < rows * cols; k++) v[k] = (float)(1000 * i + (int)k);
     kaun_tensor *t;
-    ASSERT_OK(
-        kaun_tensor_new_copy(KAUN_DTYPE_F32, 2, shape, v, rows * cols * sizeof *v, &t, &err),
-        err);
+    ASSERT_OK(kaun_tensor_new_copy(KAUN_DTYPE_F32, 2, shape, v, rows * cols * sizeof *v, &t, &err),
+              err);
     char name[32];
     snprintf(name, sizeof name, "t%d", i);
     ASSERT_OK(kaun_flat_add(flat, name, t, &err), err);
@@ -323,7 +322,8 @@ static void test_template_subset(void) {
 }
 
 int main(void) {
-  snprintf(tmp_root, sizeof tmp_root, "%s/kaun-reader-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+  snprintf(tmp_root, sizeof tmp_root, "%s/kaun-reader-XXXXXX",
+           getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
   if (!mkdtemp(tmp_root)) return 1;
   if (CU_initialize_registry() != CUE_SUCCESS) return 1;
   CU_pSuite s = CU_add_suite("reader", NULL, NULL);

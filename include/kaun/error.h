@@ -48,7 +48,7 @@ KAUN_BEGIN_DECLS
   X(EBACKEND, -28, "no backend for this URI scheme")                           \
   X(EISDIR, -29, "object is a directory")                                      \
   X(ECHECKSUM, -30, "checksum mismatch")                                       \
-  X(EACCESS, -31, "access outside the allowed root")                          \
+  X(EACCESS, -31, "access outside the allowed root")                           \
   X(ETRANSIENT, -32, "temporary failure: retrying later may succeed")          \
   X(EAUTH, -33, "authentication or permission refused")                        \
   X(ECHANGED, -34, "object changed while it was being read")                   \

@@ -36,12 +36,12 @@ typedef int (*kaun_tensor_fn)(const char *name, const kaun_tensor *tensor, void 
 /* Options of one load.  Zero-initialise, set struct_size, then what you
  * need; fields may be added at the end. */
 typedef struct kaun_load_options {
-  size_t struct_size;     /* sizeof(kaun_load_options) */
-  unsigned flags;         /* KAUN_LOAD_COPY (see checkpoint.h) */
-  kaun_io *io;            /* progress and cancellation of this call; NULL:
-                             the context's progress callback, if any */
+  size_t struct_size;       /* sizeof(kaun_load_options) */
+  unsigned flags;           /* KAUN_LOAD_COPY (see checkpoint.h) */
+  kaun_io *io;              /* progress and cancellation of this call; NULL:
+                               the context's progress callback, if any */
   kaun_tensor_fn on_tensor; /* streaming; NULL: none */
-  void *user;             /* for on_tensor */
+  void *user;               /* for on_tensor */
 } kaun_load_options;
 
 /* What the reader knows of one tensor.  Pointers are owned by the reader. */
@@ -134,8 +134,7 @@ KAUN_API int kaun_reader_get_many_n(kaun_reader *r, size_t n, const char *const 
  * found.  When the backend reports a SHA-256 (a 64-hex-digit etag, as the
  * Hub gives for LFS files), the bytes are hashed and compared.  Errors:
  * the backend's, KAUN_ECHECKSUM, KAUN_ECANCELED. */
-KAUN_API int kaun_reader_check_data(kaun_reader *r, const kaun_load_options *opts,
-                                    kaun_error *err);
+KAUN_API int kaun_reader_check_data(kaun_reader *r, const kaun_load_options *opts, kaun_error *err);
 
 /* 1 when the checkpoint is one file whose bytes kaun's writer would
  * reproduce exactly (its header is canonical: the reference's order and

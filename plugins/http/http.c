@@ -190,8 +190,7 @@ static int h_open(void *b, const char *path, kaun_object *inner, void **out, kau
     long status = err->http_status;
     snprintf(why, sizeof why, "%s", err->message);
     if (be->token)
-      kaun_error_set(err, rc, "%s (the token was refused: check backends.%s.token)", why,
-                     be->name);
+      kaun_error_set(err, rc, "%s (the token was refused: check backends.%s.token)", why, be->name);
     else if (be->base)
       kaun_error_set(err, rc, "%s (set a bearer token as backends.%s.token)", why, be->name);
     else

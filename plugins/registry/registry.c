@@ -271,8 +271,7 @@ static int r_read(void *obj, uint64_t off, void *dst, size_t len, kaun_error *er
   return kaun_object_read(e->inner, off, dst, len, err);
 }
 
-static int r_read_io(void *obj, uint64_t off, void *dst, size_t len, kaun_io *io,
-                     kaun_error *err) {
+static int r_read_io(void *obj, uint64_t off, void *dst, size_t len, kaun_io *io, kaun_error *err) {
   entry *e = obj;
   return kaun_object_read_io(e->inner, off, dst, len, io, err);
 }
