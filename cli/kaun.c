@@ -9,6 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <fnmatch.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -639,6 +643,238 @@ static int cmd_cat(int argc, char **argv) {
   return rc ? fail(&err) : EXIT_OKAY;
 }
 
+/* ---- get, load, cache: the Hub and any backend's local copies ---------------------- */
+
+typedef struct get_opts {
+  const char *revision, *token;
+  bool offline;
+  const char *include[32];
+  size_t ninclude;
+} get_opts;
+
+static int get_option(const char *opt, const char *value, void *ctx) {
+  get_opts *o = ctx;
+  if (strcmp(opt, "--revision") == 0) {
+    o->revision = value;
+  } else if (strcmp(opt, "--token") == 0) {
+    o->token = value;
+  } else if (strcmp(opt, "--offline") == 0) {
+    o->offline = true;
+  } else if (o->ninclude < sizeof o->include / sizeof *o->include) {
+    o->include[o->ninclude++] = value;
+  } else {
+    usage_error("get", "at most 32 --include patterns (got more at '%s')", value);
+    return 1;
+  }
+  return 0;
+}
+
+static bool included(const get_opts *o, const char *name) {
+  if (!o->ninclude) return true;
+  for (size_t i = 0; i < o->ninclude; i++)
+    if (fnmatch(o->include[i], name, 0) == 0) return true;
+  return false;
+}
+
+/* A whole Hub repo: every file (or the --include ones) at one commit, in
+ * parallel; prints the snapshot folder. */
+static int get_repo(kaun_context *ctx, const char *repo, const kaun_hf_options *ho,
+                    const get_opts *o, kaun_error *err) {
+  char **files = NULL, commit[41];
+  size_t n = 0;
+  int rc = kaun_hf_list_files(repo, ho, &files, &n, commit, err);
+  if (rc) return rc;
+  (void)ctx;
+  const char **want = calloc(n + 1, sizeof *want);
+  kaun_hf_file *got = calloc(n + 1, sizeof *got);
+  size_t k = 0;
+  if (!want || !got) rc = kaun_error_set(err, KAUN_ENOMEM, "out of memory");
+  for (size_t i = 0; !rc && i < n; i++)
+    if (included(o, files[i])) want[k++] = files[i];
+  if (!rc && !k)
+    rc = kaun_error_set(err, KAUN_ENOENT, "hf://%s@%s: no file matches the --include patterns",
+                        repo, commit);
+  kaun_hf_options at = *ho;
+  at.revision = commit; /* every file at the commit the listing saw */
+  if (!rc) rc = kaun_hf_download_files(repo, want, k, &at, got, err);
+  if (!rc) {
+    end_progress();
+    char *snap = got[0].path, *end = strstr(snap, commit);
+    printf("%.*s\n", end ? (int)(end - snap + 40) : (int)strlen(snap), snap);
+  }
+  free(want);
+  free(got);
+  kaun_hf_free_list(files, n);
+  return rc;
+}
+
+static int cmd_get(int argc, char **argv) {
+  static const char *const values[] = {"--revision", "--token", "--include", NULL};
+  static const char *const flags[] = {"--offline", NULL};
+  get_opts o = {0};
+  int n = parse_args("get", argc, argv, values, flags, get_option, &o);
+  if (n == -1) return -1;
+  if (n < 0) return EXIT_USAGE;
+  if (n != 1) return usage_error("get", "expected one URI%s", n ? ", got more" : "");
+  kaun_error err = KAUN_ERROR_INIT;
+  int status;
+  kaun_context *ctx = open_context(&status);
+  if (!ctx) return status;
+  int rc;
+  if (strncmp(argv[0], "hf://", 5) == 0) {
+    char *repo = NULL, *rev = NULL, *file = NULL;
+    rc = kaun_hf_parse_path(argv[0] + 5, &repo, &rev, &file, &err);
+    kaun_hf_options ho = KAUN_HF_OPTIONS_INIT;
+    ho.ctx = ctx;
+    ho.revision = o.revision ? o.revision : rev;
+    ho.token = o.token;
+    ho.offline = o.offline;
+    kaun_io *io = NULL;
+    if (!rc) rc = kaun_context_new_io(ctx, &io, &err);
+    ho.io = io;
+    if (!rc && file && *file) {
+      kaun_hf_file got;
+      if (!(rc = kaun_hf_download_file(repo, file, &ho, &got, &err))) {
+        end_progress();
+        printf("%s\n", got.path);
+      }
+    } else if (!rc) {
+      rc = get_repo(ctx, repo, &ho, &o, &err);
+    }
+    kaun_io_free(io);
+    free(repo);
+    free(rev);
+    free(file);
+  } else { /* any backend: its local copy (a file's own path, or its cache) */
+    kaun_object *obj;
+    char path[4096];
+    kaun_io *io = NULL;
+    rc = kaun_context_new_io(ctx, &io, &err);
+    if (!rc && !(rc = kaun_object_open(ctx, argv[0], &obj, &err))) {
+      rc = kaun_object_fetch(obj, io, path, sizeof path, &err);
+      kaun_object_close(obj);
+      if (!rc) {
+        end_progress();
+        printf("%s\n", path);
+      }
+    }
+    kaun_io_free(io);
+  }
+  kaun_context_free(ctx);
+  return rc ? fail(&err) : EXIT_OKAY;
+}
+
+static int cmd_load(int argc, char **argv) {
+  int n = parse_args("load", argc, argv, NULL, NULL, no_option, NULL);
+  if (n == -1) return -1;
+  if (n < 0) return EXIT_USAGE;
+  if (n != 1) return usage_error("load", "expected one checkpoint%s", n ? ", got more" : "");
+  kaun_error err = KAUN_ERROR_INIT;
+  int status;
+  kaun_context *ctx = open_context(&status);
+  if (!ctx) return status;
+  double t0 = now_s();
+  kaun_flat *flat;
+  int rc = kaun_checkpoint_load_flat(ctx, argv[0], 0, &flat, &err);
+  double secs = now_s() - t0;
+  if (rc) {
+    kaun_context_free(ctx);
+    return fail(&err);
+  }
+  end_progress();
+  uint64_t bytes = 0, params = 0, per_dtype[KAUN_DTYPE_COUNT_] = {0};
+  size_t views = 0;
+  for (size_t i = 0; i < kaun_flat_count(flat); i++) {
+    const kaun_tensor *t = kaun_flat_tensor(flat, i);
+    uint64_t elems = 1;
+    for (size_t d = 0; d < kaun_tensor_ndim(t); d++) elems *= kaun_tensor_shape(t)[d];
+    params += elems;
+    bytes += kaun_tensor_nbytes(t);
+    per_dtype[kaun_tensor_dtype(t)] += elems;
+    views += kaun_tensor_is_view(t) != 0;
+  }
+  char b[32], rate[32];
+  human_bytes((double)bytes, b, sizeof b);
+  human_bytes(secs > 0 ? (double)bytes / secs : 0, rate, sizeof rate);
+  printf("tensors     %zu (%zu zero-copy views)\n", kaun_flat_count(flat), views);
+  printf("parameters  %llu\n", (unsigned long long)params);
+  printf("bytes       %llu (%s)\n", (unsigned long long)bytes, b);
+  printf("dtypes     ");
+  for (int d = 0; d < KAUN_DTYPE_COUNT_; d++)
+    if (per_dtype[d])
+      printf(" %s:%llu", kaun_dtype_name((kaun_dtype)d), (unsigned long long)per_dtype[d]);
+  printf("\ntime        %.3f s (%s/s)\n", secs, rate);
+  kaun_flat_free(flat);
+  kaun_context_free(ctx);
+  return EXIT_OKAY;
+}
+
+/* kaun cache ls | rm [REPO]: the Hub cache (ROOT/huggingface) */
+static uint64_t tree_bytes;
+static int add_size(const char *path, const struct stat *sb, int type, struct FTW *ftw) {
+  (void)path, (void)ftw;
+  if (type == FTW_F) tree_bytes += (uint64_t)sb->st_size;
+  return 0;
+}
+
+static int cmd_cache(int argc, char **argv) {
+  int n = parse_args("cache", argc, argv, NULL, NULL, no_option, NULL);
+  if (n == -1) return -1;
+  if (n < 0) return EXIT_USAGE;
+  if (n < 1 || (strcmp(argv[0], "ls") != 0 && strcmp(argv[0], "rm") != 0) ||
+      (strcmp(argv[0], "ls") == 0 && n != 1) || n > 2)
+    return usage_error("cache", "expected 'ls' or 'rm [REPO]'%s", "");
+  kaun_error err = KAUN_ERROR_INIT;
+  int status;
+  kaun_context *ctx = open_context(&status);
+  if (!ctx) return status;
+  kaun_hf_options ho = KAUN_HF_OPTIONS_INIT;
+  ho.ctx = ctx;
+  char dir[4096];
+  int rc = kaun_hf_cache_dir(&ho, dir, sizeof dir, &err);
+  if (!rc && strcmp(argv[0], "rm") == 0) {
+    rc = kaun_hf_clear_cache(n == 2 ? argv[1] : NULL, &ho, &err);
+    if (!rc) printf("removed %s from %s\n", n == 2 ? argv[1] : "everything", dir);
+  } else if (!rc) {
+    DIR *d = opendir(dir);
+    printf("# %s\n", dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+      const char *kind = strncmp(e->d_name, "models--", 8) == 0      ? ""
+                         : strncmp(e->d_name, "datasets--", 10) == 0 ? "dataset:"
+                         : strncmp(e->d_name, "spaces--", 8) == 0    ? "space:"
+                                                                     : NULL;
+      if (!kind) continue;
+      char repo[512], path[8400];
+      snprintf(repo, sizeof repo, "%s", strstr(e->d_name, "--") + 2);
+      for (char *p = strstr(repo, "--"); p; p = strstr(p + 1, "--")) {
+        *p = '/';
+        memmove(p + 1, p + 2, strlen(p + 2) + 1);
+      }
+      snprintf(path, sizeof path, "%s/%s/blobs", dir, e->d_name);
+      tree_bytes = 0;
+      nftw(path, add_size, 16, FTW_PHYS);
+      char size[32];
+      human_bytes((double)tree_bytes, size, sizeof size);
+      printf("%s%s\t%s\t", kind, repo, size);
+      snprintf(path, sizeof path, "%s/%s/refs", dir, e->d_name);
+      DIR *refs = opendir(path);
+      struct dirent *r;
+      bool any = false;
+      while (refs && (r = readdir(refs)))
+        if (r->d_name[0] != '.') {
+          printf("%s%s", any ? "," : "", r->d_name);
+          any = true;
+        }
+      if (refs) closedir(refs);
+      printf("%s\n", any ? "" : "(no refs)");
+    }
+    if (d) closedir(d);
+  }
+  kaun_context_free(ctx);
+  return rc ? fail(&err) : EXIT_OKAY;
+}
+
 /* ---- plugins and config -------------------------------------------------------------- */
 
 static int cmd_plugins(int argc, char **argv) {
@@ -752,6 +988,37 @@ static const command commands[] = {
      "  -o FILE      write the raw little-endian bytes to FILE ('-' = stdout)\n"
      "               instead of printing\n",
      cmd_cat},
+    {"get", "download a file or a whole Hub repo; print the local path",
+     "Usage: kaun get [--revision R] [--token T] [--offline] [--include GLOB]... URI\n"
+     "\n"
+     "hf://ORG/NAME/FILE: download FILE into the Hub cache (or find it there) and\n"
+     "print its path.  hf://ORG/NAME[@REV]: download every file of the repo at\n"
+     "one commit, in parallel (only those matching an --include glob, when\n"
+     "given), and print the snapshot folder, as `hf download` does.  Any other\n"
+     "URI: print a local file holding the object (its own path, or the copy\n"
+     "its backend keeps in the cache).\n"
+     "\n"
+     "  --revision R   branch, tag or commit (default main, or URI's @REV)\n"
+     "  --token T      Hub token (default $HF_TOKEN, $HUGGING_FACE_HUB_TOKEN, the\n"
+     "                 token file); sent only to the Hub endpoint\n"
+     "  --offline      use the cache only (also HF_HUB_OFFLINE=1)\n"
+     "  --include GLOB only files matching GLOB (repeatable)\n",
+     cmd_get},
+    {"load", "load a whole checkpoint and print a summary",
+     "Usage: kaun load CHECKPOINT\n"
+     "\n"
+     "Load every tensor (a sharded model's shards included) and print the\n"
+     "number of tensors, parameters and bytes, the dtypes, the time taken and\n"
+     "the throughput.\n",
+     cmd_load},
+    {"cache", "list or clear the Hub cache",
+     "Usage: kaun cache ls | kaun cache rm [REPO]\n"
+     "\n"
+     "ls: every repo in the Hub cache (the config's cache_dir, else\n"
+     "$RAVEN_CACHE_ROOT, $XDG_CACHE_HOME/raven or ~/.cache/raven, then\n"
+     "huggingface/) with the size of its blobs and its refs.  rm: remove one\n"
+     "repo (ORG/NAME), or everything.\n",
+     cmd_cache},
     {"plugins", "list the storage plugins kaun can find",
      "Usage: kaun plugins\n"
      "\n"

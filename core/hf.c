@@ -1149,3 +1149,142 @@ int kaun_hf_fill_template(const kaun_flat *weights, const kaun_hf_name_map *map,
   kaun_flat_free(filled);
   return rc;
 }
+
+/* ---- the files of a repo ------------------------------------------------------------- */
+
+typedef struct walk_acc {
+  char **files;
+  size_t n, cap;
+  size_t skip; /* the snapshot folder's length + 1 */
+  int failed;
+} walk_acc;
+
+static _Thread_local walk_acc *walking; /* nftw passes no context; one walk per thread */
+
+static int add_name(walk_acc *w, const char *name) {
+  if (w->n == w->cap) {
+    size_t cap = w->cap ? w->cap * 2 : 32;
+    char **grown = realloc(w->files, cap * sizeof *grown);
+    if (!grown) return -1;
+    w->files = grown;
+    w->cap = cap;
+  }
+  if (!(w->files[w->n] = strdup(name))) return -1;
+  w->n++;
+  return 0;
+}
+
+static int walk_one(const char *path, const struct stat *sb, int type, struct FTW *ftw) {
+  (void)sb, (void)ftw;
+  if (type != FTW_F && type != FTW_SL) return 0;
+  if (strlen(path) <= walking->skip) return 0;
+  if (add_name(walking, path + walking->skip)) walking->failed = 1;
+  return walking->failed;
+}
+
+static int cmp_names(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void kaun_hf_free_list(char **files, size_t n) {
+  for (size_t i = 0; files && i < n; i++) free(files[i]);
+  free(files);
+}
+
+int kaun_hf_list_files(const char *repo_id, const kaun_hf_options *given, char ***out_files,
+                       size_t *out_n, char commit_out[41], kaun_error *err) {
+  *out_files = NULL;
+  *out_n = 0;
+  kaun_hf_options o;
+  int rc = norm_options(given, &o, err);
+  if (rc) return rc;
+  call c;
+  if ((rc = call_init(&c, repo_id, NULL, &o, err))) return rc;
+  walk_acc acc = {0};
+  char commit[41] = "";
+  if (is_offline(&o)) { /* what the cache holds for the revision */
+    if (is_commit(c.rev))
+      snprintf(commit, sizeof commit, "%s", c.rev);
+    else if (!read_ref(&c, c.rev, commit))
+      return kaun_error_set(err, KAUN_ENOENT,
+                            "hf: %s@%s is not in the cache (offline): download it once online",
+                            repo_id, c.rev);
+    char snap[HF_PATH_MAX * 2];
+    if ((rc = path_fmt(snap, sizeof snap, err, "%s/snapshots/%s", c.repo_dir, commit))) return rc;
+    acc.skip = strlen(snap) + 1;
+    walking = &acc;
+    int walked = nftw(snap, walk_one, 16, FTW_PHYS);
+    walking = NULL;
+    if (walked != 0 || acc.failed) {
+      kaun_hf_free_list(acc.files, acc.n);
+      return acc.failed ? kaun_error_set(err, KAUN_ENOMEM, "hf: out of memory")
+                        : kaun_error_set(err, KAUN_ENOENT,
+                                         "hf: %s@%s (commit %s) is not in the cache (offline)",
+                                         repo_id, c.rev, commit);
+    }
+  } else { /* the repo info: its commit and every file's name */
+    kaun_http *own = NULL;
+    if (!o.http && (rc = new_client(&o, &own, err))) return rc;
+    char *qrev = quote(c.rev, 0);
+    size_t n = strlen(c.endpoint) + strlen(repo_id) + (qrev ? strlen(qrev) : 0) + 64;
+    char *url = malloc(n);
+    if (!qrev || !url) {
+      free(qrev);
+      free(url);
+      kaun_http_free(own);
+      return kaun_error_set(err, KAUN_ENOMEM, "hf: out of memory");
+    }
+    const char *t = o.repo_type ? o.repo_type : "model";
+    snprintf(url, n, "%s/api/%ss/%s/revision/%s", c.endpoint, t, repo_id, qrev);
+    free(qrev);
+    kaun_http_request req = KAUN_HTTP_REQUEST_INIT;
+    req.url = url;
+    req.authorization = c.auth[0] ? c.auth : NULL;
+    req.redirect = KAUN_HTTP_REDIRECT_RELATIVE;
+    req.body_to = KAUN_HTTP_BODY_ALLOC;
+    kaun_http_response *resp = NULL;
+    rc = kaun_http_perform(o.http ? o.http : own, &req, &resp, err);
+    if (rc == KAUN_ENOENT || rc == KAUN_EAUTH) {
+      char why[KAUN_ERROR_MESSAGE_MAX];
+      long status = err ? err->http_status : 0;
+      snprintf(why, sizeof why, "%s", err ? err->message : "");
+      kaun_error_set(err, rc, "hf: cannot list %s@%s: %s%s", repo_id, c.rev, why,
+                     rc == KAUN_EAUTH ? " (a private or gated repo: give a token, HF_TOKEN)" : "");
+      if (err) err->http_status = status;
+    }
+    size_t len = 0;
+    const char *body = rc ? NULL : kaun_http_response_body(resp, &len);
+    json_object *doc = body ? json_tokener_parse(body) : NULL;
+    json_object *sha = NULL, *siblings = NULL;
+    if (!rc && (!doc || !json_object_object_get_ex(doc, "sha", &sha) ||
+                !json_object_object_get_ex(doc, "siblings", &siblings) ||
+                !json_object_is_type(siblings, json_type_array) ||
+                !is_commit(json_object_get_string(sha))))
+      rc = kaun_error_set(err, KAUN_EIO,
+                          "hf: %s answered %s@%s's repo info without a commit and a file list",
+                          c.endpoint, repo_id, c.rev);
+    if (!rc) {
+      snprintf(commit, sizeof commit, "%s", json_object_get_string(sha));
+      for (size_t i = 0; !rc && i < json_object_array_length(siblings); i++) {
+        json_object *f = json_object_array_get_idx(siblings, i), *name = NULL;
+        if (json_object_object_get_ex(f, "rfilename", &name) &&
+            json_object_is_type(name, json_type_string) &&
+            add_name(&acc, json_object_get_string(name)))
+          rc = kaun_error_set(err, KAUN_ENOMEM, "hf: out of memory");
+      }
+    }
+    if (doc) json_object_put(doc);
+    kaun_http_response_free(resp);
+    free(url);
+    kaun_http_free(own);
+    if (rc) {
+      kaun_hf_free_list(acc.files, acc.n);
+      return rc;
+    }
+  }
+  qsort(acc.files, acc.n, sizeof *acc.files, cmp_names);
+  *out_files = acc.files;
+  *out_n = acc.n;
+  if (commit_out) snprintf(commit_out, 41, "%s", commit);
+  return KAUN_OK;
+}

@@ -15,9 +15,22 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 
 DEBIAN_PACKAGES="build-essential autoconf automake libtool pkg-config \
   libcunit1-dev libssl-dev libcurl4-openssl-dev libarchive-dev libjson-c-dev \
-  clang-format python3"
+  clang-format python3 nodejs awscli s3cmd"
 
 deps() {
+  deps_debian
+  # the S3 test servers (tests/s3_tests): npm packages in tests/s3/node_modules
+  if [ ! -f tests/s3/node_modules/s3rver-verify/lib/cli.js ] ||
+    [ ! -f tests/s3/node_modules/s3rver/bin/s3rver.js ]; then
+    # Debian's nodejs ships npm separately; NodeSource's includes it
+    command -v npm >/dev/null || DEBIAN_PACKAGES=npm deps_debian
+    command -v npm >/dev/null || { echo "deps: npm is needed for the S3 test servers" >&2; exit 1; }
+    echo "==> npm install (tests/s3)"
+    npm install --prefix tests/s3 --no-audit --no-fund --loglevel=error >/dev/null
+  fi
+}
+
+deps_debian() {
   missing=""
   for p in $DEBIAN_PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -248,6 +261,28 @@ JSON
   build/kaun ls "$url"
   echo "==> kaun cat --slice 1:3 $url layers.0.weight   (reads those two rows only)"
   build/kaun cat --slice 1:3 "$url" layers.0.weight
+  kill $server
+  wait $server 2>/dev/null || true
+
+  echo "==> the Hub: a Hub-compatible server on 127.0.0.1 (tests/servers/hub.py) serving demo/model"
+  commit=0123456789abcdef0123456789abcdef01234567
+  mkdir -p "$out/hub/repos/demo/model/$commit"
+  cp "$out/params.safetensors" "$out/hub/repos/demo/model/$commit/model.safetensors"
+  printf '{"architectures": ["Demo"], "hidden_size": 4}\n' >"$out/hub/repos/demo/model/$commit/config.json"
+  printf '{"refs": {"main": "%s"}, "lfs": ["*.safetensors"]}\n' "$commit" >"$out/hub/repos/demo/model/repo.json"
+  printf '[]\n' >"$out/hub/tokens.json"
+  rm -f "$out/port"
+  python3 "$ROOT/tests/servers/hub.py" --root "$out/hub" --port 0 --port-file "$out/port" 2>/dev/null &
+  server=$!
+  i=0
+  while [ ! -s "$out/port" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  export HF_ENDPOINT="http://127.0.0.1:$(head -1 "$out/port")"
+  export KAUN_PLUGIN_PATH="$ROOT/build/plugins/http/.libs:$ROOT/build/plugins/hf/.libs"
+  printf '{"cache_dir": "%s/cache"}\n' "$out" >"$out/hub.json"
+  echo "==> kaun get hf://demo/model   (the whole repo, into a huggingface_hub-layout cache)"
+  build/kaun --config "$out/hub.json" get hf://demo/model
+  echo "==> kaun load hf://demo/model   (from the cache: zero-copy views of the blob)"
+  build/kaun --config "$out/hub.json" load hf://demo/model
   kill $server
   wait $server 2>/dev/null || true
   rm -rf "$out"

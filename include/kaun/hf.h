@@ -88,6 +88,16 @@ KAUN_API int kaun_hf_download_files(const char *repo_id, const char *const *file
                                     const kaun_hf_options *opts, kaun_hf_file *out,
                                     kaun_error *err);
 
+/* The files of REPO_ID at the options' revision, sorted (the Hub's repo
+ * info; offline: the cached snapshot's files), and the commit it resolved
+ * to (`commit` may be NULL).  Free the list with kaun_hf_free_list.
+ * Errors: KAUN_ENOENT (no such repo or revision; offline and not cached),
+ * KAUN_EAUTH (private or gated), KAUN_EIO (not a Hub answer), as
+ * kaun_hf_download_file otherwise. */
+KAUN_API int kaun_hf_list_files(const char *repo_id, const kaun_hf_options *opts, char ***files,
+                                size_t *n, char commit[41], kaun_error *err);
+KAUN_API void kaun_hf_free_list(char **files, size_t n);
+
 /* json-c's object (#include <json-c/json.h> to use it; link with -ljson-c). */
 struct json_object;
 
