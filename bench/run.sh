@@ -1,6 +1,7 @@
 #!/bin/sh
 # make bench: runs the load benchmarks, then the CLI ones (bench/cli.sh),
-# then loads over HTTP (bench/http.sh), and keeps the tables in bench/out/.
+# then loads over HTTP (bench/http.sh) and Hub downloads (bench/hub.sh), and
+# keeps the tables in bench/out/.
 # Usage: bench/run.sh BUILD_DIR   (BENCH_DIR sets where the 13 GiB of test
 # files go, 10 GiB of them sparse, default /tmp/kaun-bench; BENCH_RUNS the
 # runs per measurement)
@@ -14,4 +15,5 @@ out="$build/bench/out/results-$(date +%Y%m%d-%H%M%S).md"
 "$build/bench/bench_load" "$dir" "$runs" | tee "$out"
 BENCH_DIR=$dir BENCH_RUNS=$runs sh "$here/cli.sh" "$build" | tee -a "$out"
 BENCH_DIR=$dir BENCH_RUNS=$runs sh "$here/http.sh" "$build" | tee -a "$out"
+BENCH_DIR=$dir BENCH_RUNS=$runs sh "$here/hub.sh" "$build" | tee -a "$out"
 echo "results: $out"

@@ -301,7 +301,11 @@ struct kaun_cache_writer {
   EVP_MD_CTX *md;         /* streamed hash, or NULL */
   uint64_t pos;           /* next byte of kaun_cache_writer_write */
   atomic_bool sequential; /* only kaun_cache_writer_write so far */
+  char *buf;              /* sequential writes gathered into large ones */
+  size_t buf_len;         /* bytes in buf, which start at pos - buf_len */
 };
+
+#define WRITE_GATHER ((size_t)1 << 20)
 
 static const char *hash_name(kaun_cache_hash kind) {
   return kind == KAUN_CACHE_HASH_SHA256 ? "SHA-256" : "git SHA-1";
@@ -329,6 +333,7 @@ static uint32_t random32(uint64_t *state) {
 }
 
 static void writer_free(kaun_cache_writer *w) {
+  free(w->buf);
   if (w->fd >= 0) close(w->fd);
   EVP_MD_CTX_free(w->md);
   free(w->final_path);
@@ -485,12 +490,29 @@ static int report(kaun_cache_writer *w, size_t len, kaun_error *err) {
   return KAUN_OK;
 }
 
+/* Writes out what kaun_cache_writer_write gathered. */
+static int flush_gathered(kaun_cache_writer *w, kaun_error *err) {
+  if (!w->buf_len) return KAUN_OK;
+  int rc = put_bytes(w, w->pos - w->buf_len, w->buf, w->buf_len, err);
+  w->buf_len = 0;
+  return rc;
+}
+
 int kaun_cache_writer_write(kaun_cache_writer *w, const void *data, size_t len, kaun_error *err) {
   if (!w || (len && !data))
     return kaun__error_set(err, KAUN_EINVAL, "kaun_cache_writer_write: no writer or data");
   int rc = check_range(w, w->pos, len, err);
-  if (!rc) rc = put_bytes(w, w->pos, data, len, err);
   if (rc) return rc;
+  /* small writes (an HTTP body arrives in 16 KiB pieces) are gathered into
+   * 1 MiB ones: a syscall per piece cost a third of a download's time */
+  if (!w->buf && len < WRITE_GATHER) w->buf = malloc(WRITE_GATHER);
+  if (w->buf && len < WRITE_GATHER) {
+    if (w->buf_len + len > WRITE_GATHER && (rc = flush_gathered(w, err))) return rc;
+    memcpy(w->buf + w->buf_len, data, len);
+    w->buf_len += len;
+  } else {
+    if ((rc = flush_gathered(w, err)) || (rc = put_bytes(w, w->pos, data, len, err))) return rc;
+  }
   if (w->md && atomic_load(&w->sequential) && !EVP_DigestUpdate(w->md, data, len))
     return kaun__error_set(err, KAUN_ENOMEM, "libcrypto could not hash '%s'", w->final_path);
   w->pos += len;
@@ -502,7 +524,8 @@ int kaun_cache_writer_pwrite(kaun_cache_writer *w, uint64_t offset, const void *
   if (!w || (len && !data))
     return kaun__error_set(err, KAUN_EINVAL, "kaun_cache_writer_pwrite: no writer or data");
   atomic_store(&w->sequential, false);
-  int rc = check_range(w, offset, len, err);
+  int rc = flush_gathered(w, err);
+  if (!rc) rc = check_range(w, offset, len, err);
   if (!rc) rc = put_bytes(w, offset, data, len, err);
   return rc ? rc : report(w, len, err);
 }
@@ -510,6 +533,7 @@ int kaun_cache_writer_pwrite(kaun_cache_writer *w, uint64_t offset, const void *
 int kaun_cache_writer_fd(kaun_cache_writer *w) {
   if (!w) return -1;
   atomic_store(&w->sequential, false);
+  if (flush_gathered(w, NULL)) return -1;
   return w->fd;
 }
 
@@ -545,6 +569,8 @@ int kaun_cache_writer_commit(kaun_cache_writer *w, kaun_error *err) {
   struct stat sb;
   if (kaun_io_canceled(w->io))
     rc = kaun__error_set(err, KAUN_ECANCELED, "the transfer of '%s' was canceled", w->uri);
+  else if ((rc = flush_gathered(w, err)))
+    ;
   else if (fsync(w->fd) != 0)
     rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot flush the cache file '%s' to disk",
                          w->tmp_path);
