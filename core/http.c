@@ -925,6 +925,9 @@ static bool deliver(job *j, const char *data, size_t len) {
   }
   if (!sink_write(j, j->delivered, data, len)) return false;
   j->delivered += len;
+  /* all that was asked for is in: a stall or a cut after this is no failure
+   * (and no retry with an empty, inverted Range) */
+  if (j->want_len != UNKNOWN && j->delivered == j->want_len) j->complete = true;
   /* the object's size, when the answer told it (a ranged read is part of an object) */
   uint64_t object_total = j->object_size >= 0                    ? (uint64_t)j->object_size
                           : !j->ranged && j->want_len != UNKNOWN ? j->want_len
@@ -945,7 +948,9 @@ static size_t on_body(char *data, size_t size, size_t n, void *user) {
   size_t len = size * n;
   j->moved += len;
   switch (j->disp) {
-    case DISP_DISCARD: return len;
+    case DISP_DISCARD: /* a redirect's body: not needed, and maybe endless */
+      j->complete = true;
+      return 0;
     case DISP_KEEP: {
       kaun_http_response *r = j->cur;
       size_t room = ERRBODY_MAX - r->body_len, k = len < room ? len : room;
@@ -954,6 +959,10 @@ static size_t on_body(char *data, size_t size, size_t n, void *user) {
         memcpy(r->body + r->body_len, data, k);
         r->body_len += k;
         r->body[r->body_len] = '\0';
+      }
+      if (r->body_len >= ERRBODY_MAX) { /* enough of an error document: stop an endless one */
+        j->complete = true;
+        return 0;
       }
       return len;
     }
@@ -1301,7 +1310,12 @@ static void attempt_done(job *j, CURLcode rc, int64_t now) {
       retry_or_fail(j, now, KAUN_ETRANSIENT, 0, -1, rid, detail);
     else
       job_fail(j,
-               rc == CURLE_URL_MALFORMAT || rc == CURLE_UNSUPPORTED_PROTOCOL ? KAUN_EURI : KAUN_EIO,
+               /* a URL curl cannot use; a server speaking HTTP/0.9 or nonsense is
+                * UNSUPPORTED_PROTOCOL too, and that is the server's fault */
+               rc == CURLE_URL_MALFORMAT ||
+                       (rc == CURLE_UNSUPPORTED_PROTOCOL && !strstr(eb, "HTTP/0.9"))
+                   ? KAUN_EURI
+                   : KAUN_EIO,
                0, rid, "%s", detail);
     return;
   }
@@ -1353,6 +1367,19 @@ static void attempt_done(job *j, CURLcode rc, int64_t now) {
     return;
   }
   if (st >= 300 && st < 400) {
+    /* the redirect policy returns redirects with a Location; anything else
+     * (304, 300, a 302 without Location) delivered no body: for a caller
+     * that wanted one it is no answer, never a success with its buffer
+     * untouched */
+    const char *loc = kaun_http_response_header(r, "Location");
+    bool returned = status_is_redirect(st) && loc && *loc;
+    bool wants_body = j->method != KAUN_HTTP_HEAD && j->req.body_to != KAUN_HTTP_BODY_DISCARD;
+    if (!returned && wants_body) {
+      job_fail(j, KAUN_EIO, st, rid, "%s: a %ld answer has no body to give",
+               reason_of(r)[0] ? reason_of(r) : "no body", st);
+      job_keep_response(j, r);
+      return;
+    }
     job_succeed(j, r);
     return;
   }
