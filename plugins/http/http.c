@@ -353,16 +353,45 @@ typedef struct fill_ctx {
   kaun_io *io;
 } fill_ctx;
 
+static int to_writer(void *user, uint64_t offset, const void *data, size_t len, kaun_error *err) {
+  (void)offset; /* in order, never twice: the HTTP layer says so */
+  return kaun_cache_writer_write(user, data, len, err);
+}
+
+/* The object's bytes into the entry: exactly `size` of them (the writer
+ * refuses more, so a lying server cannot fill the disk), of the version
+ * the open saw (If-Match, and its ETag checked), or nothing is kept. */
 static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
   fill_ctx *f = user;
-  char auth[4096];
+  object *o = f->o;
+  char auth[4096], if_match[300];
+  const char *headers[] = {if_match, NULL};
+  snprintf(if_match, sizeof if_match, "If-Match: %s", o->etag);
   kaun_http_request req;
-  base_request(f->o, &req, KAUN_HTTP_GET, f->io);
-  req.authorization = bearer(f->o->be, auth, sizeof auth);
-  req.body_to = KAUN_HTTP_BODY_FD;
-  req.fd = kaun_cache_writer_fd(w);
-  int rc = kaun_http_perform(f->o->be->http, &req, NULL, err);
+  base_request(o, &req, KAUN_HTTP_GET, f->io);
+  req.authorization = bearer(o->be, auth, sizeof auth);
+  if (o->etag[0] && strncmp(o->etag, "W/", 2) != 0) req.headers = headers;
+  if (o->size) { /* a checked range: never more than the object */
+    req.range_offset = 0;
+    req.range_length = o->size;
+  }
+  req.body_to = KAUN_HTTP_BODY_CALLBACK;
+  req.write_fn = to_writer;
+  req.write_user = w;
+  kaun_http_response *resp = NULL;
+  int rc = kaun_http_perform(o->be->http, &req, &resp, err);
   memset(auth, 0, sizeof auth);
+  const char *now = rc ? NULL : kaun_http_response_header(resp, "ETag");
+  if (!rc && o->etag[0] && now && strcmp(now, o->etag) != 0)
+    rc = kaun_error_set(err, KAUN_ECHANGED,
+                        "%s changed while it was downloaded (ETag %s, now %s): nothing was cached",
+                        o->uri, o->etag, now);
+  else if (rc == KAUN_ECHANGED)
+    rc = kaun_error_set(err, KAUN_ECHANGED,
+                        "%s changed while it was downloaded (its ETag is no longer %s): nothing "
+                        "was cached",
+                        o->uri, o->etag);
+  kaun_http_response_free(resp);
   return rc;
 }
 
