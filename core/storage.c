@@ -800,8 +800,42 @@ static int get_instance(kaun_context *ctx, const char *scheme, kaun__instance **
 
 /* Puts the URI in front of a backend's message that does not name it. */
 static int name_uri(kaun_error *err, int rc, const char *uri) {
-  if (rc && err && uri && !strstr(err->message, uri)) kaun__error_prefix(err, "%s: ", uri);
+  if (!rc || !err || !uri) return rc;
+  /* never a password ("user:pw@host") or a query (a signature) in a message */
+  char shown[1024];
+  const char *sep = strstr(uri, "://"), *q = strchr(uri, '?');
+  const char *host = sep ? sep + 3 : NULL;
+  const char *slash = host ? strchr(host, '/') : NULL;
+  const char *at = host ? strchr(host, '@') : NULL;
+  if (at && slash && at > slash) at = NULL;
+  if (at && q && at > q) at = NULL;
+  if (at)
+    snprintf(shown, sizeof shown, "%.*s%.*s", (int)(host - uri), uri,
+             (int)(q ? q - at - 1 : (long)strlen(at + 1)), at + 1);
+  else
+    snprintf(shown, sizeof shown, "%.*s", (int)(q ? q - uri : (long)strlen(uri)), uri);
+  if (q && strlen(shown) + 4 < sizeof shown) strcat(shown, "?...");
+  if (!strstr(err->message, shown)) kaun__error_prefix(err, "%s: ", shown);
   return rc;
+}
+
+/* An inner object that changed is not kept: the next member opens it again
+ * (and sees the new version) instead of failing with KAUN_ECHANGED for
+ * the context's whole life. */
+static void forget_inner(kaun_object *o) {
+  kaun_context *ctx = o->inst->ctx;
+  kaun_object *gone = NULL;
+  pthread_mutex_lock(&ctx->lock);
+  for (size_t i = 0; i < ctx->ninner; i++)
+    if (ctx->inner_kept[i] == o) {
+      gone = o;
+      memmove(&ctx->inner_kept[i], &ctx->inner_kept[i + 1],
+              (ctx->ninner - i - 1) * sizeof *ctx->inner_kept);
+      ctx->ninner--;
+      break;
+    }
+  pthread_mutex_unlock(&ctx->lock);
+  kaun_object_close(gone); /* the context's reference */
 }
 
 /* The inner object of a stacked URI: one the context keeps from an
@@ -1033,6 +1067,7 @@ int kaun_object_read_io(kaun_object *o, uint64_t offset, void *dst, size_t len, 
     if (!rc && kaun_io_add(io, asked_uri(o), 0, len) == KAUN_ECANCELED)
       rc = kaun__error_set(err, KAUN_ECANCELED, "%s: canceled", asked_uri(o));
   }
+  if (rc == KAUN_ECHANGED) forget_inner(o);
   return name_uri(err, rc, asked_uri(o));
 }
 

@@ -463,6 +463,38 @@ static void test_put_and_remove(void) {
   kaun_context_free(ctx);
 }
 
+/* A kept inner object that changed is dropped: after one KAUN_ECHANGED the
+ * next member opens the new version (it failed for the context's life). */
+static void test_changed_inner_is_dropped(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx = web_context();
+  make_small(path_in(root, "inner.safetensors"), 0);
+  const char *uri = "passthru://m::web://inner.safetensors";
+  kaun_reader *r;
+  kaun_tensor *t = NULL;
+  ASSERT_OK(kaun_reader_open(ctx, uri, &r, &err), err);
+  ASSERT_OK(kaun_reader_get(r, "t1", KAUN_DTYPE_COUNT_, NULL, &t, &err), err);
+  kaun_tensor_free(t);
+  t = NULL;
+  kaun_reader_close(r);
+  sleep(1); /* a new mtime: a new ETag */
+  make_small(path_in(root, "inner.safetensors"), 1);
+  int rc = kaun_reader_open(ctx, uri, &r, &err);
+  if (!rc) {
+    rc = kaun_reader_get(r, "t1", KAUN_DTYPE_COUNT_, NULL, &t, &err);
+    kaun_reader_close(r);
+  }
+  CU_ASSERT_EQUAL(rc, KAUN_ECHANGED);
+  kaun_tensor_free(t);
+  t = NULL;
+  ASSERT_OK(kaun_reader_open(ctx, "passthru://other::web://inner.safetensors", &r, &err), err);
+  ASSERT_OK(kaun_reader_get(r, "t1", KAUN_DTYPE_COUNT_, NULL, &t, &err), err);
+  CU_ASSERT_EQUAL(at(t, 0), 1001.0f); /* the new version */
+  kaun_tensor_free(t);
+  kaun_reader_close(r);
+  kaun_context_free(ctx);
+}
+
 static int suite_init(void) {
   snprintf(work, sizeof work, "%s/kaun-remote-XXXXXX",
            getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -513,6 +545,7 @@ int main(int argc, char **argv) {
   CU_add_test(s, "a server that ignores Range is read once", test_server_without_ranges);
   CU_add_test(s, "verify --data checks a SHA-256 stated as the ETag", test_check_data_sha256);
   CU_add_test(s, "a stacked URI's inner object is opened once", test_stacked_inner_opened_once);
+  CU_add_test(s, "a changed inner object is dropped, then reopened", test_changed_inner_is_dropped);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();
   unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();

@@ -178,6 +178,8 @@ static int h_open(void *b, const char *path, kaun_object *inner, void **out, kau
     return kaun_error_set(err, KAUN_ENOMEM, "http: out of memory");
   }
   snprintf(o->uri, n, "%s://%s", be->name, path);
+  /* messages name it without a password or a query (a signature) */
+  kaun_http_redact_url(o->uri, o->uri, n);
   char auth[4096];
   kaun_http_request req;
   base_request(o, &req, KAUN_HTTP_HEAD, NULL);
