@@ -14,6 +14,7 @@
 #include <kaun/storage.h>
 #include <kaun/io.h>
 #include <kaun/http.h>
+#include <kaun/hf.h>
 #include <kaun/copy.h>
 #include <kaun/cache.h>
 #include <kaun/plugin.h>
