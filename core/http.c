@@ -1309,14 +1309,14 @@ static void attempt_done(job *j, CURLcode rc, int64_t now) {
     if (curl_code_retryable(rc))
       retry_or_fail(j, now, KAUN_ETRANSIENT, 0, -1, rid, detail);
     else
-      job_fail(j,
-               /* a URL curl cannot use; a server speaking HTTP/0.9 or nonsense is
-                * UNSUPPORTED_PROTOCOL too, and that is the server's fault */
-               rc == CURLE_URL_MALFORMAT ||
-                       (rc == CURLE_UNSUPPORTED_PROTOCOL && !strstr(eb, "HTTP/0.9"))
-                   ? KAUN_EURI
-                   : KAUN_EIO,
-               0, rid, "%s", detail);
+      job_fail(
+          j,
+          /* a URL curl cannot use; a server speaking HTTP/0.9 or nonsense is
+           * UNSUPPORTED_PROTOCOL too, and that is the server's fault */
+          rc == CURLE_URL_MALFORMAT || (rc == CURLE_UNSUPPORTED_PROTOCOL && !strstr(eb, "HTTP/0.9"))
+              ? KAUN_EURI
+              : KAUN_EIO,
+          0, rid, "%s", detail);
     return;
   }
   if (j->disp == DISP_DISCARD) { /* a redirect we follow */

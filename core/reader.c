@@ -18,6 +18,8 @@
 #define SINGLE_NAME "model.safetensors"
 #define MAX_INDEX_BYTES (64u << 20)
 #define MAX_THREADS 64
+#define MAX_SHARDS 10000                           /* distinct shard files of one index */
+#define MAX_SHARD_HEADER_BYTES ((uint64_t)1 << 30) /* header bytes read for them all */
 
 typedef struct shard {
   char *uri;
@@ -51,19 +53,39 @@ struct kaun_reader {
 
 /* ---- opening -------------------------------------------------------------- */
 
-static int object_read(void *obj, uint64_t offset, void *dst, size_t len, kaun_error *err) {
-  return kaun_object_read(obj, offset, dst, len, err);
+/* Header reads of an object; those of an index's shards count against a
+ * budget for them all (`left`; NULL: none). */
+typedef struct header_source {
+  kaun_object *obj;
+  uint64_t *left;
+  bool over; /* a read went past the budget */
+} header_source;
+
+static int object_read(void *source, uint64_t offset, void *dst, size_t len, kaun_error *err) {
+  header_source *h = source;
+  if (h->left && len > *h->left) {
+    h->over = true;
+    return kaun__error_set(err, KAUN_EINDEX, "its shards' headers add up to more than %u MiB",
+                           (unsigned)(MAX_SHARD_HEADER_BYTES >> 20));
+  }
+  if (h->left) *h->left -= len;
+  return kaun_object_read(h->obj, offset, dst, len, err);
 }
 
-/* Opens (or adopts `obj`) and reads one shard's header: ranged reads only. */
-static int shard_open(kaun_context *ctx, shard *sh, kaun_object *obj, kaun_error *err) {
+/* Opens (or adopts `obj`) and reads one shard's header: ranged reads
+ * only, within `budget` (may be NULL); *over tells a budget overrun. */
+static int shard_open(kaun_context *ctx, shard *sh, kaun_object *obj, uint64_t *budget, bool *over,
+                      kaun_error *err) {
   int rc = obj ? KAUN_OK : kaun_object_open(ctx, sh->uri, &obj, err);
   if (rc) return rc;
   sh->obj = obj;
   kaun_object_hints(obj, &sh->chunk, &sh->inflight);
   kaun_stat st = {.struct_size = sizeof st};
   if ((rc = kaun_object_stat(obj, &st, err))) return rc;
-  return kaun__safetensors_read_via(object_read, obj, st.size, sh->uri, &sh->st, err);
+  header_source h = {obj, budget, false};
+  rc = kaun__safetensors_read_via(object_read, &h, st.size, sh->uri, &sh->st, err);
+  if (over) *over = h.over;
+  return rc;
 }
 
 /* The shard's mapping, tried once: NULL means "read instead". */
@@ -136,18 +158,31 @@ static bool is_uri(const char *s) {
   return sep && sep > s && (!slash || slash > sep);
 }
 
-/* A file beside the index: relative, no empty or ".." component, no "::"
- * (which would stack the index's URI on another object). */
-static bool safe_shard_name(const char *s) {
+/* A shard that is a file beside the index, normalised into `out` (room
+ * for strlen(s) + 1): "." components dropped; false when it is not one:
+ * absolute, an empty or ".." component, "::" (which would stack the
+ * index's URI on another object), or a character a server could decode
+ * into another name or read as the end of the path ('%', '?', '#', '\\',
+ * control characters). */
+static bool shard_name(const char *s, char *out) {
   if (!*s || s[0] == '/' || strstr(s, "::")) return false;
+  for (const unsigned char *c = (const unsigned char *)s; *c; c++)
+    if (*c < 0x20 || *c == 0x7f || *c == '%' || *c == '?' || *c == '#' || *c == '\\') return false;
+  size_t o = 0;
   for (const char *p = s; *p;) {
     const char *slash = strchr(p, '/');
     size_t n = slash ? (size_t)(slash - p) : strlen(p);
     if (n == 0 || (n == 2 && p[0] == '.' && p[1] == '.')) return false;
+    if (!(n == 1 && p[0] == '.')) {
+      if (o) out[o++] = '/';
+      memcpy(out + o, p, n);
+      o += n;
+    }
     if (!slash) break;
     p = slash + 1;
   }
-  return true;
+  out[o] = '\0';
+  return o > 0;
 }
 
 static int add_entry(kaun_reader *r, size_t s, size_t t, size_t cap, kaun_error *err) {
@@ -193,15 +228,37 @@ static int read_index(kaun_object *obj, const char *index_uri, char **text, size
   return KAUN_OK;
 }
 
+/* A distinct shard name, the URI it resolves to and the shard it is. */
+typedef struct shard_ref {
+  char *uri;
+  size_t at;    /* its place among the names, sorted */
+  size_t first; /* the place of the first name with the same URI */
+  size_t shard;
+} shard_ref;
+
+static int cmp_ref_uri(const void *a, const void *b) {
+  const shard_ref *x = a, *y = b;
+  int c = strcmp(x->uri, y->uri);
+  return c ? c : (x->at > y->at) - (x->at < y->at);
+}
+
+static int cmp_ref_at(const void *a, const void *b) {
+  const shard_ref *x = a, *y = b;
+  return (x->at > y->at) - (x->at < y->at);
+}
+
 /* Reads the index at `index_uri` (`obj`, opened from it; closed here) and
  * opens its shards.  Shards are files beside the index; a shard named by
  * URI is followed only when the config allows it for the backend that
  * served the index (backends.NAME.index_shard_uris), else KAUN_EACCESS:
  * an index is untrusted input, and a URI would let its author make kaun
- * read any local file or bucket with the user's credentials. */
+ * read any local file or bucket with the user's credentials.  Names that
+ * resolve to one object open it once, and the shards, their number and
+ * their headers' bytes are bounded (MAX_SHARDS, MAX_SHARD_HEADER_BYTES). */
 static int open_index(kaun_reader *r, const char *index_uri, kaun_object *obj, kaun_error *err) {
-  char *text = NULL, **names = NULL;
-  size_t len, *wm_shard = NULL;
+  char *text = NULL, **names = NULL, **sorted = NULL, *normal = NULL;
+  size_t len, *wm_shard = NULL, distinct = 0;
+  shard_ref *refs = NULL;
   char backend[256];
   snprintf(backend, sizeof backend, "%s", kaun__object_backend(obj));
   bool uris_allowed = kaun__index_shard_uris(r->ctx, backend);
@@ -222,12 +279,14 @@ static int open_index(kaun_reader *r, const char *index_uri, kaun_object *obj, k
     goto done;
   }
   names = calloc(wm->count + 1, sizeof *names);
+  sorted = calloc(wm->count + 1, sizeof *sorted);
   wm_shard = calloc(wm->count + 1, sizeof *wm_shard);
-  if (!names || !wm_shard) {
+  normal = malloc(len + 1); /* the names normalised: they fit in the index's text */
+  if (!names || !sorted || !wm_shard || !normal) {
     rc = kaun__error_nomem(err, "reading a sharded index");
     goto done;
   }
-  size_t i = 0;
+  size_t i = 0, used = 0;
   for (kaun__json *m = wm->child; m; m = m->next, i++) {
     bool uri = m->type == KAUN__JSON_STRING && is_uri(m->text);
     if (uri && !uris_allowed) {
@@ -242,44 +301,88 @@ static int open_index(kaun_reader *r, const char *index_uri, kaun_object *obj, k
                            cfg ? cfg : "a config file");
       goto done;
     }
-    if (m->type != KAUN__JSON_STRING || memchr(m->text, '\0', m->text_len) ||
-        (!uri && !safe_shard_name(m->text))) {
-      rc = kaun__error_set(err, KAUN_EINDEX,
-                           "%s: line %u: the shard of tensor '%s' must be a file name relative to "
-                           "the index (not absolute, no '..', no '::')%s",
-                           index_uri, m->line, m->key, uris_allowed ? ", or a URI" : "");
+    bool ok = m->type == KAUN__JSON_STRING && !memchr(m->text, '\0', m->text_len) &&
+              used + m->text_len <= len && (uri || shard_name(m->text, normal + used));
+    if (!ok) {
+      char shown[KAUN__SHOWN];
+      rc = kaun__error_set(
+          err, KAUN_EINDEX,
+          "%s: line %u: the shard of tensor '%s' must be a file name relative to the index (not "
+          "absolute; no '..' component; no '::', '%%', '?', '#', '\\' or control characters)%s, "
+          "not '%s'",
+          index_uri, m->line, m->key, uris_allowed ? ", or a URI" : "",
+          m->type == KAUN__JSON_STRING ? kaun__str_escape(m->text, m->text_len, shown, sizeof shown)
+                                       : "(not a string)");
       goto done;
     }
-    names[i] = (char *)m->text;
+    if (uri) {
+      names[i] = (char *)m->text;
+    } else {
+      names[i] = normal + used;
+      used += strlen(names[i]) + 1;
+    }
   }
-  /* distinct shard files, sorted so shards load in their numbered order */
-  qsort(names, wm->count, sizeof *names, cmp_str);
-  size_t distinct = 0;
+  /* distinct names, sorted so shards load in their numbered order */
+  memcpy(sorted, names, wm->count * sizeof *names);
+  qsort(sorted, wm->count, sizeof *sorted, cmp_str);
   for (i = 0; i < wm->count; i++)
-    if (!distinct || strcmp(names[distinct - 1], names[i]) != 0) names[distinct++] = names[i];
-  if (!(r->shards = new_shards(distinct))) {
+    if (!distinct || strcmp(sorted[distinct - 1], sorted[i]) != 0) sorted[distinct++] = sorted[i];
+  if (distinct > MAX_SHARDS) {
+    rc = kaun__error_set(err, KAUN_EINDEX,
+                         "%s names %zu shard files, more than the %u kaun opens for one index",
+                         index_uri, distinct, (unsigned)MAX_SHARDS);
+    goto done;
+  }
+  /* one shard per object: names that resolve to one URI share the first's */
+  if (!(refs = calloc(distinct + 1, sizeof *refs))) {
     rc = kaun__error_nomem(err, "reading a sharded index");
     goto done;
   }
-  r->nshards = distinct;
   for (i = 0; i < distinct; i++) {
-    shard *sh = &r->shards[i];
-    sh->uri = is_uri(names[i]) ? strdup(names[i]) : sibling_uri(index_uri, names[i]);
-    if (!sh->uri) {
+    refs[i].at = i;
+    refs[i].uri = is_uri(sorted[i]) ? strdup(sorted[i]) : sibling_uri(index_uri, sorted[i]);
+    if (!refs[i].uri) {
       rc = kaun__error_nomem(err, "reading a sharded index");
       goto done;
     }
-    if ((rc = shard_open(r->ctx, sh, NULL, err))) {
-      kaun__error_prefix(err, "shard of %s: ", index_uri);
+  }
+  qsort(refs, distinct, sizeof *refs, cmp_ref_uri);
+  for (i = 0; i < distinct; i++)
+    refs[i].first = i && strcmp(refs[i - 1].uri, refs[i].uri) == 0 ? refs[i - 1].first : refs[i].at;
+  qsort(refs, distinct, sizeof *refs, cmp_ref_at);
+  size_t nshards = 0;
+  for (i = 0; i < distinct; i++)
+    refs[i].shard = refs[i].first == i ? nshards++ : refs[refs[i].first].shard;
+  if (!(r->shards = new_shards(nshards))) {
+    rc = kaun__error_nomem(err, "reading a sharded index");
+    goto done;
+  }
+  r->nshards = nshards;
+  for (i = 0; i < distinct; i++)
+    if (refs[i].first == i) {
+      r->shards[refs[i].shard].uri = refs[i].uri;
+      refs[i].uri = NULL;
+    }
+  uint64_t budget = MAX_SHARD_HEADER_BYTES;
+  for (size_t s = 0; s < nshards; s++) {
+    shard *sh = &r->shards[s];
+    bool over = false;
+    if ((rc = shard_open(r->ctx, sh, NULL, &budget, &over, err))) {
+      if (over)
+        rc = kaun__error_set(err, KAUN_EINDEX,
+                             "%s: the headers of its %zu shard files add up to more than the %u "
+                             "MiB kaun reads for one index (it stopped at '%s')",
+                             index_uri, nshards, (unsigned)(MAX_SHARD_HEADER_BYTES >> 20), sh->uri);
+      else
+        kaun__error_prefix(err, "shard of %s: ", index_uri);
       goto done;
     }
   }
   /* each weight_map entry's shard, and the tensor must be there */
   i = 0;
   for (kaun__json *m = wm->child; m; m = m->next, i++) {
-    char *key = (char *)m->text;
-    char **found = bsearch(&key, names, distinct, sizeof *names, cmp_str);
-    wm_shard[i] = (size_t)(found - names);
+    char **found = bsearch(&names[i], sorted, distinct, sizeof *sorted, cmp_str);
+    wm_shard[i] = refs[found - sorted].shard;
     if (kaun_safetensors_find_n(r->shards[wm_shard[i]].st, m->key, m->key_len) < 0) {
       rc = kaun__error_set(err, KAUN_EINDEX,
                            "%s: line %u: the index puts tensor '%s' in '%s', but that shard does "
@@ -322,8 +425,12 @@ static int open_index(kaun_reader *r, const char *index_uri, kaun_object *obj, k
   free(wm_names);
   free(wm_lens);
 done:
+  for (size_t k = 0; refs && k < distinct; k++) free(refs[k].uri);
+  free(refs);
   free(text);
   free(names);
+  free(sorted);
+  free(normal);
   free(wm_shard);
   return rc;
 }
@@ -334,7 +441,7 @@ static int open_single(kaun_reader *r, const char *uri, kaun_object *obj, kaun_e
     return kaun__error_nomem(err, "opening a checkpoint");
   }
   r->nshards = 1;
-  int rc = shard_open(r->ctx, &r->shards[0], obj, err);
+  int rc = shard_open(r->ctx, &r->shards[0], obj, NULL, NULL, err);
   if (rc) return rc;
   size_t n = kaun_safetensors_count(r->shards[0].st);
   r->entries = calloc(n + 1, sizeof *r->entries);
@@ -472,75 +579,220 @@ uint64_t kaun_reader_data_bytes(const kaun_reader *r) {
   return n;
 }
 
-/* ---- reading: jobs into final memory ------------------------------------------- */
+/* ---- reading: tasks into final memory ------------------------------------------ */
 
-/* One ranged read: `len` bytes of the shard at `offset` into `dst`, or,
- * for a cast, into scratch memory then converted into `dst`. */
-typedef struct job {
+/* The runs of a slice of an object that is read, not mapped: `runs` runs
+ * of `run` bytes; run k (its index in the run dimensions, last fastest)
+ * is at base + sum idx[d] * stride[d] and lands at dst + k * run.  Work
+ * is cut from it as it is claimed, so planning costs the same whatever
+ * the number of runs: runs close together (gaps up to `max_gap`) are read
+ * as one span of at most `chunk` bytes and scattered; a run longer than
+ * `chunk` is read in pieces. */
+typedef struct slice_runs {
+  size_t ndim;
+  uint64_t shape[KAUN_MAX_DIMS], stride[KAUN_MAX_DIMS];
+  uint64_t run, runs, max_gap;
+  pthread_mutex_t lock; /* guards the cursor below */
+  uint64_t next, piece; /* the next run to claim, and the next piece of it */
+  uint64_t off;         /* the offset of run `next` */
+  uint64_t idx[KAUN_MAX_DIMS];
+} slice_runs;
+
+/* One output's reads: `len` bytes at `offset` into `dst` (for a cast,
+ * into scratch memory then converted into `dst`; a NULL `dst` reads and
+ * keeps nothing), cut into `units` reads of `chunk` bytes taken in turn
+ * through `next`; or, with `slice`, its runs. */
+typedef struct task {
   shard *sh;
+  size_t out; /* the output tensor it fills, or NO_OUTPUT */
+  char *dst;
+  uint64_t offset, len, chunk, units;
+  _Atomic uint64_t next;
+  bool cast;
+  kaun_dtype from, to;
+  slice_runs *slice;
+} task;
+
+#define NO_OUTPUT SIZE_MAX
+#define NEAR_GAP ((uint64_t)64 << 10) /* a gap read through rather than a new request */
+
+/* What a worker claimed from a task: `len` bytes at `offset`, read into
+ * `dst`, or (count > 0) a span holding runs first..first+count-1 of a
+ * slice, whose first index is idx, scattered from scratch memory. */
+typedef struct unit {
   uint64_t offset;
   size_t len;
   char *dst;
-  size_t out; /* the output tensor it fills */
-  bool cast;
-  kaun_dtype from, to;
-} job;
+  uint64_t first, count;
+  uint64_t bytes; /* of the output it fills */
+  uint64_t idx[KAUN_MAX_DIMS];
+} unit;
 
 typedef struct plan {
-  job *jobs;
-  size_t njobs, cap;
+  task *tasks;
+  size_t ntasks, cap;
   uint64_t bytes;
-  size_t scratch; /* the largest cast job */
+  size_t scratch; /* the largest read that goes through scratch memory */
+  uint64_t units; /* an upper bound on the reads, for the number of threads */
   unsigned threads;
   bool all_mapped;
 } plan;
 
 typedef struct run_state {
   plan *p;
-  atomic_size_t next;
-  atomic_int failed;
-  kaun_error error;         /* the first failure, written once */
-  atomic_size_t *remaining; /* jobs left per output tensor */
+  atomic_int failed;           /* the stop flag: set by the first failure */
+  kaun_error error;            /* that failure, written once */
+  _Atomic uint64_t *remaining; /* bytes left per output tensor */
   kaun_tensor **out;
   const char *const *names;
   const kaun_load_options *opts;
   kaun_io *io;
+  bool own_io; /* io is this call's, not the caller's: canceling it is ours to do */
   pthread_mutex_t cb_lock;
 } run_state;
 
-static int plan_add(plan *p, const job *j, kaun_error *err) {
-  if (p->njobs == p->cap) {
-    size_t cap = p->cap ? p->cap * 2 : 64;
-    job *grown = realloc(p->jobs, cap * sizeof *grown);
-    if (!grown) return kaun__error_nomem(err, "planning reads");
-    p->jobs = grown;
+static void plan_free(plan *p) {
+  for (size_t i = 0; i < p->ntasks; i++)
+    if (p->tasks[i].slice) {
+      pthread_mutex_destroy(&p->tasks[i].slice->lock);
+      free(p->tasks[i].slice);
+    }
+  free(p->tasks);
+}
+
+static uint64_t sat_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
+/* Adds a task (taking `slice`, which is freed on failure). */
+static int plan_add(plan *p, const task *t, slice_runs *slice, kaun_error *err) {
+  if (p->ntasks == p->cap) {
+    size_t cap = p->cap ? p->cap * 2 : 16;
+    task *grown = realloc(p->tasks, cap * sizeof *grown);
+    if (!grown) {
+      free(slice);
+      return kaun__error_nomem(err, "planning reads");
+    }
+    p->tasks = grown;
     p->cap = cap;
   }
-  p->jobs[p->njobs++] = *j;
-  p->bytes += j->len;
-  if ((j->cast || !j->dst) && j->len > p->scratch) p->scratch = j->len;
-  if (j->sh->inflight > p->threads) p->threads = j->sh->inflight;
-  if (j->sh->map_state != 1) p->all_mapped = false;
+  task *n = &p->tasks[p->ntasks++];
+  n->sh = t->sh;
+  n->out = t->out;
+  n->dst = t->dst;
+  n->offset = t->offset;
+  n->len = t->len;
+  n->chunk = t->chunk;
+  n->units = t->units;
+  atomic_init(&n->next, 0);
+  n->cast = t->cast;
+  n->from = t->from;
+  n->to = t->to;
+  n->slice = slice;
+  if (slice) pthread_mutex_init(&slice->lock, NULL);
+  p->bytes += t->len;
+  p->units = sat_add(p->units, t->units);
+  if (t->sh->inflight > p->threads) p->threads = t->sh->inflight;
+  if (t->sh->map_state != 1) p->all_mapped = false;
   return KAUN_OK;
 }
 
-/* Splits `len` bytes at `offset` into chunk-sized jobs (whole elements). */
-static int plan_range(plan *p, shard *sh, uint64_t offset, size_t len, char *dst, size_t out,
+static uint64_t shard_chunk(const shard *sh) { return sh->chunk ? sh->chunk : ((uint64_t)8 << 20); }
+
+/* Plans `len` bytes at `offset`, read in chunk-sized pieces (whole
+ * elements) when the task runs. */
+static int plan_range(plan *p, shard *sh, uint64_t offset, uint64_t len, char *dst, size_t out,
                       kaun_dtype from, kaun_dtype to, kaun_error *err) {
+  if (!len) return KAUN_OK;
   bool cast = from != to;
-  unsigned in_elem = kaun_dtype_bits(from) / 8, out_elem = kaun_dtype_bits(to) / 8;
-  uint64_t chunk = sh->chunk ? sh->chunk : ((uint64_t)8 << 20);
+  unsigned in_elem = kaun_dtype_bits(from) / 8;
+  uint64_t chunk = shard_chunk(sh);
+  if (chunk > SIZE_MAX / 2) chunk = SIZE_MAX / 2;
   if (in_elem > 1) chunk -= chunk % in_elem;
   if (!chunk) chunk = in_elem ? in_elem : 1;
-  for (size_t done = 0; done < len;) {
-    size_t n = len - done < chunk ? len - done : (size_t)chunk;
-    size_t dst_at = cast && in_elem ? done / in_elem * out_elem : done;
-    job j = {sh, offset + done, n, dst ? dst + dst_at : NULL, out, cast, from, to};
-    int rc = plan_add(p, &j, err);
-    if (rc) return rc;
-    done += n;
+  task t = {.sh = sh,
+            .out = out,
+            .dst = dst,
+            .offset = offset,
+            .len = len,
+            .chunk = chunk,
+            .units = len / chunk + (len % chunk != 0),
+            .cast = cast,
+            .from = from,
+            .to = to};
+  if ((cast || !dst) && (len < chunk ? len : chunk) > p->scratch)
+    p->scratch = (size_t)(len < chunk ? len : chunk);
+  return plan_add(p, &t, NULL, err);
+}
+
+/* The next run of a slice: its index and offset. */
+static void next_run(const slice_runs *s, uint64_t *idx, uint64_t *off) {
+  for (size_t d = s->ndim; d-- > 0;) {
+    *off += s->stride[d];
+    if (++idx[d] < s->shape[d]) return;
+    *off -= s->shape[d] * s->stride[d];
+    idx[d] = 0;
   }
-  return KAUN_OK;
+}
+
+/* Claims the next read of a task; false when it has none left. */
+static bool claim(run_state *rs, task *t, unit *u) {
+  u->count = 0;
+  if (!t->slice) {
+    if (atomic_load(&t->next) >= t->units) return false;
+    uint64_t i = atomic_fetch_add(&t->next, 1);
+    if (i >= t->units) return false;
+    uint64_t done = i * t->chunk, n = t->len - done < t->chunk ? t->len - done : t->chunk;
+    unsigned in_elem = kaun_dtype_bits(t->from) / 8, out_elem = kaun_dtype_bits(t->to) / 8;
+    uint64_t dst_at = t->cast && in_elem ? done / in_elem * out_elem : done;
+    u->offset = t->offset + done;
+    u->len = (size_t)n;
+    u->dst = t->dst ? t->dst + dst_at : NULL;
+    u->bytes = n;
+    return true;
+  }
+  slice_runs *s = t->slice;
+  uint64_t gap_bytes = 0;
+  pthread_mutex_lock(&s->lock);
+  if (s->next >= s->runs) {
+    pthread_mutex_unlock(&s->lock);
+    return false;
+  }
+  uint64_t k = s->next;
+  if (s->run > t->chunk) { /* a long run, in pieces */
+    uint64_t at = s->piece * t->chunk, n = s->run - at < t->chunk ? s->run - at : t->chunk;
+    u->offset = s->off + at;
+    u->len = (size_t)n;
+    u->dst = t->dst + k * s->run + at;
+    u->bytes = n;
+    if (++s->piece * t->chunk >= s->run) {
+      s->piece = 0;
+      s->next++;
+      next_run(s, s->idx, &s->off);
+    }
+  } else { /* this run, and the next ones while the span stays small */
+    uint64_t start = s->off, end = s->off + s->run;
+    memcpy(u->idx, s->idx, s->ndim * sizeof *s->idx);
+    s->next++;
+    next_run(s, s->idx, &s->off);
+    while (s->next < s->runs && s->off - end <= s->max_gap && s->off + s->run - start <= t->chunk) {
+      end = s->off + s->run;
+      s->next++;
+      next_run(s, s->idx, &s->off);
+    }
+    u->offset = start;
+    u->len = (size_t)(end - start);
+    u->bytes = (s->next - k) * s->run;
+    if (s->next - k == 1) {
+      u->dst = t->dst + k * s->run;
+    } else {
+      u->dst = NULL;
+      u->first = k;
+      u->count = s->next - k;
+      gap_bytes = u->len - u->bytes;
+    }
+  }
+  pthread_mutex_unlock(&s->lock);
+  if (gap_bytes) kaun_io_expect(rs->io, gap_bytes); /* read through, so counted */
+  return true;
 }
 
 /* Hands a finished tensor to the streaming callback. */
@@ -549,39 +801,63 @@ static int deliver(run_state *rs, size_t out, kaun_error *err) {
   pthread_mutex_lock(&rs->cb_lock);
   int stop = rs->opts->on_tensor(rs->names[out], rs->out[out], rs->opts->user);
   pthread_mutex_unlock(&rs->cb_lock);
-  if (stop) {
-    kaun_io_cancel(rs->io);
+  if (stop)
     return kaun__error_set(err, KAUN_ECANCELED, "canceled by the tensor callback at '%s'",
                            rs->names[out]);
-  }
   return KAUN_OK;
+}
+
+/* Records the first failure and stops the other workers between reads.
+ * Transfers in flight stop too when the io is this call's own; the
+ * caller's io is left as it was (it may serve later calls). */
+static void fail(run_state *rs, const kaun_error *e) {
+  int zero = 0;
+  if (atomic_compare_exchange_strong(&rs->failed, &zero, 1)) rs->error = *e;
+  if (rs->own_io) kaun_io_cancel(rs->io);
+}
+
+/* Does one claimed read: into place, or via scratch memory for a cast, a
+ * check or a span of runs. */
+static int run_unit(run_state *rs, const task *t, const unit *u, char **scratch, kaun_error *e) {
+  if (kaun_io_canceled(rs->io))
+    return kaun__error_set(e, KAUN_ECANCELED, "%s: canceled", t->sh->uri);
+  bool to_scratch = t->cast || !u->dst;
+  if (to_scratch && !*scratch && !(*scratch = malloc(rs->p->scratch ? rs->p->scratch : 1)))
+    return kaun__error_nomem(e, "reading tensors");
+  int rc =
+      kaun_object_read_io(t->sh->obj, u->offset, to_scratch ? *scratch : u->dst, u->len, rs->io, e);
+  if (!rc && t->cast) {
+    unsigned bits = kaun_dtype_bits(t->from);
+    rc = kaun_cast(t->from, *scratch, t->to, u->dst, bits ? u->len * 8 / bits : 0, e);
+  }
+  if (!rc && u->count) { /* scatter the runs out of the span */
+    const slice_runs *s = t->slice;
+    uint64_t idx[KAUN_MAX_DIMS], off = u->offset;
+    memcpy(idx, u->idx, s->ndim * sizeof *idx);
+    for (uint64_t k = u->first; k < u->first + u->count; k++) {
+      memcpy(t->dst + k * s->run, *scratch + (off - u->offset), (size_t)s->run);
+      next_run(s, idx, &off);
+    }
+  }
+  return rc;
 }
 
 static void *worker(void *arg) {
   run_state *rs = arg;
+  plan *p = rs->p;
   char *scratch = NULL;
-  for (;;) {
-    size_t i = atomic_fetch_add(&rs->next, 1);
-    if (i >= rs->p->njobs || atomic_load(&rs->failed)) break;
-    job *j = &rs->p->jobs[i];
+  unit u;
+  for (size_t i = 0; i < p->ntasks && !atomic_load(&rs->failed);) {
+    task *t = &p->tasks[i];
+    if (!claim(rs, t, &u)) {
+      i++;
+      continue;
+    }
     kaun_error e = KAUN_ERROR_INIT;
-    int rc = KAUN_OK;
-    bool to_scratch = j->cast || !j->dst; /* a cast, or a check that keeps nothing */
-    if (to_scratch && !scratch && !(scratch = malloc(rs->p->scratch ? rs->p->scratch : 1)))
-      rc = kaun__error_nomem(&e, "reading tensors");
-    if (!rc)
-      rc = kaun_object_read_io(j->sh->obj, j->offset, to_scratch ? scratch : j->dst, j->len, rs->io,
-                               &e);
-    if (!rc && j->cast) {
-      unsigned bits = kaun_dtype_bits(j->from);
-      rc = kaun_cast(j->from, scratch, j->to, j->dst, bits ? j->len * 8 / bits : 0, &e);
-    }
-    if (!rc && atomic_fetch_sub(&rs->remaining[j->out], 1) == 1) rc = deliver(rs, j->out, &e);
-    if (rc) {
-      int zero = 0;
-      if (atomic_compare_exchange_strong(&rs->failed, &zero, 1)) rs->error = e;
-      kaun_io_cancel(rs->io); /* the other threads' transfers stop too */
-    }
+    int rc = run_unit(rs, t, &u, &scratch, &e);
+    if (!rc && t->out != NO_OUTPUT && atomic_fetch_sub(&rs->remaining[t->out], u.bytes) == u.bytes)
+      rc = deliver(rs, t->out, &e);
+    if (rc) fail(rs, &e);
   }
   free(scratch);
   return NULL;
@@ -589,12 +865,12 @@ static void *worker(void *arg) {
 
 static int run_plan(run_state *rs, kaun_error *err) {
   plan *p = rs->p;
-  if (!p->njobs) return KAUN_OK;
+  if (!p->ntasks) return KAUN_OK;
   kaun_io_expect(rs->io, p->bytes);
   unsigned n = p->threads ? p->threads : 1;
   if (n > MAX_THREADS) n = MAX_THREADS;
-  if (n > p->njobs) n = (unsigned)p->njobs;
-  uint64_t chunk = p->jobs[0].sh->chunk;
+  if (n > p->units) n = (unsigned)p->units;
+  uint64_t chunk = p->tasks[0].sh->chunk;
   if (p->all_mapped && p->bytes < 2 * chunk) n = 1; /* the page cache: threads cost more */
   pthread_t threads[MAX_THREADS];
   unsigned started = 0;
@@ -658,29 +934,31 @@ static int plan_whole(kaun_reader *r, const request *q, unsigned flags, plan *p,
   return plan_range(p, sh, offset, nbytes, dst, out, in.dtype, q->dtype, err);
 }
 
-/* Plans a slice: one read per contiguous run (a view when it is one run
- * of a mapping). */
+/* Plans a slice's contiguous runs, as one task whatever their number (a
+ * view when it is one run of a mapping, copies from a mapping, else
+ * reads cut as the task runs). */
 static int plan_slice(kaun_reader *r, const request *q, unsigned flags, plan *p, size_t out,
                       kaun_tensor **t, kaun_error *err) {
   shard *sh = &r->shards[r->entries[q->entry].shard];
   kaun_safetensors_info in;
   kaun_safetensors_info_at(sh->st, r->entries[q->entry].tensor, &in);
   if (q->nranges > in.ndim)
-    return kaun__error_set(err, KAUN_EINVAL, "tensor '%s' has %zu dimensions; %zu ranges given",
-                           in.name, in.ndim, q->nranges);
+    return kaun__error_set(err, KAUN_EINVAL, "%s: tensor '%s' has %zu dimensions; %zu ranges given",
+                           r->uri, in.name, in.ndim, q->nranges);
   unsigned bits = kaun_dtype_bits(in.dtype);
   if (bits % 8)
-    return kaun__error_set(err, KAUN_ENOTSUP,
-                           "tensor '%s' is %s, narrower than a byte: kaun slices whole bytes only",
-                           in.name, kaun_dtype_name(in.dtype));
+    return kaun__error_set(
+        err, KAUN_ENOTSUP,
+        "%s: tensor '%s' is %s, narrower than a byte: kaun slices whole bytes only", r->uri,
+        in.name, kaun_dtype_name(in.dtype));
   uint64_t shape[KAUN_MAX_DIMS], start[KAUN_MAX_DIMS];
   for (size_t d = 0; d < in.ndim; d++) {
     kaun_range g = d < q->nranges ? q->ranges[d] : (kaun_range){0, in.shape[d]};
     if (g.start > g.stop || g.stop > in.shape[d])
-      return kaun__error_set(err, KAUN_EINVAL,
-                             "tensor '%s': range %llu:%llu is outside dimension %zu (size %llu)",
-                             in.name, (unsigned long long)g.start, (unsigned long long)g.stop, d,
-                             (unsigned long long)in.shape[d]);
+      return kaun__error_set(
+          err, KAUN_EINVAL, "%s: tensor '%s': range %llu:%llu is outside dimension %zu (size %llu)",
+          r->uri, in.name, (unsigned long long)g.start, (unsigned long long)g.stop, d,
+          (unsigned long long)in.shape[d]);
     start[d] = g.start;
     shape[d] = g.stop - g.start;
   }
@@ -710,21 +988,51 @@ static int plan_slice(kaun_reader *r, const request *q, unsigned flags, plan *p,
   if ((rc = kaun__tensor_new_uninit(in.dtype, in.ndim, shape, &raw, err))) return rc;
   char *dst;
   if ((rc = kaun_tensor_data_mut(raw, (void **)&dst, err))) goto fail;
-  uint64_t idx[KAUN_MAX_DIMS] = {0};
-  for (uint64_t k = 0; k < runs && total; k++) {
-    uint64_t off = base;
-    for (size_t d = 0; d < in.ndim; d++) off += (start[d] + (d < first ? idx[d] : 0)) * stride[d];
-    char *at = dst + k * run;
-    if (map) {
-      memcpy(at, (const char *)kaun_buffer_data(map) + off, (size_t)run);
-    } else if ((rc = plan_range(p, sh, off, (size_t)run, at, out, in.dtype, in.dtype, err))) {
+  if (total && !map && runs == 1) {
+    rc = plan_range(p, sh, off0, run, dst, out, in.dtype, in.dtype, err);
+  } else if (total && !map) {
+    slice_runs *s = calloc(1, sizeof *s);
+    if (!s) {
+      rc = kaun__error_nomem(err, "planning reads");
       goto fail;
     }
-    for (size_t d = first; d-- > 0;) { /* the next index, last dimension fastest */
-      if (++idx[d] < shape[d]) break;
-      idx[d] = 0;
+    s->ndim = first;
+    uint64_t span = run;
+    for (size_t d = 0; d < first; d++) {
+      s->shape[d] = shape[d];
+      s->stride[d] = stride[d];
+      span += (shape[d] - 1) * stride[d];
+    }
+    s->run = run;
+    s->runs = runs;
+    s->max_gap = run > NEAR_GAP ? run : NEAR_GAP;
+    s->off = off0;
+    uint64_t chunk = shard_chunk(sh), pieces = run > chunk ? run / chunk + (run % chunk != 0) : 1;
+    task tk = {.sh = sh,
+               .out = out,
+               .dst = dst,
+               .len = runs * run,
+               .chunk = chunk,
+               .units = runs > UINT64_MAX / pieces ? UINT64_MAX : runs * pieces,
+               .from = in.dtype,
+               .to = in.dtype};
+    uint64_t scratch = span < chunk ? span : chunk; /* a span of runs */
+    if (run < chunk && scratch > p->scratch) p->scratch = (size_t)scratch;
+    rc = plan_add(p, &tk, s, err);
+  } else if (total) { /* copies out of the mapping */
+    uint64_t idx[KAUN_MAX_DIMS] = {0}, off = off0;
+    const char *src = (const char *)kaun_buffer_data(map);
+    slice_runs geometry = {.ndim = first};
+    for (size_t d = 0; d < first; d++) {
+      geometry.shape[d] = shape[d];
+      geometry.stride[d] = stride[d];
+    }
+    for (uint64_t k = 0; k < runs; k++) {
+      memcpy(dst + k * run, src + off, (size_t)run);
+      next_run(&geometry, idx, &off);
     }
   }
+  if (rc) goto fail;
   if (q->dtype == in.dtype) {
     *t = raw;
     return KAUN_OK;
@@ -743,29 +1051,27 @@ fail:
 static int materialize(kaun_reader *r, const request *reqs, size_t n, const char *const *names,
                        const kaun_load_options *opts, kaun_tensor **out, kaun_error *err) {
   unsigned flags = opts ? opts->flags : 0;
-  plan p = {NULL, 0, 0, 0, 0, 0, true};
-  run_state rs = {&p,    0,    0,    KAUN_ERROR_INIT,          NULL, out,
-                  names, opts, NULL, PTHREAD_MUTEX_INITIALIZER};
+  plan p = {.all_mapped = true};
+  run_state rs = {
+      .p = &p, .out = out, .names = names, .opts = opts, .cb_lock = PTHREAD_MUTEX_INITIALIZER};
+  atomic_init(&rs.failed, 0);
   kaun_io *own_io = NULL;
   int rc = KAUN_OK;
   for (size_t i = 0; i < n; i++) out[i] = NULL;
   rs.io = opts ? opts->io : NULL;
   if (!rs.io && (rc = kaun_context_new_io(r->ctx, &own_io, err))) return rc;
   if (!rs.io) rs.io = own_io;
-  size_t *first_job = calloc(n + 1, sizeof *first_job);
+  rs.own_io = own_io != NULL;
   rs.remaining = calloc(n + 1, sizeof *rs.remaining);
-  if (!first_job || !rs.remaining) rc = kaun__error_nomem(err, "loading tensors");
-  for (size_t i = 0; i < n && !rc; i++) {
-    first_job[i] = p.njobs;
+  if (!rs.remaining) rc = kaun__error_nomem(err, "loading tensors");
+  for (size_t i = 0; i < n && !rc; i++) atomic_init(&rs.remaining[i], 0);
+  for (size_t i = 0; i < n && !rc; i++)
     rc = reqs[i].nranges || reqs[i].ranges ? plan_slice(r, &reqs[i], flags, &p, i, &out[i], err)
                                            : plan_whole(r, &reqs[i], flags, &p, i, &out[i], err);
-  }
-  if (!rc) {
-    first_job[n] = p.njobs;
-    for (size_t i = 0; i < n; i++) atomic_init(&rs.remaining[i], first_job[i + 1] - first_job[i]);
-    for (size_t i = 0; i < n && !rc; i++) /* tensors that needed no reads are ready now */
-      if (first_job[i + 1] == first_job[i]) rc = deliver(&rs, i, err);
-  }
+  for (size_t k = 0; k < p.ntasks && !rc; k++)
+    atomic_fetch_add(&rs.remaining[p.tasks[k].out], p.tasks[k].len);
+  for (size_t i = 0; i < n && !rc; i++) /* tensors that needed no reads are ready now */
+    if (atomic_load(&rs.remaining[i]) == 0) rc = deliver(&rs, i, err);
   if (!rc) rc = run_plan(&rs, err);
   /* slices of unmapped objects that want a cast: convert now that the bytes are in */
   for (size_t i = 0; i < n && !rc; i++)
@@ -778,9 +1084,8 @@ static int materialize(kaun_reader *r, const request *reqs, size_t n, const char
     }
   if (rc == KAUN_ECANCELED && err && !strstr(err->message, r->uri))
     kaun__error_prefix(err, "loading %s: ", r->uri);
-  free(first_job);
   free(rs.remaining);
-  free(p.jobs);
+  plan_free(&p);
   kaun_io_free(own_io);
   pthread_mutex_destroy(&rs.cb_lock);
   if (rc)
@@ -901,16 +1206,17 @@ static int check_sha256(shard *sh, const char *want, kaun_io *io, kaun_error *er
 }
 
 int kaun_reader_check_data(kaun_reader *r, const kaun_load_options *opts, kaun_error *err) {
-  plan p = {NULL, 0, 0, 0, 0, 0, false};
-  run_state rs = {&p,   0,    0,    KAUN_ERROR_INIT,          NULL, NULL,
-                  NULL, NULL, NULL, PTHREAD_MUTEX_INITIALIZER};
+  plan p = {0};
+  run_state rs = {.p = &p, .cb_lock = PTHREAD_MUTEX_INITIALIZER};
+  atomic_init(&rs.failed, 0);
   kaun_io *own_io = NULL;
   int rc = KAUN_OK;
   rs.io = opts ? opts->io : NULL;
   if (!rs.io && (rc = kaun_context_new_io(r->ctx, &own_io, err))) return rc;
   if (!rs.io) rs.io = own_io;
-  atomic_size_t remaining = 0;
-  rs.remaining = &remaining;
+  rs.own_io = own_io != NULL;
+  /* one task per shard, cut into chunks as workers take them: memory is
+   * threads x chunk, whatever size the objects claim */
   for (size_t s = 0; s < r->nshards && !rc; s++) {
     shard *sh = &r->shards[s];
     kaun_stat st = {.struct_size = sizeof st};
@@ -923,15 +1229,10 @@ int kaun_reader_check_data(kaun_reader *r, const kaun_load_options *opts, kaun_e
     }
     uint64_t start = kaun_safetensors_data_start(sh->st);
     uint64_t len = kaun_safetensors_file_size(sh->st) - start;
-    if (len > SIZE_MAX) {
-      rc = kaun__error_set(err, KAUN_ENOMEM, "%s is too large for this machine", sh->uri);
-      break;
-    }
-    rc = plan_range(&p, sh, start, (size_t)len, NULL, 0, KAUN_DTYPE_U8, KAUN_DTYPE_U8, err);
+    rc = plan_range(&p, sh, start, len, NULL, NO_OUTPUT, KAUN_DTYPE_U8, KAUN_DTYPE_U8, err);
   }
-  atomic_store(&remaining, p.njobs + 1); /* never reaches 0: no tensor to hand over */
   if (!rc) rc = run_plan(&rs, err);
-  free(p.jobs);
+  plan_free(&p);
   kaun_io_free(own_io);
   pthread_mutex_destroy(&rs.cb_lock);
   return rc;

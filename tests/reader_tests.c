@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -142,6 +144,7 @@ static void test_reader_on_mapped_files(void) {
   kaun_range bad[] = {{0, 4}, {5, 7}};
   ASSERT_FAILS(kaun_reader_get_slice(r, "t0", 2, bad, NULL, &t, &err), err, KAUN_EINVAL,
                "tensor 't0': range 5:7 is outside dimension 1 (size 6)");
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, tmp("grid.safetensors"))); /* the reader's URI */
   kaun_range reversed[] = {{3, 1}};
   ASSERT_FAILS(kaun_reader_get_slice(r, "t0", 1, reversed, NULL, &t, &err), err, KAUN_EINVAL,
                "range 3:1");
@@ -200,6 +203,13 @@ static int on_tensor(const char *name, const kaun_tensor *t, void *user) {
   return 0;
 }
 
+static int stop_at_first(const char *name, const kaun_tensor *t, void *user) {
+  (void)name;
+  (void)t;
+  (void)user;
+  return 1;
+}
+
 static void test_reader_reads_only_what_is_asked(void) {
   kaun_error err = KAUN_ERROR_INIT;
   kaun_context *ctx = mem_context();
@@ -232,11 +242,13 @@ static void test_reader_reads_only_what_is_asked(void) {
   CU_ASSERT_EQUAL(c.done, 2 * 16 * 4);
   CU_ASSERT_EQUAL(at(t, 0), 5160.0f);
   kaun_tensor_free(t);
-  /* a column: 16 runs of one float */
-  c.done = 0;
+  /* a column: 16 runs of one float, close together: one read of the span
+   * from the first to the last, counted as read */
+  c.done = c.total = 0;
   kaun_range col[] = {{0, 16}, {3, 4}};
   ASSERT_OK(kaun_reader_get_slice(r, "t9", 2, col, NULL, &t, &err), err);
-  CU_ASSERT_EQUAL(c.done, 16 * 4);
+  CU_ASSERT_EQUAL(c.done, 15 * 16 * 4 + 4);
+  CU_ASSERT_EQUAL(c.total, c.done);
   CU_ASSERT_EQUAL(at(t, 1), 9019.0f);
   CU_ASSERT_EQUAL(at(t, 15), 9243.0f);
   kaun_tensor_free(t);
@@ -321,6 +333,197 @@ static void test_template_subset(void) {
   kaun_context_free(ctx);
 }
 
+/* ---- shard names in an index ---------------------------------------------------- */
+
+static void write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+/* Names of one file open it once; names a server could read as another
+ * file ('%2e%2e', '?', '#') are refused; the shards are bounded. */
+static void test_index_shard_names(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx;
+  ASSERT_OK(kaun_context_new(NULL, &ctx, &err), err);
+  mkdir(tmp("idx"), 0755);
+  mkdir(tmp("idx/sub"), 0755);
+  save_grid(ctx, tmp("idx/a.safetensors"), 3, 2, 2);
+  char index[8300];
+  snprintf(index, sizeof index, "%s", tmp("idx/model.safetensors.index.json"));
+  write_file(index,
+             "{\"weight_map\": {\"t0\": \"a.safetensors\", \"t1\": \"./a.safetensors\",\n"
+             "  \"t2\": \"././a.safetensors\"}}");
+  kaun_reader *r;
+  ASSERT_OK(kaun_reader_open(ctx, index, &r, &err), err);
+  CU_ASSERT_EQUAL(kaun_reader_count(r), 3);
+  kaun_reader_tensor a, b, c;
+  ASSERT_OK(kaun_reader_info(r, 0, &a), err);
+  ASSERT_OK(kaun_reader_info(r, 1, &b), err);
+  ASSERT_OK(kaun_reader_info(r, 2, &c), err);
+  CU_ASSERT_PTR_EQUAL(a.uri, b.uri); /* one shard, opened once */
+  CU_ASSERT_PTR_EQUAL(a.uri, c.uri);
+  CU_ASSERT_PTR_NULL(strstr(a.uri, "/./"));
+  kaun_tensor *t;
+  ASSERT_OK(kaun_reader_get(r, "t2", KAUN_DTYPE_COUNT_, NULL, &t, &err), err);
+  CU_ASSERT_EQUAL(at(t, 3), 2003.0f);
+  kaun_tensor_free(t);
+  kaun_reader_close(r);
+  /* a name in a folder, with "." components, is the same file */
+  save_grid(ctx, tmp("idx/sub/b.safetensors"), 1, 2, 2);
+  write_file(index, "{\"weight_map\": {\"t0\": \"sub/./b.safetensors\"}}");
+  ASSERT_OK(kaun_reader_open(ctx, index, &r, &err), err);
+  ASSERT_OK(kaun_reader_info(r, 0, &a), err);
+  CU_ASSERT_PTR_NOT_NULL(strstr(a.uri, "idx/sub/b.safetensors"));
+  kaun_reader_close(r);
+  /* percent-escapes (most servers decode them), queries and fragments */
+  static const char *const odd[] = {"%2e%2e/%2e%2e/private/x.safetensors",
+                                    "a.safetensors?v=1",
+                                    "a.safetensors#2",
+                                    "sub\\\\..\\\\a.safetensors",
+                                    "./",
+                                    "."};
+  for (size_t i = 0; i < sizeof odd / sizeof *odd; i++) {
+    char text[512], want[512];
+    snprintf(text, sizeof text, "{\"weight_map\": {\"t0\": \"%s\"}}", odd[i]);
+    write_file(index, text);
+    ASSERT_FAILS(kaun_reader_open(ctx, index, &r, &err), err, KAUN_EINDEX,
+                 "the shard of tensor 't0' must be a file name relative to the index");
+    CU_ASSERT_PTR_NULL(r);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.message, index));
+    snprintf(want, sizeof want, "not '%s'", odd[i]); /* escaped as JSON escapes it */
+    if (!strstr(err.message, want)) fprintf(stderr, "\n  [%s] not in [%s]\n", want, err.message);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.message, want));
+  }
+  /* more shard files than kaun opens for one index: refused before any is opened */
+  FILE *f = fopen(index, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  fputs("{\"weight_map\": {", f);
+  for (int i = 0; i <= 10000; i++)
+    fprintf(f, "%s\"t%d\": \"s%d.safetensors\"", i ? ", " : "", i, i);
+  fputs("}}", f);
+  fclose(f);
+  ASSERT_FAILS(kaun_reader_open(ctx, index, &r, &err), err, KAUN_EINDEX,
+               "names 10001 shard files, more than the 10000 kaun opens for one index");
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, index));
+  kaun_context_free(ctx);
+}
+
+/* ---- failures and the caller's io ------------------------------------------------ */
+
+/* A read that fails leaves the caller's io as it was: later calls with it
+ * work (it used to be canceled for good). */
+static void test_failed_read_leaves_the_io(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx = mem_context();
+  save_grid(ctx, "mem://io.safetensors", 2, 64, 64);
+  kaun_context_free(ctx);
+  kaun_io *io;
+  ASSERT_OK(kaun_io_new(NULL, NULL, &io, &err), err);
+  kaun_load_options opts = {sizeof opts, 0, io, NULL, NULL};
+  int failed = 0;
+  for (int n = 1; n < 40 && !failed; n++) { /* the first call number that is a data read */
+    FILE *f = fopen(tmp("memfail.json"), "w");
+    fprintf(
+        f, "{\"backends\": {\"mem\": {\"plugin\": \"testmem\", \"dir\": \"%s\", \"fail_at\": %d}}}",
+        tmp("mem"), n);
+    fclose(f);
+    ASSERT_OK(kaun_context_new(tmp("memfail.json"), &ctx, &err), err);
+    kaun_reader *r;
+    if (kaun_reader_open(ctx, "mem://io.safetensors", &r, &err) == KAUN_OK) {
+      kaun_tensor *t = NULL;
+      if (kaun_reader_get(r, "t1", KAUN_DTYPE_COUNT_, &opts, &t, &err) != KAUN_OK) {
+        failed = 1;
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "injected failure"));
+        CU_ASSERT_FALSE(kaun_io_canceled(io));
+        ASSERT_OK(kaun_reader_get(r, "t1", KAUN_DTYPE_COUNT_, &opts, &t, &err), err);
+        CU_ASSERT_EQUAL(at(t, 5), 1005.0f);
+      }
+      kaun_tensor_free(t);
+      kaun_reader_close(r);
+    }
+    kaun_context_free(ctx);
+  }
+  CU_ASSERT_TRUE(failed);
+  /* a tensor callback that stops one call: the next one runs */
+  ctx = mem_context();
+  kaun_reader *r;
+  ASSERT_OK(kaun_reader_open(ctx, "mem://io.safetensors", &r, &err), err);
+  kaun_load_options stop = {sizeof stop, 0, io, stop_at_first, NULL};
+  const char *names[] = {"t0", "t1"};
+  kaun_tensor *out[2];
+  ASSERT_FAILS(kaun_reader_get_many(r, 2, names, NULL, &stop, out, &err), err, KAUN_ECANCELED,
+               "canceled by the tensor callback");
+  CU_ASSERT_FALSE(kaun_io_canceled(io));
+  ASSERT_OK(kaun_reader_get_many(r, 2, names, NULL, &opts, out, &err), err);
+  kaun_tensor_free(out[0]);
+  kaun_tensor_free(out[1]);
+  /* and the caller's own cancel still stops it */
+  kaun_io_cancel(io);
+  ASSERT_FAILS(kaun_reader_get_many(r, 2, names, NULL, &opts, out, &err), err, KAUN_ECANCELED,
+               "canceled");
+  kaun_reader_close(r);
+  kaun_io_free(io);
+  kaun_context_free(ctx);
+}
+
+/* ---- memory for a check of a huge object ----------------------------------------- */
+
+/* verify --data of an object that claims 64 GiB, read in 4 KiB chunks and
+ * canceled after 1 MiB: the reads start at once, with memory for the
+ * reads in flight (a plan of every chunk would be 16M entries). */
+static int check_huge_child(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx = mem_context();
+  kaun_context_set_io(ctx, 4096, 2);
+  counter c = {0, 0, 0, 1 << 20};
+  kaun_context_set_progress(ctx, count_progress, &c);
+  kaun_reader *r;
+  if (kaun_reader_open(ctx, "mem://huge.safetensors", &r, &err)) {
+    fprintf(stderr, "%s\n", err.message);
+    return 2;
+  }
+  int rc = kaun_reader_check_data(r, NULL, &err);
+  kaun_reader_close(r);
+  kaun_context_free(ctx);
+  if (rc != KAUN_ECANCELED) fprintf(stderr, "check_data: %s\n", err.message);
+  return rc == KAUN_ECANCELED && c.done < (8u << 20) ? 0 : 3;
+}
+
+static void test_check_data_of_a_huge_claim(void) {
+  const uint64_t size = (uint64_t)1 << 36;
+  char header[256];
+  int n = snprintf(header, sizeof header,
+                   "{\"x\":{\"dtype\":\"U8\",\"shape\":[%llu],\"data_offsets\":[0,%llu]}}",
+                   (unsigned long long)size, (unsigned long long)size);
+  while (n % 8) header[n++] = ' ';
+  kaun_context_free(mem_context()); /* makes the folder */
+  FILE *f = fopen(tmp("mem/huge.safetensors"), "wb");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  unsigned char len[8] = {(unsigned char)n};
+  fwrite(len, 1, 8, f);
+  fwrite(header, 1, (size_t)n, f);
+  fclose(f);
+  if (truncate(tmp("mem/huge.safetensors"), (off_t)(8 + n + size)) != 0) {
+    fprintf(stderr, "SKIPPED: no sparse file of 64 GiB here ");
+    return;
+  }
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) _exit(check_huge_child());
+  int status;
+  struct rusage ru;
+  CU_ASSERT_EQUAL_FATAL(wait4(pid, &status, 0, &ru), pid);
+  CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+#if !defined(__SANITIZE_ADDRESS__)
+  fprintf(stderr, "(peak RSS %ld KiB) ", ru.ru_maxrss);
+  CU_ASSERT(ru.ru_maxrss < 200 * 1024);
+#endif
+  unlink(tmp("mem/huge.safetensors"));
+}
+
 int main(void) {
   snprintf(tmp_root, sizeof tmp_root, "%s/kaun-reader-XXXXXX",
            getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -333,6 +536,11 @@ int main(void) {
               test_reader_reads_only_what_is_asked);
   CU_add_test(s, "cancellation from progress and from the io", test_cancel_from_progress);
   CU_add_test(s, "a template loads only its tensors", test_template_subset);
+  CU_add_test(s, "an index's shard names: one file once, odd names refused, bounded",
+              test_index_shard_names);
+  CU_add_test(s, "a failed read leaves the caller's io usable", test_failed_read_leaves_the_io);
+  CU_add_test(s, "verify --data of a 64 GiB claim: memory for the reads in flight",
+              test_check_data_of_a_huge_claim);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();
   unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();

@@ -495,6 +495,109 @@ static void test_changed_inner_is_dropped(void) {
   kaun_context_free(ctx);
 }
 
+/* ---- strided slices and shard names ------------------------------------------------ */
+
+/* U8[rows, cols], element k = k % 251, saved at `path`. */
+static void make_u8(const char *path, uint64_t rows, uint64_t cols) {
+  kaun_error err = KAUN_ERROR_INIT;
+  unsigned char *v = malloc(rows * cols);
+  for (uint64_t k = 0; k < rows * cols; k++) v[k] = (unsigned char)(k % 251);
+  const uint64_t shape[] = {rows, cols};
+  kaun_tensor *t;
+  SETUP_OK(kaun_tensor_new_copy(KAUN_DTYPE_U8, 2, shape, v, rows * cols, &t, &err), err);
+  free(v);
+  kaun_flat *flat;
+  SETUP_OK(kaun_flat_new(&flat, &err), err);
+  SETUP_OK(kaun_flat_add(flat, "w", t, &err), err);
+  SETUP_OK(kaun_safetensors_save(NULL, path, flat, &err), err);
+  kaun_flat_free(flat);
+}
+
+/* Reads a slice of w in `name` (a new reader, so the context's chunk size
+ * holds); returns the requests it took and checks what landed. */
+static long long slice_requests(kaun_context *ctx, const char *name, uint64_t cols,
+                                const kaun_range *g, long long *bytes) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_reader *r;
+  ASSERT_OK(kaun_reader_open(ctx, web(name), &r, &err), err);
+  test_server_reset(&server);
+  kaun_tensor *t = NULL;
+  ASSERT_OK(kaun_reader_get_slice(r, "w", 2, g, NULL, &t, &err), err);
+  long long requests = test_server_stat(&server, "requests");
+  *bytes = test_server_stat(&server, "bytes_sent");
+  const unsigned char *v = t ? kaun_tensor_data(t) : NULL;
+  uint64_t w = g[1].stop - g[1].start, bad = 0;
+  for (uint64_t i = g[0].start; v && i < g[0].stop; i++)
+    for (uint64_t j = g[1].start; j < g[1].stop; j++)
+      bad += v[(i - g[0].start) * w + (j - g[1].start)] != (unsigned char)((i * cols + j) % 251);
+  CU_ASSERT_PTR_NOT_NULL(v);
+  CU_ASSERT_EQUAL(bad, 0);
+  kaun_tensor_free(t);
+  kaun_reader_close(r);
+  return requests;
+}
+
+/* A strided slice is read in spans: runs close together in one request
+ * (at most a chunk), runs far apart one each, a run longer than a chunk
+ * in pieces; it used to be one request per run (a column of U8[65536,2]:
+ * 65,536 requests). */
+static void test_strided_slice_requests(void) {
+  make_u8(path_in(root, "strided.safetensors"), 4096, 2);
+  make_u8(path_in(root, "sparse.safetensors"), 8, 131072);
+  kaun_context *ctx = web_context();
+  long long bytes, n;
+  const kaun_range column[] = {{0, 4096}, {0, 1}};
+  n = slice_requests(ctx, "strided.safetensors", 2, column, &bytes);
+  CU_ASSERT_EQUAL(n, 1); /* 4096 runs of one byte, one byte apart */
+  CU_ASSERT_EQUAL(bytes, 2 * 4096 - 1);
+  const kaun_range apart[] = {{0, 8}, {5, 6}};
+  n = slice_requests(ctx, "sparse.safetensors", 131072, apart, &bytes);
+  CU_ASSERT_EQUAL(n, 8); /* 128 KiB apart: one request each */
+  CU_ASSERT_EQUAL(bytes, 8);
+  kaun_context_set_io(ctx, 1024, 4);
+  n = slice_requests(ctx, "strided.safetensors", 2, column, &bytes);
+  CU_ASSERT_EQUAL(n, 8); /* spans of at most 1 KiB: 512 runs each */
+  const kaun_range long_runs[] = {{1, 3}, {7, 3007}};
+  n = slice_requests(ctx, "sparse.safetensors", 131072, long_runs, &bytes);
+  CU_ASSERT_EQUAL(n, 6); /* 2 runs of 3000 bytes, in 1 KiB pieces */
+  CU_ASSERT_EQUAL(bytes, 6000);
+  kaun_context_free(ctx);
+}
+
+/* Names of one shard file open it once; a name a server would decode
+ * into another path is refused before any request for it. */
+static void test_index_shard_names_requests(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  mkdir(path_in(root, "idx"), 0755);
+  make_small(path_in(root, "idx/s.safetensors"), 0);
+  kaun_context *ctx = web_context();
+  const char *index = path_in(root, "idx/model.safetensors.index.json");
+  FILE *f = fopen(index, "w");
+  fputs(
+      "{\"weight_map\": {\"t0\": \"./s.safetensors\", \"t1\": \"s.safetensors\", "
+      "\"t2\": \"././s.safetensors\", \"t3\": \"./././s.safetensors\"}}",
+      f);
+  fclose(f);
+  test_server_reset(&server);
+  kaun_reader *r;
+  ASSERT_OK(kaun_reader_open(ctx, web("idx/model.safetensors.index.json"), &r, &err), err);
+  kaun_reader_close(r);
+  long long requests = test_server_stat(&server, "requests");
+  if (requests > 4) fprintf(stderr, "(%lld requests) ", requests);
+  CU_ASSERT(requests <= 4); /* the index and the shard: a HEAD and a GET each */
+  f = fopen(index, "w");
+  fputs("{\"weight_map\": {\"w\": \"%2e%2e/small.safetensors\"}}", f);
+  fclose(f);
+  test_server_reset(&server);
+  ASSERT_FAILS(kaun_reader_open(ctx, web("idx/model.safetensors.index.json"), &r, &err), err,
+               KAUN_EINDEX,
+               "web://idx/model.safetensors.index.json: line 1: the shard of tensor 'w' must be "
+               "a file name relative to the index");
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "not '%2e%2e/small.safetensors'"));
+  CU_ASSERT(test_server_stat(&server, "requests") <= 2); /* the index only */
+  kaun_context_free(ctx);
+}
+
 static int suite_init(void) {
   snprintf(work, sizeof work, "%s/kaun-remote-XXXXXX",
            getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -545,6 +648,10 @@ int main(int argc, char **argv) {
   CU_add_test(s, "a server that ignores Range is read once", test_server_without_ranges);
   CU_add_test(s, "verify --data checks a SHA-256 stated as the ETag", test_check_data_sha256);
   CU_add_test(s, "a stacked URI's inner object is opened once", test_stacked_inner_opened_once);
+  CU_add_test(s, "a strided slice is read in spans, not a request per run",
+              test_strided_slice_requests);
+  CU_add_test(s, "an index's names of one shard open it once; encoded '..' is refused",
+              test_index_shard_names_requests);
   CU_add_test(s, "a changed inner object is dropped, then reopened", test_changed_inner_is_dropped);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();
