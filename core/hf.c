@@ -422,13 +422,7 @@ static int hub_error(const call *c, int rc, kaun_http_response *resp, kaun_error
 
 static const char *unquote_etag(const char *e, char *out, size_t size) {
   if (!e) return NULL;
-  if (strncmp(e, "W/", 2) == 0) e += 2;
-  size_t n = strlen(e);
-  if (n >= 2 && e[0] == '"' && e[n - 1] == '"') {
-    e++;
-    n -= 2;
-  }
-  snprintf(out, size, "%.*s", (int)n, e);
+  kaun_http_etag_value(e, out, size);
   return out;
 }
 

@@ -148,6 +148,18 @@ const void *kaun_http_response_body(const kaun_http_response *r, size_t *len) {
 
 /* ---- URLs ------------------------------------------------------------------------- */
 
+void kaun_http_etag_value(const char *etag, char *out, size_t size) {
+  if (!size) return;
+  const char *e = etag ? etag : "";
+  if (strncmp(e, "W/", 2) == 0) e += 2;
+  size_t n = strlen(e);
+  if (n >= 2 && e[0] == '"' && e[n - 1] == '"') {
+    e++;
+    n -= 2;
+  }
+  snprintf(out, size, "%.*s", (int)n, e);
+}
+
 size_t kaun_http_redact_url(const char *url, char *out, size_t size) {
   kaun__strbuf sb = {0};
   if (!url) url = "";

@@ -254,6 +254,10 @@ KAUN_API unsigned kaun_http_response_attempts(const kaun_http_response *resp);
 
 /* ---- helpers ------------------------------------------------------------------- */
 
+/* An ETag header's value without a weak prefix and quotes (W/"abc" ->
+ * abc), as kaun_stat.etag holds it.  NUL-terminated when size > 0. */
+KAUN_API void kaun_http_etag_value(const char *etag, char *out, size_t size);
+
 /* Writes `url` without user info, query string and fragment (a query
  * becomes "?..."), for messages and logs: "https://h:8443/a/b?...".
  * Always NUL-terminates when size > 0; returns the full length, as

@@ -227,15 +227,7 @@ static int h_stat(void *ob, kaun_stat *st, kaun_error *err) {
   pthread_mutex_lock(&o->lock);
   snprintf(st->local_path, sizeof st->local_path, "%s", o->local);
   pthread_mutex_unlock(&o->lock);
-  /* strip quotes and a weak prefix: W/"abc" -> abc */
-  const char *e = o->etag;
-  if (strncmp(e, "W/", 2) == 0) e += 2;
-  size_t n = strlen(e);
-  if (n >= 2 && e[0] == '"' && e[n - 1] == '"') {
-    e++;
-    n -= 2;
-  }
-  snprintf(st->etag, sizeof st->etag, "%.*s", (int)n, e);
+  kaun_http_etag_value(o->etag, st->etag, sizeof st->etag);
   return KAUN_OK;
 }
 

@@ -769,14 +769,7 @@ static int s3_stat(void *ob, kaun_stat *st, kaun_error *err) {
   st->size = o->size;
   st->mtime = o->mtime;
   st->local_path[0] = 0;
-  const char *e = o->etag;
-  if (strncmp(e, "W/", 2) == 0) e += 2;
-  size_t n = strlen(e);
-  if (n >= 2 && e[0] == '"' && e[n - 1] == '"') {
-    e++;
-    n -= 2;
-  }
-  snprintf(st->etag, sizeof st->etag, "%.*s", (int)n, e);
+  kaun_http_etag_value(o->etag, st->etag, sizeof st->etag);
   return KAUN_OK;
 }
 
