@@ -277,22 +277,47 @@ static void print_shape(FILE *out, size_t ndim, const uint64_t *shape, const cha
 /* ---- ls ------------------------------------------------------------------------ */
 
 typedef struct ls_opts {
-  bool json;
+  bool json, members;
 } ls_opts;
 
 static int ls_option(const char *opt, const char *value, void *ctx) {
   (void)value;
   if (strcmp(opt, "--json") == 0) ((ls_opts *)ctx)->json = true;
+  if (strcmp(opt, "--members") == 0) ((ls_opts *)ctx)->members = true;
   return 0;
 }
 
+static int print_member(const char *name, uint64_t size, void *ctx) {
+  (void)ctx;
+  put_escaped(stdout, name, strlen(name), true);
+  printf("\t%llu\n", (unsigned long long)size);
+  return 0;
+}
+
+/* kaun ls --members ARCHIVE-URI: the members of a tarball or zip anywhere */
+static int ls_members(const char *archive) {
+  kaun_error err = KAUN_ERROR_INIT;
+  int status;
+  kaun_context *ctx = open_context(&status);
+  if (!ctx) return status;
+  size_t n = strlen(archive) + sizeof "tar://::";
+  char *uri = malloc(n);
+  int rc = uri ? KAUN_OK : kaun_error_set(&err, KAUN_ENOMEM, "out of memory");
+  if (uri) snprintf(uri, n, "tar://::%s", archive);
+  if (!rc) rc = kaun_storage_list(ctx, uri, print_member, NULL, &err);
+  free(uri);
+  kaun_context_free(ctx);
+  return rc ? fail(&err) : EXIT_OKAY;
+}
+
 static int cmd_ls(int argc, char **argv) {
-  static const char *const flags[] = {"--json", NULL};
-  ls_opts o = {false};
+  static const char *const flags[] = {"--json", "--members", NULL};
+  ls_opts o = {false, false};
   int n = parse_args("ls", argc, argv, NULL, flags, ls_option, &o);
   if (n == -1) return -1;
   if (n < 0) return EXIT_USAGE;
   if (n != 1) return usage_error("ls", "expected one checkpoint%s", n ? ", got more" : "");
+  if (o.members) return ls_members(argv[0]);
   kaun_error err = KAUN_ERROR_INIT;
   kaun_reader *r;
   int status;
@@ -939,12 +964,15 @@ static int cmd_config(int argc, char **argv) {
 static const command commands[] = {
     {"ls", "list the tensors of a checkpoint",
      "Usage: kaun ls [--json] CHECKPOINT\n"
+     "       kaun ls --members ARCHIVE\n"
      "\n"
      "List every tensor: name, dtype, shape and size in bytes, tab-separated,\n"
      "in file order.  CHECKPOINT is a .safetensors file, a\n"
      "model.safetensors.index.json, or a directory holding either.\n"
      "\n"
-     "  --json   print a JSON array of {name, dtype, shape, bytes}\n",
+     "  --json      print a JSON array of {name, dtype, shape, bytes}\n"
+     "  --members   list the members of a tar (.tar, .tar.gz, .tar.zst, .tar.xz,\n"
+     "              .tar.bz2) or zip ARCHIVE stored anywhere: name and size\n",
      cmd_ls},
     {"inspect", "print a file's header as JSON",
      "Usage: kaun inspect FILE\n"

@@ -1236,8 +1236,34 @@ int kaun_storage_remove(kaun_context *ctx, const char *uri, kaun_error *err) {
   return rc;
 }
 
+/* A stacked backend lists what is inside another object: "tar://PREFIX::OUTER"
+ * reaches its list as "PREFIX::OUTER", for it to open OUTER itself. */
+static int list_stacked(kaun_context *ctx, const char *uri, kaun_list_fn fn, void *context,
+                        kaun_error *err) {
+  kaun_uri *u;
+  int rc = kaun_uri_parse(uri, &u, err);
+  if (rc) return rc;
+  kaun_context *own = NULL;
+  if (!ctx && !(rc = kaun_context_new(NULL, &own, err))) ctx = own;
+  kaun__instance *inst = NULL;
+  if (!rc) rc = get_instance(ctx, u->scheme, &inst, err);
+  if (!rc && !(inst->plugin->ops.capabilities & KAUN_CAP_STACKED))
+    rc = kaun__error_set(err, KAUN_EURI,
+                         "'%s': the '%s' backend does not read through another object ('::')", uri,
+                         inst->name);
+  if (!rc)
+    rc = name_uri(
+        err, inst->plugin->ops.list(inst->backend, strstr(uri, "://") + 3, fn, context, err), uri);
+  kaun__instance_unref(inst);
+  kaun_context_free(own);
+  kaun_uri_free(u);
+  return rc;
+}
+
 int kaun_storage_list(kaun_context *ctx, const char *uri, kaun_list_fn fn, void *context,
                       kaun_error *err) {
+  const char *sep = strstr(uri, "://");
+  if (sep && kaun__uri_chain(sep + 3)) return list_stacked(ctx, uri, fn, context, err);
   kaun__instance *inst;
   char *path;
   int rc = backend_for(ctx, uri, &inst, &path, err);

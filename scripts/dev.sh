@@ -249,6 +249,11 @@ JSON
   echo "==> kaun verify models://demo"
   $k verify models://demo
 
+  echo "==> a tarball: its members, and one member's tensors, read in place"
+  tar cf "$out/bundle.tar" -C "$out" params.safetensors state.safetensors
+  KAUN_PLUGIN_PATH="$ROOT/build/plugins/tar/.libs" build/kaun ls --members "$out/bundle.tar"
+  KAUN_PLUGIN_PATH="$ROOT/build/plugins/tar/.libs" build/kaun ls "tar://state.safetensors::$out/bundle.tar"
+
   echo "==> over HTTP: the team folder served on 127.0.0.1 (tests/servers/httpd.py)"
   python3 "$ROOT/tests/servers/httpd.py" --root "$out/team" --port 0 --port-file "$out/port" \
     2>/dev/null &

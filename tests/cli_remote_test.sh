@@ -67,6 +67,16 @@ expect_err_contains "web://absent.safetensors" "a missing object is named"
 run $KAUN ls "http://127.0.0.1:1/x.safetensors"; expect_status 3 "a refused connection exits 3"
 expect_err_contains "127.0.0.1:1" "a refused connection names the host"
 
+# --- a tarball over HTTP: its members, and a member's tensors ---
+(cd "$TEST_TMP" && tar cf www/bundle.tar params.safetensors state.safetensors) || bad "tar failed"
+run $KAUN ls --members "$URL/bundle.tar"; expect_status 0 "ls --members over http"
+expect_out_contains "$(printf 'params.safetensors\t')" "ls --members lists a member"
+expect_out_contains "$(printf 'state.safetensors\t')" "ls --members lists every member"
+run $KAUN ls "tar://params.safetensors::$URL/bundle.tar"; expect_status 0 "ls of a member over http"
+expect_out_contains "$(printf 'layers.1.weight\tF32\t[4,4]\t64')" "a member's tensors"
+run $KAUN ls --members "$URL/params.safetensors"; expect_status 3 "ls --members of a non-archive"
+expect_err_contains "not an archive" "ls --members of a non-archive says so"
+
 # --- the progress bar: on a terminal only, not with -q ---
 # a transfer that lasts over half a second: drip the body
 python3 - "$port" <<'PY'

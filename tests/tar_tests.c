@@ -408,8 +408,13 @@ static void test_list_members(void) {
   }
   snprintf(uri, sizeof uri, "tar://nothing\\::%s/bundle.tar", work);
   ASSERT_FAILS(kaun_storage_list(ctx, uri, collect, got, &err), err, KAUN_ENOENT, "nothing");
-  snprintf(uri, sizeof uri, "tar://bert::%s/bundle.tar", work); /* unescaped: the core refuses */
-  ASSERT_FAILS(kaun_storage_list(ctx, uri, collect, got, &err), err, KAUN_ENOTSUP, "bundle.tar");
+  /* unescaped: the core hands a stacked backend's list the whole PREFIX::OUTER */
+  snprintf(uri, sizeof uri, "tar://bert::%s/bundle.tar", work);
+  got[0] = '\0';
+  ASSERT_OK(kaun_storage_list(ctx, uri, collect, got, &err), err);
+  CU_ASSERT_PTR_NOT_NULL(strstr(got, "model.safetensors="));
+  snprintf(uri, sizeof uri, "passthru://x::%s/bundle.tar", work); /* stacked, cannot list */
+  ASSERT_FAILS(kaun_storage_list(ctx, uri, collect, got, &err), err, KAUN_ENOTSUP, "passthru://x");
   kaun_context_free(ctx);
 }
 
@@ -714,8 +719,9 @@ static int suite_clean(void) {
 
 int main(void) {
   char path[8192];
-  snprintf(path, sizeof path, "%s",
-           getenv("KAUN_BUILT_PLUGINS") ? getenv("KAUN_BUILT_PLUGINS") : "");
+  snprintf(path, sizeof path, "%s:%s",
+           getenv("KAUN_BUILT_PLUGINS") ? getenv("KAUN_BUILT_PLUGINS") : "",
+           getenv("KAUN_TEST_PLUGINS") ? getenv("KAUN_TEST_PLUGINS") : "");
   setenv("KAUN_PLUGIN_PATH", path, 1);
   (void)test_server_faults; /* testserver.h's, unused here */
   if (CU_initialize_registry() != CUE_SUCCESS) return 1;
