@@ -11,7 +11,9 @@ commit=0123456789abcdef0123456789abcdef01234567
 mkdir -p "$TEST_TMP/hub/repos/org/demo/$commit"
 cp "$TEST_TMP/params.safetensors" "$TEST_TMP/hub/repos/org/demo/$commit/model.safetensors"
 printf '{"hidden_size": 4}\n' >"$TEST_TMP/hub/repos/org/demo/$commit/config.json"
-printf '{"refs": {"main": "%s"}, "lfs": ["*.safetensors"]}\n' "$commit" \
+(cd "$TEST_TMP" && tar cf "hub/repos/org/demo/$commit/bundle.tar" params.safetensors state.safetensors) ||
+  bad "tar failed"
+printf '{"refs": {"main": "%s"}, "lfs": ["*.safetensors", "*.tar"]}\n' "$commit" \
   >"$TEST_TMP/hub/repos/org/demo/repo.json"
 printf '[]\n' >"$TEST_TMP/hub/tokens.json"
 python3 "$KAUN_SRCDIR/tests/servers/hub.py" --root "$TEST_TMP/hub" --port 0 \
@@ -45,6 +47,12 @@ run $K get --include '*.json' hf://org/demo; expect_status 0 "get --include"
   bad "get --include '*.json' fetched only config.json"
 run $K get --include '*.bin' hf://org/demo; expect_status 1 "get --include matching nothing"
 expect_err_contains "no file matches" "get --include matching nothing says so"
+
+# a tarball in a Hub repo: its members, and a member's tensors
+run $K ls --members hf://org/demo/bundle.tar; expect_status 0 "ls --members of a Hub file"
+expect_out_contains "$(printf 'state.safetensors\t')" "a Hub tarball's members"
+run $K ls "tar://params.safetensors::hf://org/demo/bundle.tar"; expect_status 0 "ls tar::hf"
+expect_out_contains "$(printf 'layers.1.weight\tF32\t[4,4]\t64')" "a member of a Hub tarball"
 
 # load: a summary; cache ls: the repo, its size and refs
 run $K load hf://org/demo; expect_status 0 "load"
