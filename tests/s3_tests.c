@@ -908,6 +908,51 @@ static void test_checkpoint(void) {
   kaun_context_free(ctx);
 }
 
+/* A tarball in a bucket: members are read through the s3 backend by range
+ * (tar://MEMBER::s3://...), and listed. */
+static int add_member(const char *name, uint64_t size, void *c) {
+  (void)size;
+  if (strcmp(name, "m.safetensors") == 0) ++*(int *)c;
+  return 0;
+}
+
+static void test_tar_in_s3(void) {
+  kaun_context *ctx = ctx_new();
+  CU_ASSERT_PTR_NOT_NULL_FATAL(ctx);
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_flat *flat;
+  ASSERT_OK(kaun_flat_new(&flat, &err), err);
+  const uint64_t shape[] = {64, 64};
+  kaun_tensor *t;
+  ASSERT_OK(kaun_tensor_new(KAUN_DTYPE_F32, 2, shape, &t, &err), err);
+  float *v;
+  ASSERT_OK(kaun_tensor_data_mut(t, (void **)&v, &err), err);
+  for (int i = 0; i < 4096; i++) v[i] = (float)(3 * i);
+  ASSERT_OK(kaun_flat_add(flat, "w", t, &err), err);
+  char local[4400], cmd[9000];
+  snprintf(local, sizeof local, "%s/m.safetensors", work);
+  ASSERT_OK(kaun_safetensors_save(NULL, local, flat, &err), err);
+  kaun_flat_free(flat);
+  snprintf(cmd, sizeof cmd, "tar cf '%s/bundle.tar' -C '%s' m.safetensors", work, work);
+  CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+  snprintf(local, sizeof local, "%s/bundle.tar", work);
+  ASSERT_OK(kaun_storage_copy(ctx, local, "sv://" BUCKET "/tars/bundle.tar", NULL, &err), err);
+  kaun_flat *back = NULL;
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, "tar://m.safetensors::sv://" BUCKET "/tars/bundle.tar",
+                                      0, &back, &err),
+            err);
+  const kaun_tensor *w = kaun_flat_find(back, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(w);
+  CU_ASSERT_EQUAL(((const float *)kaun_tensor_data(w))[4095], 3.0f * 4095);
+  kaun_flat_free(back);
+  int seen = 0;
+  ASSERT_OK(kaun_storage_list(ctx, "tar://::sv://" BUCKET "/tars/bundle.tar", add_member, &seen,
+                              &err),
+            err);
+  CU_ASSERT_EQUAL(seen, 1);
+  kaun_context_free(ctx);
+}
+
 /* ---- fetch: into the shared cache, in parallel parts, once ---------------------------- */
 
 static void test_fetch(void) {
@@ -1085,6 +1130,7 @@ int main(void) {
   CU_add_test(s, "on the wire: resume, ranges, ETag, retries, token, anonymous", test_wire);
   CU_add_test(s, "awscli and s3cmd read what kaun wrote, and the reverse", test_cross_clients);
   CU_add_test(s, "a checkpoint saved to S3 and loaded back", test_checkpoint);
+  CU_add_test(s, "a tarball in a bucket: members read and listed", test_tar_in_s3);
   CU_add_test(s, "fetch into the cache", test_fetch);
   CU_add_test(s, "S3 as a mirror: a hit, a miss that falls back", test_mirror);
   CU_basic_set_mode(CU_BRM_VERBOSE);
