@@ -269,6 +269,25 @@ JSON
   kill $server
   wait $server 2>/dev/null || true
 
+  echo "==> S3: s3rver on 127.0.0.1 (npm, installed by deps), bucket 'models'"
+  s3port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  mkdir -p "$out/s3"
+  NODE_OPTIONS=--openssl-legacy-provider node "$ROOT/tests/s3/node_modules/s3rver/bin/s3rver.js" \
+    -d "$out/s3" -a 127.0.0.1 -p "$s3port" --silent --configure-bucket models >/dev/null 2>&1 &
+  s3server=$!
+  i=0
+  while ! python3 -c "import socket; socket.create_connection(('127.0.0.1', $s3port), 0.2)" \
+    2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  printf '{"backends": {"s3": {"endpoint": "http://127.0.0.1:%s", "access_key_id": "S3RVER", "secret_access_key": "S3RVER"}}}\n' \
+    "$s3port" >"$out/s3.json"
+  s3k="build/kaun --config $out/s3.json"
+  echo "==> kaun cp params.safetensors s3://models/demo/params.safetensors"
+  KAUN_PLUGIN_PATH="$ROOT/build/plugins/s3/.libs" $s3k cp "$out/params.safetensors" s3://models/demo/params.safetensors
+  echo "==> kaun cat --slice 0:1 s3://models/demo/params.safetensors embed   (one ranged GET)"
+  KAUN_PLUGIN_PATH="$ROOT/build/plugins/s3/.libs" $s3k cat --slice 0:1 s3://models/demo/params.safetensors embed
+  kill $s3server
+  wait $s3server 2>/dev/null || true
+
   echo "==> the Hub: a Hub-compatible server on 127.0.0.1 (tests/servers/hub.py) serving demo/model"
   commit=0123456789abcdef0123456789abcdef01234567
   mkdir -p "$out/hub/repos/demo/model/$commit"
