@@ -946,9 +946,9 @@ static void test_tar_in_s3(void) {
   CU_ASSERT_EQUAL(((const float *)kaun_tensor_data(w))[4095], 3.0f * 4095);
   kaun_flat_free(back);
   int seen = 0;
-  ASSERT_OK(kaun_storage_list(ctx, "tar://::sv://" BUCKET "/tars/bundle.tar", add_member, &seen,
-                              &err),
-            err);
+  ASSERT_OK(
+      kaun_storage_list(ctx, "tar://::sv://" BUCKET "/tars/bundle.tar", add_member, &seen, &err),
+      err);
   CU_ASSERT_EQUAL(seen, 1);
   kaun_context_free(ctx);
 }
