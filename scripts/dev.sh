@@ -5,7 +5,7 @@
 #   scripts/dev.sh test    install what is missing, build, run every test: the
 #                          normal build, an ASan+UBSan build, the format check
 #                          and make distcheck
-#   scripts/dev.sh deps | build | check | asan | format-check | distcheck | bench
+#   scripts/dev.sh deps | build | check | asan | valgrind | format-check | distcheck | bench
 #   scripts/dev.sh fuzz [SECONDS] [TARGET]   libFuzzer, SECONDS (default 60) on each
 #                          target: safetensors (headers), uri, config, index (needs clang)
 set -eu
@@ -15,7 +15,7 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 
 DEBIAN_PACKAGES="build-essential autoconf automake libtool pkg-config \
   libcunit1-dev libssl-dev libcurl4-openssl-dev libarchive-dev libjson-c-dev \
-  clang-format python3 nodejs awscli s3cmd"
+  clang-format python3 nodejs awscli s3cmd valgrind"
 
 deps() {
   deps_debian
@@ -89,6 +89,17 @@ asan() {
   fi
   grep -h -E "^ +tests " build-asan/tests/*_tests.log || true
   grep -h -E 'passed, [0-9]+ failed' build-asan/tests/*.log
+}
+
+check_valgrind() {
+  build
+  echo "==> the C suites under valgrind memcheck (no definite leaks, no memory errors)"
+  if ! make -C build check-valgrind >build/valgrind.log 2>&1; then
+    grep -v "^make" build/valgrind.log
+    echo "valgrind check failed (build/valgrind.log)" >&2
+    exit 1
+  fi
+  grep -h -E "^ +tests " build/valgrind.log
 }
 
 format_check() {
@@ -318,13 +329,14 @@ case "${1:-}" in
   check) check ;;
   asan) asan ;;
   format-check) format_check ;;
+  valgrind) check_valgrind ;;
   distcheck) distcheck ;;
   demo) demo ;;
   bench) build; make -C build bench ;;
   fuzz) fuzz "${2:-60}" "${3:-}" ;;
   plugin-oot) plugin_out_of_tree ;;
   test)
-    check; asan; format_check; plugin_out_of_tree; distcheck
+    check; asan; check_valgrind; format_check; plugin_out_of_tree; distcheck
     # one closing line for everything: CUnit tests and shell checks, both builds
     total=$(cat build/tests/*.log build-asan/tests/*.log | awk '
       /^ +tests +[0-9]/ {p += $4; f += $5}
