@@ -435,7 +435,7 @@ static int cp_option(const char *opt, const char *value, void *ctx) {
  * the bytes through the storage layer (copy_file_range between local
  * files, one streaming pass from a remote one) instead of loading and
  * saving.  DST naming a folder means DST/model.safetensors, as for a save. */
-static int cp_verbatim(kaun_context *ctx, const char *src, const char *dst, kaun_error *err) {
+static int cp_verbatim(kaun_context *ctx, kaun_reader *r, const char *dst, kaun_error *err) {
   kaun_error ignored = KAUN_ERROR_INIT;
   char *target = NULL;
   kaun_object *probe;
@@ -447,7 +447,8 @@ static int cp_verbatim(kaun_context *ctx, const char *src, const char *dst, kaun
     snprintf(target, n, "%s%smodel.safetensors", dst,
              *dst && dst[strlen(dst) - 1] == '/' ? "" : "/");
   }
-  int rc = kaun_storage_copy(ctx, src, target ? target : dst, NULL, err);
+  /* through the object the reader validated: the bytes of that version */
+  int rc = kaun_reader_copy(r, target ? target : dst, NULL, err);
   free(target);
   return rc;
 }
@@ -468,19 +469,14 @@ static int cmd_cp(int argc, char **argv) {
   kaun_reader *r;
   int rc = kaun_reader_open(ctx, argv[0], &r, &err);
   int canonical = rc || o.cast ? 0 : kaun_reader_is_canonical(r, &err);
-  kaun_reader_tensor first;
-  /* the file itself: SRC may be a folder holding it */
-  char *file =
-      canonical > 0 && kaun_reader_info(r, 0, &first) == KAUN_OK ? strdup(first.uri) : NULL;
-  kaun_reader_close(r);
   if (!rc && canonical < 0) rc = canonical;
-  if (!rc && file) {
-    rc = cp_verbatim(ctx, file, argv[1], &err);
-    free(file);
+  if (!rc && canonical > 0) { /* SRC may be a folder: the reader knows its one file */
+    rc = cp_verbatim(ctx, r, argv[1], &err);
+    kaun_reader_close(r);
     kaun_context_free(ctx);
     return rc ? fail(&err) : EXIT_OKAY;
   }
-  free(file);
+  kaun_reader_close(r);
   if (!rc) rc = kaun_checkpoint_load_flat(ctx, argv[0], 0, &in, &err);
   if (!rc && o.cast) {
     rc = kaun_flat_new(&out, &err);

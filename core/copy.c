@@ -41,20 +41,27 @@ int kaun_storage_copy(kaun_context *ctx, const char *src_uri, const char *dst_ur
   }
   kaun_object *obj;
   if (!(rc = kaun_object_open(ctx, src_uri, &obj, err))) {
-    kaun_stat st = {.struct_size = sizeof st};
-    if (!(rc = kaun_object_stat(obj, &st, err))) {
-      copy_source cs = {obj, src_uri, st.size, io};
-      const kaun_put_source src = {st.size, copy_read, NULL, &cs};
-      kaun_io_expect(io, st.size);
-      /* the object's size, for progress; the bytes are counted as they
-       * are read (or copied), once: the put gets no io of its own */
-      if (kaun_io_add(io, src_uri, st.size, 0) != KAUN_OK)
-        rc = kaun__error_set(err, KAUN_ECANCELED, "%s: canceled", src_uri);
-      else
-        rc = kaun_storage_put(ctx, dst_uri, &src, err);
-    }
+    rc = kaun_object_copy(ctx, obj, dst_uri, io, err);
     kaun_object_close(obj);
   }
   kaun_context_free(own);
   return rc;
+}
+
+int kaun_object_copy(kaun_context *ctx, kaun_object *obj, const char *dst_uri, kaun_io *io,
+                     kaun_error *err) {
+  if (!obj || !dst_uri)
+    return kaun__error_set(err, KAUN_EINVAL, "a copy needs a source object and a destination URI");
+  const char *src_uri = kaun_object_uri(obj);
+  kaun_stat st = {.struct_size = sizeof st};
+  int rc = kaun_object_stat(obj, &st, err);
+  if (rc) return rc;
+  copy_source cs = {obj, src_uri, st.size, io};
+  const kaun_put_source src = {st.size, copy_read, NULL, &cs};
+  kaun_io_expect(io, st.size);
+  /* the object's size, for progress; the bytes are counted as they are
+   * read (or copied), once: the put gets no io of its own */
+  if (kaun_io_add(io, src_uri, st.size, 0) != KAUN_OK)
+    return kaun__error_set(err, KAUN_ECANCELED, "%s: canceled", src_uri);
+  return kaun_storage_put(ctx, dst_uri, &src, err);
 }

@@ -1240,6 +1240,14 @@ int kaun_reader_check_data(kaun_reader *r, const kaun_load_options *opts, kaun_e
 
 /* ---- is the file what kaun would write? ------------------------------------------------ */
 
+int kaun_reader_copy(kaun_reader *r, const char *dst_uri, kaun_io *io, kaun_error *err) {
+  if (r->nshards != 1)
+    return kaun__error_set(err, KAUN_EINVAL,
+                           "%s is a sharded checkpoint: it has no one file to copy byte for byte",
+                           r->uri);
+  return kaun_object_copy(r->ctx, r->shards[0].obj, dst_uri, io, err);
+}
+
 int kaun_reader_is_canonical(kaun_reader *r, kaun_error *err) {
   if (r->nshards != 1) return 0;
   shard *sh = &r->shards[0];

@@ -598,6 +598,28 @@ static void test_index_shard_names_requests(void) {
   kaun_context_free(ctx);
 }
 
+/* kaun cp's byte copy goes through the object the reader validated: the
+ * bytes of that version, or KAUN_ECHANGED, never another file's bytes. */
+static void test_reader_copy_is_pinned(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx = web_context();
+  make_small(path_in(root, "pinned.safetensors"), 0);
+  kaun_reader *r;
+  ASSERT_OK(kaun_reader_open(ctx, web("pinned.safetensors"), &r, &err), err);
+  ASSERT_OK(kaun_reader_copy(r, path_in(work, "copy1.safetensors"), NULL, &err), err);
+  struct stat a, b;
+  CU_ASSERT_EQUAL(stat(path_in(work, "copy1.safetensors"), &a), 0);
+  stat(path_in(root, "pinned.safetensors"), &b);
+  CU_ASSERT_EQUAL(a.st_size, b.st_size);
+  sleep(1); /* a new mtime: a new ETag */
+  make_small(path_in(root, "pinned.safetensors"), 1);
+  ASSERT_FAILS(kaun_reader_copy(r, path_in(work, "copy2.safetensors"), NULL, &err), err,
+               KAUN_ECHANGED, "pinned.safetensors");
+  CU_ASSERT_NOT_EQUAL(stat(path_in(work, "copy2.safetensors"), &a), 0); /* nothing written */
+  kaun_reader_close(r);
+  kaun_context_free(ctx);
+}
+
 static int suite_init(void) {
   snprintf(work, sizeof work, "%s/kaun-remote-XXXXXX",
            getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -653,6 +675,7 @@ int main(int argc, char **argv) {
   CU_add_test(s, "an index's names of one shard open it once; encoded '..' is refused",
               test_index_shard_names_requests);
   CU_add_test(s, "a changed inner object is dropped, then reopened", test_changed_inner_is_dropped);
+  CU_add_test(s, "a byte copy is pinned to the validated version", test_reader_copy_is_pinned);
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();
   unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();

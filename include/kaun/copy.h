@@ -33,6 +33,13 @@ KAUN_BEGIN_DECLS
 KAUN_API int kaun_storage_copy(kaun_context *ctx, const char *src_uri, const char *dst_uri,
                                kaun_io *io, kaun_error *err);
 
+/* As kaun_storage_copy, from an object already open: the copy reads the
+ * version that was opened (a remote object replaced since fails with
+ * KAUN_ECHANGED rather than copying other bytes).  `ctx` is the context
+ * the destination is resolved through (NULL: the default config's). */
+KAUN_API int kaun_object_copy(kaun_context *ctx, kaun_object *src, const char *dst_uri, kaun_io *io,
+                              kaun_error *err);
+
 KAUN_END_DECLS
 
 #endif

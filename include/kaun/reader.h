@@ -142,6 +142,12 @@ KAUN_API int kaun_reader_check_data(kaun_reader *r, const kaun_load_options *opt
  * not; a negative KAUN_E* code when the header cannot be read again. */
 KAUN_API int kaun_reader_is_canonical(kaun_reader *r, kaun_error *err);
 
+/* Copies the checkpoint's one file, byte for byte, to `dst_uri`, through
+ * the object the reader opened and validated: the bytes of that version,
+ * not of whatever the URI serves by now (KAUN_ECHANGED then).  KAUN_EINVAL
+ * for a sharded checkpoint. */
+KAUN_API int kaun_reader_copy(kaun_reader *r, const char *dst_uri, kaun_io *io, kaun_error *err);
+
 /* Parses a slice written as in Python, one part per dimension, separated
  * by commas: "0:4,:", "10:20", "3", ":,2:8" ("3" means 3:4, a missing
  * bound the dimension's start or end).  Fills up to `max` ranges for a
