@@ -182,7 +182,10 @@ typedef struct kaun_http_request {
 
 /* Performs one request, retrying and resuming as described above.
  * Success is a 2xx answer with its body delivered completely (a buffer
- * filled exactly), or a redirect the policy returns, or a 304.  `*out`
+ * filled exactly), or a redirect the policy returns (a 3xx with a
+ * Location).  A 304, a 300 or a 3xx without Location is a success only for
+ * a HEAD or a request whose body is discarded; for one that wants a body it
+ * is KAUN_EIO (nothing was delivered).  `*out`
  * (may be NULL if not wanted) receives the response on success and on an
  * HTTP error status (its body then holds the start of the error
  * document), NULL when no answer came; free it with
