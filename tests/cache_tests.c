@@ -827,13 +827,7 @@ int main(void) {
   CU_add_test(s, "get_or_fill failures leave nothing behind", test_get_or_fill_failures);
   CU_add_test(s, "stale temporaries of dead processes are removed", test_clean_stale);
   CU_add_test(s, "every descriptor opened by the cache is closed", test_no_fd_left);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-  unsigned run = CU_get_number_of_tests_run();
-  CU_cleanup_registry();
-  char cmd[4200];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_root);
-  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp_root);
-  return run && !failed ? 0 : 1;
+  int rc = check_run_all();
+  check_remove_tree(tmp_root);
+  return rc;
 }

@@ -3,9 +3,11 @@
 #ifndef KAUN_TESTS_CHECK_H
 #define KAUN_TESTS_CHECK_H
 
+#include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
 #include <kaun/error.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Asserts that `call` failed with `want`, in its return value and in the
@@ -30,5 +32,26 @@
     if (rc_ != KAUN_OK) fprintf(stderr, "\n  %s:%d: %s\n", __FILE__, __LINE__, (err).message); \
     CU_ASSERT_FATAL(rc_ == KAUN_OK);                                                           \
   } while (0)
+
+/* Runs every registered suite verbosely and frees the registry: 0 when
+ * tests ran and none failed, else 1 (a suite whose setup failed — a test
+ * server that did not start — counts as a failure, and so does running no
+ * test at all). */
+static inline int check_run_all(void) {
+  CU_basic_set_mode(CU_BRM_VERBOSE);
+  CU_basic_run_tests();
+  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+  unsigned run = CU_get_number_of_tests_run();
+  if (CU_get_run_summary()->nSuitesFailed) failed++;
+  CU_cleanup_registry();
+  return run && !failed ? 0 : 1;
+}
+
+/* Removes a test's temporary folder (rm -rf), saying so when it cannot. */
+static inline void check_remove_tree(const char *dir) {
+  char cmd[8400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
 
 #endif

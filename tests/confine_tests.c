@@ -942,13 +942,7 @@ int main(void) {
   CU_add_test(s, "a write failing half-way leaves no temporary", test_failed_write_leaves_nothing);
   CU_add_test(s, "saved files: mode 0666 less the umask; copies", test_saved_mode_and_copy);
   CU_add_test(s, "no descriptor is left open", test_no_descriptor_left);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-  unsigned run = CU_get_number_of_tests_run();
-  CU_cleanup_registry();
-  char cmd[4200];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_root);
-  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp_root);
-  return run && !failed ? 0 : 1;
+  int rc = check_run_all();
+  check_remove_tree(tmp_root);
+  return rc;
 }

@@ -1116,10 +1116,5 @@ int main(void) {
   CU_add_test(s, "kaun_hf_load_config, kaun_hf_load_weights", test_api_loads);
   CU_add_test(s, "Hub names mapped onto a template", test_name_mapping);
   CU_add_test(s, "hf:// backend: models, shards at one commit, offline", test_backend);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-  if (CU_get_run_summary()->nSuitesFailed) failed++;
-  CU_cleanup_registry();
-  return failed ? 1 : 0;
+  return check_run_all();
 }

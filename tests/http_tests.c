@@ -1314,13 +1314,9 @@ int main(void) {
   CU_add_test(s, "invalid requests", test_invalid_requests);
   CU_add_test(s, "TLS: verified, a CA file, or loudly not verified", test_tls);
   CU_add_test(s, "URLs are redacted for messages", test_redact_url);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-  unsigned run = CU_get_number_of_tests_run();
-  CU_cleanup_registry();
+  int rc = check_run_all();
   kaun_http_free(client);
   kaun_http_free(ctl);
   free(data);
-  return run && !failed ? 0 : 1;
+  return rc;
 }

@@ -541,12 +541,7 @@ int main(void) {
   CU_add_test(s, "a failed read leaves the caller's io usable", test_failed_read_leaves_the_io);
   CU_add_test(s, "verify --data of a 64 GiB claim: memory for the reads in flight",
               test_check_data_of_a_huge_claim);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-  CU_cleanup_registry();
-  char cmd[8400];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_root);
-  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp_root);
-  return failed ? 1 : 0;
+  int rc = check_run_all();
+  check_remove_tree(tmp_root);
+  return rc;
 }

@@ -676,10 +676,5 @@ int main(int argc, char **argv) {
               test_index_shard_names_requests);
   CU_add_test(s, "a changed inner object is dropped, then reopened", test_changed_inner_is_dropped);
   CU_add_test(s, "a byte copy is pinned to the validated version", test_reader_copy_is_pinned);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-  if (CU_get_run_summary()->nSuitesFailed) failed++;
-  CU_cleanup_registry();
-  return failed ? 1 : 0;
+  return check_run_all();
 }

@@ -1212,13 +1212,7 @@ int main(void) {
   CU_add_test(s, "a relative KAUN_PLUGIN_PATH entry is refused", test_plugin_path_env_relative);
   CU_add_test(s, "plugins others could change are refused before dlopen", test_plugin_trust);
   CU_add_test(s, "a scheme no plugin can be named selects no file", test_plugin_scheme_names);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-  unsigned run = CU_get_number_of_tests_run();
-  CU_cleanup_registry();
-  char cmd[4200];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_root);
-  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp_root);
-  return run && !failed ? 0 : 1;
+  int rc = check_run_all();
+  check_remove_tree(tmp_root);
+  return rc;
 }

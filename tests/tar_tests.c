@@ -742,10 +742,5 @@ int main(void) {
   CU_add_test(s, "truncated, corrupt, bombs and non-archives are clear errors",
               test_broken_archives);
   CU_add_test(s, "a tar over HTTP moves only the member's bytes", test_http_reads_only_the_member);
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-  if (CU_get_run_summary()->nSuitesFailed) failed++;
-  CU_cleanup_registry();
-  return failed ? 1 : 0;
+  return check_run_all();
 }

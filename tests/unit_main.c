@@ -16,12 +16,7 @@ int main(void) {
   register_fixture_tests();
   register_checkpoint_tests();
   register_copy_tests();
-  CU_basic_set_mode(CU_BRM_VERBOSE);
-  CU_basic_run_tests();
-  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-  unsigned run = CU_get_number_of_tests_run();
-  CU_cleanup_registry();
+  int rc = check_run_all();
   remove_tmp_root();
-  if (run == 0) return 1;
-  return failed ? 1 : 0;
+  return rc;
 }
