@@ -519,6 +519,17 @@ int kaun_cache_writer_write(kaun_cache_writer *w, const void *data, size_t len, 
   return report(w, len, err);
 }
 
+int kaun_cache_writer_sink(void *writer, uint64_t offset, const void *data, size_t len,
+                           kaun_error *err) {
+  kaun_cache_writer *w = writer;
+  if (w && offset != w->pos)
+    return kaun__error_set(err, KAUN_EIO,
+                           "'%s': bytes arrived at %llu where %llu was next (a sink needs them in "
+                           "order)",
+                           w->uri, (unsigned long long)offset, (unsigned long long)w->pos);
+  return kaun_cache_writer_write(w, data, len, err);
+}
+
 int kaun_cache_writer_pwrite(kaun_cache_writer *w, uint64_t offset, const void *data, size_t len,
                              kaun_error *err) {
   if (!w || (len && !data))

@@ -58,15 +58,7 @@ int kaun_checkpoint_load_flat_ex(kaun_context *ctx, const char *uri, const kaun_
     rc = kaun_flat_add_n(flat, names[i], lens[i], tensors[i], err);
     tensors[i] = NULL;
   }
-  long md = kaun_reader_metadata_count(r);
-  if (!rc && md >= 0) {
-    kaun__flat_mark_metadata(flat);
-    for (long i = 0; i < md && !rc; i++)
-      rc = kaun_flat_set_metadata_n(flat, kaun_reader_metadata_key(r, (size_t)i),
-                                    kaun_reader_metadata_key_length(r, (size_t)i),
-                                    kaun_reader_metadata_value(r, (size_t)i),
-                                    kaun_reader_metadata_value_length(r, (size_t)i), err);
-  }
+  if (!rc) rc = kaun__reader_copy_metadata(r, flat, err);
 done:
   for (size_t i = 0; tensors && i < n; i++) kaun_tensor_free(tensors[i]);
   free(tensors);

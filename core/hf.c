@@ -549,13 +549,6 @@ typedef struct fill_job {
   const meta *m;
 } fill_job;
 
-/* The body, in order, into the writer: hashed as it streams (a body
- * written through the writer's fd would be read back to be hashed). */
-static int to_writer(void *user, uint64_t offset, const void *data, size_t len, kaun_error *err) {
-  (void)offset; /* the HTTP layer delivers in order, never twice */
-  return kaun_cache_writer_write(user, data, len, err);
-}
-
 static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
   fill_job *j = user;
   kaun_http_request req = KAUN_HTTP_REQUEST_INIT;
@@ -566,7 +559,7 @@ static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
   req.authorization =
       j->c->auth[0] && same_origin(j->m->location, j->c->endpoint) ? j->c->auth : NULL;
   req.body_to = KAUN_HTTP_BODY_CALLBACK;
-  req.write_fn = to_writer;
+  req.write_fn = kaun_cache_writer_sink; /* hashed as it streams */
   req.write_user = w;
   req.io = j->c->io;
   char uri[600];

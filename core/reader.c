@@ -1240,6 +1240,19 @@ int kaun_reader_check_data(kaun_reader *r, const kaun_load_options *opts, kaun_e
 
 /* ---- is the file what kaun would write? ------------------------------------------------ */
 
+int kaun__reader_copy_metadata(const kaun_reader *r, kaun_flat *flat, kaun_error *err) {
+  long md = kaun_reader_metadata_count(r);
+  if (md < 0) return KAUN_OK; /* none: the flat list has none either */
+  kaun__flat_mark_metadata(flat);
+  int rc = KAUN_OK;
+  for (long i = 0; i < md && !rc; i++)
+    rc = kaun_flat_set_metadata_n(flat, kaun_reader_metadata_key(r, (size_t)i),
+                                  kaun_reader_metadata_key_length(r, (size_t)i),
+                                  kaun_reader_metadata_value(r, (size_t)i),
+                                  kaun_reader_metadata_value_length(r, (size_t)i), err);
+  return rc;
+}
+
 int kaun_reader_copy(kaun_reader *r, const char *dst_uri, kaun_io *io, kaun_error *err) {
   if (r->nshards != 1)
     return kaun__error_set(err, KAUN_EINVAL,
@@ -1269,15 +1282,7 @@ int kaun_reader_is_canonical(kaun_reader *r, kaun_error *err) {
                                      &views[i], err);
     if (!rc) rc = kaun_flat_add_n(flat, t.name, kaun_reader_name_length(r, i), views[i], err);
   }
-  long md = kaun_reader_metadata_count(r);
-  if (!rc && md >= 0) {
-    kaun__flat_mark_metadata(flat);
-    for (long i = 0; i < md && !rc; i++)
-      rc = kaun_flat_set_metadata_n(flat, kaun_reader_metadata_key(r, (size_t)i),
-                                    kaun_reader_metadata_key_length(r, (size_t)i),
-                                    kaun_reader_metadata_value(r, (size_t)i),
-                                    kaun_reader_metadata_value_length(r, (size_t)i), err);
-  }
+  if (!rc) rc = kaun__reader_copy_metadata(r, flat, err);
   if (!rc)
     rc = kaun_safetensors_serialize_header(flat, &header, &header_size, &data_size, NULL, err);
   int same = 0;

@@ -120,6 +120,10 @@ const char *kaun__uri_chain(const char *text);
 /* "URI/NAME" (a stacked URI joins on its left side); malloc'd or NULL. */
 char *kaun__child_uri(const char *uri, const char *name);
 
+/* Copies the reader's (first file's) metadata into `flat`, marking it as
+ * having metadata when the file has a "__metadata__" (even empty). */
+int kaun__reader_copy_metadata(const kaun_reader *r, kaun_flat *flat, kaun_error *err);
+
 /* The config's cache_dir, or NULL when the config has none. */
 const char *kaun__context_cache_dir(const kaun_context *ctx);
 

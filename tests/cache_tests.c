@@ -341,6 +341,32 @@ static void *write_range(void *arg) {
   return NULL;
 }
 
+/* The sink an HTTP download streams into: in order, hashed as it goes; a
+ * byte out of order is refused and nothing is committed. */
+static void test_writer_sink(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  const char *dir = tmp("sink");
+  ASSERT_OK(kaun_cache_mkdirs(dir, &err), err);
+  static const char abc_sha[] = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+  kaun_cache_writer *w;
+  ASSERT_OK(kaun_cache_writer_open(tmp("sink/abc"), 3, KAUN_CACHE_HASH_SHA256, abc_sha, NULL, NULL,
+                                   &w, &err),
+            err);
+  ASSERT_OK(kaun_cache_writer_sink(w, 0, "ab", 2, &err), err);
+  ASSERT_OK(kaun_cache_writer_sink(w, 2, "c", 1, &err), err);
+  ASSERT_OK(kaun_cache_writer_commit(w, &err), err);
+  struct stat sb;
+  CU_ASSERT_EQUAL(stat(tmp("sink/abc"), &sb), 0);
+  ASSERT_OK(kaun_cache_writer_open(tmp("sink/gap"), 3, KAUN_CACHE_HASH_NONE, NULL, NULL,
+                                   "test://gap", &w, &err),
+            err);
+  ASSERT_OK(kaun_cache_writer_sink(w, 0, "a", 1, &err), err);
+  ASSERT_FAILS(kaun_cache_writer_sink(w, 2, "c", 1, &err), err, KAUN_EIO,
+               "bytes arrived at 2 where 1 was next");
+  kaun_cache_writer_abort(w);
+  CU_ASSERT_NOT_EQUAL(stat(tmp("sink/gap"), &sb), 0);
+}
+
 static void test_writer_pwrite_and_fd(void) {
   kaun_error err = KAUN_ERROR_INIT;
   const char *dir = tmp("wpw");
@@ -819,6 +845,7 @@ int main(void) {
   CU_add_test(s, "wrong size, wrong hash, abort: nothing left behind", test_writer_failures);
   CU_add_test(s, "ranged writes from threads, and writes through the fd",
               test_writer_pwrite_and_fd);
+  CU_add_test(s, "the HTTP sink: in order, hashed, out of order refused", test_writer_sink);
   CU_add_test(s, "progress is reported; a cancel leaves nothing", test_progress_and_cancel);
   CU_add_test(s, "locks exclude threads; a timeout names the holder", test_lock_threads);
   CU_add_test(s, "a holder killed with SIGKILL releases its lock", test_lock_killed_holder);

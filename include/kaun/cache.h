@@ -115,6 +115,13 @@ KAUN_API int kaun_cache_writer_open(const char *final_path, uint64_t expected_si
 KAUN_API int kaun_cache_writer_write(kaun_cache_writer *w, const void *data, size_t len,
                                      kaun_error *err);
 
+/* kaun_cache_writer_write in the shape of a kaun_http_write_fn (<kaun/http.h>):
+ * give it as a request's write_fn, the writer as write_user, and a download
+ * streams into the entry, hashed as it arrives.  Bytes must come in order
+ * (KAUN_EIO otherwise). */
+KAUN_API int kaun_cache_writer_sink(void *writer, uint64_t offset, const void *data, size_t len,
+                                    kaun_error *err);
+
 /* Writes `len` bytes at `offset`, for ranged downloads in parallel: may be
  * called from several threads at once.  The hash is then computed at
  * commit, by reading the file back once; the size checked is the file's,

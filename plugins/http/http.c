@@ -347,11 +347,6 @@ typedef struct fill_ctx {
   kaun_io *io;
 } fill_ctx;
 
-static int to_writer(void *user, uint64_t offset, const void *data, size_t len, kaun_error *err) {
-  (void)offset; /* in order, never twice: the HTTP layer says so */
-  return kaun_cache_writer_write(user, data, len, err);
-}
-
 /* The object's bytes into the entry: exactly `size` of them (the writer
  * refuses more, so a lying server cannot fill the disk), of the version
  * the open saw (If-Match, and its ETag checked), or nothing is kept. */
@@ -370,7 +365,7 @@ static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
     req.range_length = o->size;
   }
   req.body_to = KAUN_HTTP_BODY_CALLBACK;
-  req.write_fn = to_writer;
+  req.write_fn = kaun_cache_writer_sink;
   req.write_user = w;
   kaun_http_response *resp = NULL;
   int rc = kaun_http_perform(o->be->http, &req, &resp, err);
