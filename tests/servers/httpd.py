@@ -218,11 +218,9 @@ class Handler(BaseHTTPRequestHandler):
             fx, number = st.match(method, path)
             self.request_id = "req-%d" % number
             if fx.get("record"):
-                entry = {
-                    "method": method,
-                    "path": path,
-                    "headers": {k.lower(): v for k, v in self.headers.items()},
-                }
+                entry = {"method": method, "path": path}
+                entry.update(self.record_extra())
+                entry["headers"] = {k.lower(): v for k, v in self.headers.items()}
                 with st.lock:
                     st.seen.append(entry)
                     del st.seen[:-SEEN_MAX]
@@ -235,24 +233,38 @@ class Handler(BaseHTTPRequestHandler):
                     headers = []
                     if "retry_after" in fx:
                         headers.append(("Retry-After", str(fx["retry_after"])))
+                    headers += self.fault_headers(fx)
                     return self.reply(int(fx["status"]), b"injected fault\n", headers)
                 return self.reply(
                     int(fx.get("redirect_status", 302)), b"", [("Location", fx["redirect"])]
                 )
-            if method in ("GET", "HEAD"):
-                return self.serve_file(method, path, fx)
-            if method == "PUT":
-                return self.put_file(path)
-            if method == "DELETE":
-                return self.delete_file(path)
-            if method == "POST":
-                body = self.read_body(ECHO_MAX)
-                if body is None:
-                    return self.reply(413, b"too large\n")
-                st.sent(len(body))
-                return self.reply(200, body, content_type="application/octet-stream")
+            return self.serve(method, url, path, fx)
         except (ConnectionError, BrokenPipeError, socket.timeout, OSError):
             self.close_connection = True
+
+    # Hooks for servers built on this one (hub.py): what a recorded request
+    # adds, the headers of an injected fault, and the answer itself.
+    def record_extra(self):
+        return {}
+
+    def fault_headers(self, fx):
+        return []
+
+    def serve(self, method, url, path, fx):
+        st = self.server.state
+        if method in ("GET", "HEAD"):
+            return self.serve_file(method, path, fx)
+        if method == "PUT":
+            return self.put_file(path)
+        if method == "DELETE":
+            return self.delete_file(path)
+        if method == "POST":
+            body = self.read_body(ECHO_MAX)
+            if body is None:
+                return self.reply(413, b"too large\n")
+            st.sent(len(body))
+            return self.reply(200, body, content_type="application/octet-stream")
+        return None
 
     def control(self, method, path):
         st = self.server.state

@@ -148,42 +148,18 @@ class HubHandler(httpd.Handler):
     server_version = "kaun-test-hub/1"
     cdn = False
 
-    def dispatch(self, method):
-        self.request_id = "-"
-        try:
-            url = urllib.parse.urlsplit(self.path)
-            path = urllib.parse.unquote(url.path)
-            if path.startswith("/__"):
-                return self.control(method, path)
-            st = self.server.state
-            fx, number = st.match(method, path)
-            self.request_id = "req-%d" % number
-            if fx.get("record"):
-                entry = {
-                    "method": method,
-                    "path": path,
-                    "port": self.server.server_address[1],
-                    "headers": {k.lower(): v for k, v in self.headers.items()},
-                }
-                with st.lock:
-                    st.seen.append(entry)
-                    del st.seen[: -httpd.SEEN_MAX]
-            if fx.get("delay"):
-                time.sleep(float(fx["delay"]))
-            if "status" in fx:
-                headers = []
-                if "retry_after" in fx:
-                    headers.append(("Retry-After", str(fx["retry_after"])))
-                if "error_code" in fx:
-                    headers.append(("X-Error-Code", fx["error_code"]))
-                return self.reply(int(fx["status"]), b"injected fault\n", headers)
-            if method not in ("GET", "HEAD"):
-                return self.reply(405, b"read only\n")
-            if self.cdn:
-                return self.serve_cdn(method, path, fx)
-            return self.serve_hub(method, url, path, fx)
-        except (ConnectionError, BrokenPipeError, OSError):
-            self.close_connection = True
+    def record_extra(self):
+        return {"port": self.server.server_address[1]}
+
+    def fault_headers(self, fx):
+        return [("X-Error-Code", fx["error_code"])] if "error_code" in fx else []
+
+    def serve(self, method, url, path, fx):
+        if method not in ("GET", "HEAD"):
+            return self.reply(405, b"read only\n")
+        if self.cdn:
+            return self.serve_cdn(method, path, fx)
+        return self.serve_hub(method, url, path, fx)
 
     # ---- the CDN ------------------------------------------------------------
 
