@@ -330,29 +330,34 @@ class Handler(BaseHTTPRequestHandler):
             inm = self.headers.get("If-None-Match")
             if inm and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
                 return self.reply(304, b"", meta)
-            rng = None
-            if not fx.get("ignore_range"):
-                rng = parse_range(self.headers.get("Range"), size)
-            if rng == "unsatisfiable":
-                return self.reply(416, b"", meta + [("Content-Range", "bytes */%d" % size)])
-            if rng:
-                start, end = rng
-                shift = int(fx.get("content_range_shift", 0))
-                status = 206
-                meta.append(("Content-Range", "bytes %d-%d/%d" % (start + shift, end + shift, size)))
-            else:
-                start, end, status = 0, size - 1, 200
-            length = end - start + 1 if size else 0
-            self.send_response(status)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(length))
-            self.send_header("x-request-id", self.request_id)
-            for k, v in meta:
-                self.send_header(k, v)
-            self.end_headers()
-            if method == "HEAD" or length == 0:
-                return
-            self.send_body(f, start, length, fx)
+            return self.send_ranged(method, f, size, meta, fx)
+
+    def send_ranged(self, method, f, size, meta, fx):
+        """Answers with `f` (`size` bytes) or the part a Range asks for (206,
+        416), applying the fault effects on ranges and bodies."""
+        rng = None
+        if not fx.get("ignore_range"):
+            rng = parse_range(self.headers.get("Range"), size)
+        if rng == "unsatisfiable":
+            return self.reply(416, b"", meta + [("Content-Range", "bytes */%d" % size)])
+        if rng:
+            start, end = rng
+            shift = int(fx.get("content_range_shift", 0))
+            status = 206
+            meta = meta + [("Content-Range", "bytes %d-%d/%d" % (start + shift, end + shift, size))]
+        else:
+            start, end, status = 0, size - 1, 200
+        length = end - start + 1 if size else 0
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(length))
+        self.send_header("x-request-id", self.request_id)
+        for k, v in meta:
+            self.send_header(k, v)
+        self.end_headers()
+        if method == "HEAD" or length == 0:
+            return None
+        return self.send_body(f, start, length, fx)
 
     def send_body(self, f, start, length, fx):
         limit, after = length, None
