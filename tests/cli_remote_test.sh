@@ -61,6 +61,13 @@ expect_out_contains "headers and sizes checked" "verify says what it checked"
 run $K verify --data web://params.safetensors; expect_status 0 "verify --data"
 expect_out_contains "every byte read" "verify --data says what it checked"
 
+# --- config --check makes each backend: the plugin checks its own options ---
+printf '{"backends": {"w": {"plugin": "http", "url": "localhost:1/x"}}}\n' >"$TEST_TMP/badurl.json"
+run $KAUN config --check "$TEST_TMP/badurl.json"; expect_status 1 "config --check of a bad http url"
+expect_err_contains "backends.w.url must start with http:// or https://" "the bad option is named"
+expect_err_contains "badurl.json" "the config file is named"
+run $KAUN config --check "$TEST_TMP/config.json"; expect_status 0 "config --check of a good one"
+
 # --- errors name the URI; network failures exit 3 ---
 run $K ls web://absent.safetensors; expect_status 1 "ls of a missing object"
 expect_err_contains "web://absent.safetensors" "a missing object is named"
