@@ -61,6 +61,15 @@ expect_out_contains "headers and sizes checked" "verify says what it checked"
 run $K verify --data web://params.safetensors; expect_status 0 "verify --data"
 expect_out_contains "every byte read" "verify --data says what it checked"
 
+# --- kaun get on any backend: a local copy of the object ---
+run $K get web://params.safetensors; expect_status 0 "get of an http object"
+case "$out" in "$TEST_TMP/cache/kaun/http/"*) ok ;; *) bad "get prints the cache entry: $out" ;; esac
+expect_same_file "$out" "$TEST_TMP/www/params.safetensors" "get's copy"
+run $K get "$TEST_TMP/params.safetensors"; expect_status 0 "get of a local file"
+[ "$out" = "$TEST_TMP/params.safetensors" ] && ok || bad "get of a local file prints its path: $out"
+run $K get web://absent.safetensors; expect_status 1 "get of a missing object"
+expect_err_contains "web://absent.safetensors" "get of a missing object names it"
+
 # --- config --check makes each backend: the plugin checks its own options ---
 printf '{"backends": {"w": {"plugin": "http", "url": "localhost:1/x"}}}\n' >"$TEST_TMP/badurl.json"
 run $KAUN config --check "$TEST_TMP/badurl.json"; expect_status 1 "config --check of a bad http url"
