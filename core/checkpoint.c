@@ -4,6 +4,7 @@
  * a mapping or read straight into their memory. */
 #include "storage_internal.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,82 @@ static const kaun_load_options *flags_only(kaun_load_options *o, unsigned flags)
   return o;
 }
 
+/* The name map of `o`, when its struct is recent enough to carry one. */
+static const kaun_name_map *opts_names(const kaun_load_options *o) {
+  return o && o->struct_size >= offsetof(kaun_load_options, names) + sizeof o->names ? o->names
+                                                                                     : NULL;
+}
+
+/* The reader's tensor names, and what `map` makes of them (the names
+ * themselves without a map).  Free with free_names. */
+typedef struct file_names {
+  size_t n;
+  const char **orig; /* borrowed from the reader */
+  char **mapped;     /* NULL without a map */
+  size_t *sorted;    /* indexes, by mapped name */
+} file_names;
+
+static void free_names(file_names *f) {
+  for (size_t i = 0; f->mapped && i < f->n; i++) free(f->mapped[i]);
+  free(f->mapped);
+  free(f->orig);
+  free(f->sorted);
+}
+
+static const char *mapped_name(const file_names *f, size_t i) {
+  return f->mapped ? f->mapped[i] : f->orig[i];
+}
+
+static _Thread_local const file_names *sorting; /* qsort passes no context */
+
+static int cmp_mapped(const void *a, const void *b) {
+  return strcmp(mapped_name(sorting, *(const size_t *)a), mapped_name(sorting, *(const size_t *)b));
+}
+
+static int file_names_of(kaun_reader *r, const kaun_name_map *map, file_names *f, kaun_error *err) {
+  memset(f, 0, sizeof *f);
+  f->n = kaun_reader_count(r);
+  f->orig = calloc(f->n + 1, sizeof *f->orig);
+  f->sorted = calloc(f->n + 1, sizeof *f->sorted);
+  if (map) f->mapped = calloc(f->n + 1, sizeof *f->mapped);
+  if (!f->orig || !f->sorted || (map && !f->mapped)) return kaun__error_nomem(err, "name map");
+  for (size_t i = 0; i < f->n; i++) {
+    kaun_reader_tensor t;
+    kaun_reader_info(r, i, &t);
+    f->orig[i] = t.name;
+    f->sorted[i] = i;
+    if (map && !(f->mapped[i] = kaun_name_map_apply(map, t.name)))
+      return kaun__error_nomem(err, "name map");
+  }
+  sorting = f;
+  qsort(f->sorted, f->n, sizeof *f->sorted, cmp_mapped);
+  sorting = NULL;
+  return KAUN_OK;
+}
+
+/* The file tensor whose mapped name is `want`: its index, -1 when none,
+ * -2 (with `err` set) when the map sends two names there. */
+static long find_mapped(const file_names *f, const char *uri, const char *want, kaun_error *err) {
+  size_t lo = 0, hi = f->n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (strcmp(mapped_name(f, f->sorted[mid]), want) < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo == f->n || strcmp(mapped_name(f, f->sorted[lo]), want) != 0) return -1;
+  if (lo + 1 < f->n && strcmp(mapped_name(f, f->sorted[lo + 1]), want) == 0) {
+    size_t a = f->sorted[lo], b = f->sorted[lo + 1];
+    kaun__error_set(err, KAUN_EINVAL,
+                    "%s: the name map sends both '%s' and '%s' to the template's '%s': make the "
+                    "rules tell them apart",
+                    uri, f->orig[a < b ? a : b], f->orig[a < b ? b : a], want);
+    return -2;
+  }
+  return (long)f->sorted[lo];
+}
+
 int kaun_checkpoint_load_flat_ex(kaun_context *ctx, const char *uri, const kaun_load_options *opts,
                                  kaun_flat **out, kaun_error *err) {
   *out = NULL;
@@ -54,8 +131,16 @@ int kaun_checkpoint_load_flat_ex(kaun_context *ctx, const char *uri, const kaun_
   }
   if ((rc = kaun_reader_get_many_n(r, n, names, lens, NULL, opts, tensors, err))) goto done;
   if ((rc = kaun_flat_new(&flat, err))) goto done;
+  const kaun_name_map *map = opts_names(opts);
   for (size_t i = 0; i < n && !rc; i++) {
-    rc = kaun_flat_add_n(flat, names[i], lens[i], tensors[i], err);
+    if (map) {
+      char *m = kaun_name_map_apply(map, names[i]);
+      rc = m ? kaun_flat_add_n(flat, m, strlen(m), tensors[i], err)
+             : kaun__error_nomem(err, "name map");
+      free(m);
+    } else {
+      rc = kaun_flat_add_n(flat, names[i], lens[i], tensors[i], err);
+    }
     tensors[i] = NULL;
   }
   if (!rc) rc = kaun__reader_copy_metadata(r, flat, err);
@@ -148,6 +233,7 @@ int kaun_checkpoint_load_ex(kaun_context *ctx, const char *path, const kaun_ptre
     kaun_flat_free(tc.leaves);
     return rc;
   }
+  file_names files = {0, NULL, NULL, NULL};
   size_t n = kaun_flat_count(tc.leaves);
   const char **names = calloc(n + 1, sizeof *names);
   kaun_dtype *dtypes = calloc(n + 1, sizeof *dtypes);
@@ -156,6 +242,8 @@ int kaun_checkpoint_load_ex(kaun_context *ctx, const char *path, const kaun_ptre
     rc = kaun__error_nomem(err, "loading a checkpoint");
     goto done;
   }
+  const kaun_name_map *map = opts_names(opts);
+  if ((rc = file_names_of(r, map, &files, err))) goto done;
   size_t missing = 0;
   const char *first_missing = NULL;
   for (size_t i = 0; i < n; i++) {
@@ -163,11 +251,16 @@ int kaun_checkpoint_load_ex(kaun_context *ctx, const char *path, const kaun_ptre
     const kaun_tensor *want = kaun_flat_tensor(tc.leaves, i);
     names[i] = name;
     dtypes[i] = kaun_tensor_dtype(want);
-    long at = kaun_reader_find(r, name);
+    long at = map ? find_mapped(&files, path, name, err) : kaun_reader_find(r, name);
+    if (at == -2) {
+      rc = KAUN_EINVAL;
+      goto done;
+    }
     if (at < 0) {
       if (!missing++) first_missing = name;
       continue;
     }
+    names[i] = files.orig[at]; /* the file's name for it */
     kaun_reader_tensor in;
     kaun_reader_info(r, (size_t)at, &in);
     if (in.ndim != kaun_tensor_ndim(want) ||
@@ -181,15 +274,22 @@ int kaun_checkpoint_load_ex(kaun_context *ctx, const char *path, const kaun_ptre
     }
   }
   if (missing) {
-    if (missing == 1)
-      rc =
-          kaun__error_set(err, KAUN_EKEY, "%s: the template's tensor '%s' is not in the checkpoint",
-                          path, first_missing);
+    char near[700], more[64] = "";
+    kaun__names_closest(first_missing,
+                        files.mapped ? (const char *const *)files.mapped : files.orig, files.orig,
+                        files.n, near, sizeof near);
+    if (missing > 1) snprintf(more, sizeof more, " (and %zu more are missing)", missing - 1);
+    if (map)
+      rc = kaun__error_set(err, KAUN_EKEY,
+                           "%s: no tensor maps to the template's '%s'%s%s%s: check the name "
+                           "map's prefixes and renames",
+                           path, first_missing, more,
+                           files.n ? "; the closest are " : " (the checkpoint has no tensors)",
+                           near);
     else
       rc = kaun__error_set(err, KAUN_EKEY,
-                           "%s: the template's tensor '%s' is not in the checkpoint (and %zu "
-                           "more are missing)",
-                           path, first_missing, missing - 1);
+                           "%s: the template's tensor '%s' is not in the checkpoint%s%s%s", path,
+                           first_missing, more, files.n ? "; the closest are " : "", near);
     goto done;
   }
   if ((rc = kaun_reader_get_many(r, n, names, dtypes, opts, tensors, err))) goto done;
@@ -200,6 +300,7 @@ done:
   free(tensors);
   free(dtypes);
   free(names);
+  free_names(&files);
   kaun_reader_close(r);
   kaun_flat_free(tc.leaves);
   return rc;

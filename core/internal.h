@@ -27,6 +27,13 @@ int kaun__error_nomem(kaun_error *err, const char *what);
 /* Puts `prefix` in front of the message already in `err`. */
 void kaun__error_prefix(kaun_error *err, const char *fmt, ...) KAUN_PRINTF(2, 3);
 
+/* "the closest are ..." text for a name not found: the three of the n
+ * `mapped` names nearest to `want` (edit distance), each with the original
+ * name it came from when `orig` is given and it differs.  Writes into
+ * `buf` and returns it. */
+const char *kaun__names_closest(const char *want, const char *const *mapped,
+                                const char *const *orig, size_t n, char *buf, size_t size);
+
 /* A growable byte string; always NUL-terminated when data != NULL. */
 typedef struct kaun__strbuf {
   char *data;

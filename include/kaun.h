@@ -8,6 +8,7 @@
 #include <kaun/tensor.h>
 #include <kaun/ptree.h>
 #include <kaun/safetensors.h>
+#include <kaun/names.h>
 #include <kaun/reader.h>
 #include <kaun/checkpoint.h>
 #include <kaun/hash.h>

@@ -111,7 +111,7 @@ static void test_reader_on_mapped_files(void) {
   CU_ASSERT_EQUAL(kaun_tensor_dtype(t), KAUN_DTYPE_F64);
   CU_ASSERT_EQUAL(((const double *)kaun_tensor_data(t))[5], 2005.0);
   kaun_tensor_free(t);
-  kaun_load_options copy = {sizeof copy, KAUN_LOAD_COPY, NULL, NULL, NULL};
+  kaun_load_options copy = {.struct_size = sizeof copy, .flags = KAUN_LOAD_COPY};
   ASSERT_OK(kaun_reader_get(r, "t0", KAUN_DTYPE_COUNT_, &copy, &t, &err), err);
   CU_ASSERT_FALSE(kaun_tensor_is_view(t));
   CU_ASSERT_EQUAL(at(t, 23), 23.0f);
@@ -223,7 +223,7 @@ static void test_reader_reads_only_what_is_asked(void) {
   const char *names[] = {"t17", "t83"};
   kaun_tensor *out[2];
   seen s = {0, {{0}}};
-  kaun_load_options opts = {sizeof opts, 0, NULL, on_tensor, &s};
+  kaun_load_options opts = {.struct_size = sizeof opts, .on_tensor = on_tensor, .user = &s};
   ASSERT_OK(kaun_reader_get_many(r, 2, names, NULL, &opts, out, &err), err);
   CU_ASSERT_EQUAL(c.done, 2 * 16 * 16 * 4);
   CU_ASSERT_EQUAL(c.total, 2 * 16 * 16 * 4);
@@ -298,7 +298,7 @@ static void test_cancel_from_progress(void) {
   CU_ASSERT_TRUE(kaun_io_canceled(io));
   kaun_reader *r;
   ASSERT_OK(kaun_reader_open(ctx, "mem://big.safetensors", &r, &err), err);
-  kaun_load_options opts = {sizeof opts, 0, io, NULL, NULL};
+  kaun_load_options opts = {.struct_size = sizeof opts, .io = io};
   kaun_tensor *t = NULL;
   ASSERT_FAILS(kaun_reader_get(r, "t1", KAUN_DTYPE_COUNT_, &opts, &t, &err), err, KAUN_ECANCELED,
                "canceled");
@@ -422,7 +422,7 @@ static void test_failed_read_leaves_the_io(void) {
   kaun_context_free(ctx);
   kaun_io *io;
   ASSERT_OK(kaun_io_new(NULL, NULL, &io, &err), err);
-  kaun_load_options opts = {sizeof opts, 0, io, NULL, NULL};
+  kaun_load_options opts = {.struct_size = sizeof opts, .io = io};
   int failed = 0;
   for (int n = 1; n < 40 && !failed; n++) { /* the first call number that is a data read */
     FILE *f = fopen(tmp("memfail.json"), "w");
@@ -451,7 +451,7 @@ static void test_failed_read_leaves_the_io(void) {
   ctx = mem_context();
   kaun_reader *r;
   ASSERT_OK(kaun_reader_open(ctx, "mem://io.safetensors", &r, &err), err);
-  kaun_load_options stop = {sizeof stop, 0, io, stop_at_first, NULL};
+  kaun_load_options stop = {.struct_size = sizeof stop, .io = io, .on_tensor = stop_at_first};
   const char *names[] = {"t0", "t1"};
   kaun_tensor *out[2];
   ASSERT_FAILS(kaun_reader_get_many(r, 2, names, NULL, &stop, out, &err), err, KAUN_ECANCELED,

@@ -1,6 +1,7 @@
 /* Checkpoints: templates, casts, sharding, zero copy, atomic saves. */
 #include <dirent.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +119,84 @@ static void test_template_errors(void) {
                KAUN_ENOENT, "/nonexistent/ckpt");
   kaun_ptree_free(like);
   kaun_ptree_free(tree);
+}
+
+/* A name map (kaun_load_options.names) fills a template whose paths are
+ * not the file's names, reading only the tensors it maps to. */
+static void test_template_with_name_map(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  const uint64_t s23[] = {2, 3}, s4[] = {4};
+  kaun_ptree *file, *like, *out;
+  ASSERT_OK(kaun_ptree_new_record(&file, &err), err);
+  ASSERT_OK(kaun_ptree_set(file, "bert.encoder.layer.0.attention.self.query.weight",
+                           filled(KAUN_DTYPE_F32, 2, s23, 1), &err),
+            err);
+  ASSERT_OK(kaun_ptree_set(file, "bert.encoder.layer.0.attention.self.key.weight",
+                           filled(KAUN_DTYPE_F32, 2, s23, 100), &err),
+            err);
+  ASSERT_OK(kaun_ptree_set(file, "cls.bias", filled(KAUN_DTYPE_F32, 1, s4, 0), &err), err);
+  const char *path = tmp_path("bert.safetensors");
+  ASSERT_OK(kaun_checkpoint_save(NULL, path, file, NULL, &err), err);
+  kaun_ptree_free(file);
+
+  ASSERT_OK(kaun_ptree_new_record(&like, &err), err);
+  ASSERT_OK(kaun_ptree_set(like, "encoder.layers.0.query.weight",
+                           filled(KAUN_DTYPE_BF16, 2, s23, 0), &err),
+            err);
+  ASSERT_OK(
+      kaun_ptree_set(like, "encoder.layers.0.key.weight", filled(KAUN_DTYPE_F32, 2, s23, 0), &err),
+      err);
+  const kaun_rename renames[] = {{"encoder.layer.", "encoder.layers."}, {".attention.self.", "."}};
+  kaun_name_map map = {sizeof map, "bert.", NULL, renames, 2};
+  kaun_load_options o = {.struct_size = sizeof o, .names = &map};
+  ASSERT_OK(kaun_checkpoint_load_ex(NULL, path, like, &o, &out, &err), err);
+  const kaun_tensor *q = at(out, "encoder.layers.0.query.weight");
+  const kaun_tensor *k = at(out, "encoder.layers.0.key.weight");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(q);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(k);
+  CU_ASSERT_EQUAL(kaun_tensor_dtype(q), KAUN_DTYPE_BF16); /* cast to the template's dtype */
+  CU_ASSERT_EQUAL(((const uint16_t *)kaun_tensor_data(q))[1], 0x4000); /* 2.0 */
+  CU_ASSERT_EQUAL(((const float *)kaun_tensor_data(k))[5], 105.0f);
+  CU_ASSERT_EQUAL(kaun_ptree_count(out), 1); /* "encoder" only: cls.bias is not asked for */
+  kaun_ptree_free(out);
+
+  /* a flat load returns the mapped names */
+  kaun_flat *flat;
+  ASSERT_OK(kaun_checkpoint_load_flat_ex(NULL, path, &o, &flat, &err), err);
+  CU_ASSERT_PTR_NOT_NULL(kaun_flat_find(flat, "encoder.layers.0.query.weight"));
+  CU_ASSERT_PTR_NOT_NULL(kaun_flat_find(flat, "cls.bias")); /* no rule applies: as it is */
+  CU_ASSERT_PTR_NULL(kaun_flat_find(flat, "bert.encoder.layer.0.attention.self.query.weight"));
+  kaun_flat_free(flat);
+
+  /* a template path no tensor maps to names the closest mapped names and
+   * the file names they came from */
+  ASSERT_OK(kaun_ptree_set(like, "encoder.layers.0.value.weight", filled(KAUN_DTYPE_F32, 2, s23, 0),
+                           &err),
+            err);
+  ASSERT_FAILS(kaun_checkpoint_load_ex(NULL, path, like, &o, &out, &err), err, KAUN_EKEY,
+               "no tensor maps to the template's 'encoder.layers.0.value.weight'");
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "(from 'bert.encoder.layer.0.attention.self."));
+  CU_ASSERT_PTR_NULL(out);
+  /* without a map (or from code built before the field existed: a
+   * struct_size that stops short of it), the file's own names count */
+  o.struct_size = offsetof(kaun_load_options, names);
+  ASSERT_FAILS(kaun_checkpoint_load_ex(NULL, path, like, &o, &out, &err), err, KAUN_EKEY,
+               "the template's tensor 'encoder.layers.0.query.weight' is not in the checkpoint");
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "(and 2 more are missing); the closest are '"));
+  kaun_ptree_free(like);
+
+  /* two file names sent to one template path: refused, both named */
+  const kaun_rename clash[] = {{"query", "qk"}, {"key", "qk"}};
+  kaun_name_map bad = {sizeof bad, "bert.", NULL, clash, 2};
+  kaun_load_options ob = {.struct_size = sizeof ob, .names = &bad};
+  ASSERT_OK(kaun_ptree_new_record(&like, &err), err);
+  ASSERT_OK(kaun_ptree_set(like, "encoder.layer.0.attention.self.qk.weight",
+                           filled(KAUN_DTYPE_F32, 2, s23, 0), &err),
+            err);
+  ASSERT_FAILS(kaun_checkpoint_load_ex(NULL, path, like, &ob, &out, &err), err, KAUN_EINVAL,
+               "sends both 'bert.encoder.layer.0.attention.self.key.weight' and "
+               "'bert.encoder.layer.0.attention.self.query.weight'");
+  kaun_ptree_free(like);
 }
 
 /* Params and optimizer state go to two files; a training run resumes from
@@ -361,6 +440,7 @@ void register_checkpoint_tests(void) {
       {"save, then load with the tree as template", test_save_load_with_template},
       {"templates cast dtypes and ignore extra tensors", test_template_casts_and_ignores_extras},
       {"missing keys, shape mismatches and bad casts", test_template_errors},
+      {"a name map fills a template with other names", test_template_with_name_map},
       {"params and state in two files, then resume", test_params_and_state_resume},
       {"views outlive the load that made them", test_views_outlive_their_load},
       {"unaligned data is copied, not viewed", test_unaligned_data_is_copied},

@@ -19,6 +19,7 @@
 
 #include <kaun/common.h>
 #include <kaun/error.h>
+#include <kaun/names.h>
 #include <kaun/http.h>
 #include <kaun/io.h>
 #include <kaun/ptree.h>
@@ -121,25 +122,11 @@ KAUN_API int kaun_hf_load_weights(const char *repo_id, const kaun_hf_options *op
 
 /* ---- mapping Hub names onto your tree ---------------------------------------------- */
 
-/* A rename rule: every occurrence of `from` in a name becomes `to`. */
-typedef struct kaun_hf_rename {
-  const char *from;
-  const char *to;
-} kaun_hf_rename;
-
-/* How a file's tensor names become the template's paths, in this order:
- * `strip_prefix` is removed from names that start with it, `add_prefix`
- * is put in front, then each rename rule is applied in turn.  So
- * {.strip_prefix = "bert.", .renames = {{"encoder.layer.", "encoder.layers."},
- * {".attention.self.", "."}}} maps bert.encoder.layer.0.attention.self.query.weight
- * to encoder.layers.0.query.weight.  Every field may be NULL / 0. */
-typedef struct kaun_hf_name_map {
-  size_t struct_size; /* sizeof(kaun_hf_name_map) */
-  const char *strip_prefix;
-  const char *add_prefix;
-  const kaun_hf_rename *renames;
-  size_t nrenames;
-} kaun_hf_name_map;
+/* The Hub's names for the generic name map (names.h): strip or add a
+ * prefix, then rename rules.  A kaun_hf_name_map can also be given to any
+ * load as kaun_load_options.names. */
+typedef kaun_rename kaun_hf_rename;
+typedef kaun_name_map kaun_hf_name_map;
 
 /* The name `name` maps to (malloc'd, the caller frees it), or NULL when
  * out of memory.  `map` may be NULL (the name itself). */

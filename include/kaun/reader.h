@@ -18,6 +18,7 @@
 #include <kaun/common.h>
 #include <kaun/error.h>
 #include <kaun/io.h>
+#include <kaun/names.h>
 #include <kaun/ptree.h>
 #include <kaun/storage.h>
 #include <kaun/tensor.h>
@@ -42,6 +43,12 @@ typedef struct kaun_load_options {
                                the context's progress callback, if any */
   kaun_tensor_fn on_tensor; /* streaming; NULL: none */
   void *user;               /* for on_tensor */
+  /* How the file's tensor names become yours (names.h), for the
+   * checkpoint loads: kaun_checkpoint_load_ex fills each template path
+   * from the tensor whose mapped name it is; kaun_checkpoint_load_flat_ex
+   * returns the mapped names.  NULL: names as they are.  The reader's own
+   * calls (kaun_reader_get...) take the file's names and ignore it. */
+  const kaun_name_map *names;
 } kaun_load_options;
 
 /* What the reader knows of one tensor.  Pointers are owned by the reader. */
