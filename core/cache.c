@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@
 #define STALE_OTHER_AGE_S 86400L /* other entries' temporaries: a day untouched */
 #define HASH_HEX_MAX 65          /* SHA-256: 64 hex digits and a NUL */
 #define READBACK_CHUNK ((size_t)1 << 20)
+#define GATHER_SLOTS 8 /* runs of parallel writes gathered at once */
 
 /* ---- small helpers ------------------------------------------------------------------ */
 
@@ -303,6 +305,29 @@ struct kaun_cache_writer {
   atomic_bool sequential; /* only kaun_cache_writer_write so far */
   char *buf;              /* sequential writes gathered into large ones */
   size_t buf_len;         /* bytes in buf, which start at pos - buf_len */
+  /* Parallel writes (kaun_cache_writer_pwrite) are hashed by a follower
+   * thread that reads back the written prefix of the file while the rest
+   * arrives, so the check costs little after the last byte. */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  bool follower_on;  /* started (join it) */
+  bool follower_off; /* not to be started: no hash, unknown size, a failure */
+  bool stop;
+  bool read_failed;
+  pthread_t follower;
+  EVP_MD_CTX *pmd;
+  uint64_t hashed; /* the follower's digest covers [0, hashed) */
+  uint64_t *spans; /* written ranges, [start, end) pairs, sorted, merged */
+  size_t nspans, span_cap;
+  /* parallel writes gathered: one run of consecutive bytes per slot (an
+   * HTTP body arrives in 16 KiB pieces; a part is 8 MiB) */
+  struct gather {
+    char *buf;
+    uint64_t at;  /* file offset of buf[0] */
+    size_t len;   /* 0: free */
+    uint64_t use; /* last use, to pick the slot to flush */
+  } slots[GATHER_SLOTS];
+  uint64_t uses;
 };
 
 #define WRITE_GATHER ((size_t)1 << 20)
@@ -332,7 +357,23 @@ static uint32_t random32(uint64_t *state) {
   return (uint32_t)(*state >> 32);
 }
 
+static void stop_follower(kaun_cache_writer *w) {
+  if (!w->follower_on) return;
+  pthread_mutex_lock(&w->mu);
+  w->stop = true;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  pthread_join(w->follower, NULL);
+  w->follower_on = false;
+}
+
 static void writer_free(kaun_cache_writer *w) {
+  stop_follower(w);
+  pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->cv);
+  EVP_MD_CTX_free(w->pmd);
+  free(w->spans);
+  for (int i = 0; i < GATHER_SLOTS; i++) free(w->slots[i].buf);
   free(w->buf);
   if (w->fd >= 0) close(w->fd);
   EVP_MD_CTX_free(w->md);
@@ -395,6 +436,8 @@ int kaun_cache_writer_open(const char *final_path, uint64_t expected_size,
   w->io = io;
   w->expected_size = expected_size;
   atomic_init(&w->sequential, true);
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
   if (!(w->final_path = strdup(final_path)) || !(w->folder = folder_of(final_path, &base)) ||
       !(w->uri = strdup(progress_uri ? progress_uri : final_path))) {
     writer_free(w);
@@ -530,36 +573,204 @@ int kaun_cache_writer_sink(void *writer, uint64_t offset, const void *data, size
   return kaun_cache_writer_write(w, data, len, err);
 }
 
+/* The end of the written prefix [0, end).  Under w->mu. */
+static uint64_t prefix_end(const kaun_cache_writer *w) {
+  return w->nspans && w->spans[0] == 0 ? w->spans[1] : 0;
+}
+
+/* Records [a, b) as written, merging it with its neighbours.  Under w->mu.
+ * Returns false when out of memory. */
+static bool add_span(kaun_cache_writer *w, uint64_t a, uint64_t b) {
+  size_t i = 0;
+  while (i < w->nspans && w->spans[2 * i + 1] < a) i++;
+  /* spans i.. end at or after a: merge those that touch [a, b) */
+  size_t j = i;
+  while (j < w->nspans && w->spans[2 * j] <= b) {
+    if (w->spans[2 * j] < a) a = w->spans[2 * j];
+    if (w->spans[2 * j + 1] > b) b = w->spans[2 * j + 1];
+    j++;
+  }
+  if (j == i) { /* a new span at i */
+    if (w->nspans == w->span_cap) {
+      size_t cap = w->span_cap ? 2 * w->span_cap : 16;
+      uint64_t *s = realloc(w->spans, 2 * cap * sizeof *s);
+      if (!s) return false;
+      w->spans = s;
+      w->span_cap = cap;
+    }
+    memmove(w->spans + 2 * (i + 1), w->spans + 2 * i, 2 * (w->nspans - i) * sizeof *w->spans);
+    w->nspans++;
+  } else if (j > i + 1) { /* spans i..j-1 become one */
+    memmove(w->spans + 2 * (i + 1), w->spans + 2 * j, 2 * (w->nspans - j) * sizeof *w->spans);
+    w->nspans -= j - i - 1;
+  }
+  w->spans[2 * i] = a;
+  w->spans[2 * i + 1] = b;
+  return true;
+}
+
+/* Whether [a, b) overlaps a written range.  Under w->mu. */
+static bool overlaps(const kaun_cache_writer *w, uint64_t a, uint64_t b) {
+  for (size_t i = 0; i < w->nspans; i++)
+    if (w->spans[2 * i] < b && a < w->spans[2 * i + 1]) return true;
+  return false;
+}
+
+static void *follow(void *arg) {
+  kaun_cache_writer *w = arg;
+  char *buf = malloc(READBACK_CHUNK);
+  pthread_mutex_lock(&w->mu);
+  w->read_failed = !buf;
+  while (!w->stop && !w->read_failed) {
+    /* a chunk at a time: bytes arrive in pieces of 16 KiB */
+    uint64_t end = prefix_end(w), from = w->hashed;
+    if (end < from + READBACK_CHUNK) {
+      pthread_cond_wait(&w->cv, &w->mu);
+      continue;
+    }
+    pthread_mutex_unlock(&w->mu);
+    bool ok = true;
+    while (ok && from < end) {
+      size_t n = end - from < READBACK_CHUNK ? (size_t)(end - from) : READBACK_CHUNK;
+      ok = kaun__pread_full(w->fd, buf, n, from) == 0 && EVP_DigestUpdate(w->pmd, buf, n);
+      from += ok ? n : 0;
+    }
+    pthread_mutex_lock(&w->mu);
+    w->hashed = from;
+    w->read_failed = !ok;
+  }
+  pthread_mutex_unlock(&w->mu);
+  free(buf);
+  return NULL;
+}
+
+/* Starts the follower on the first parallel write of a hashed entry of
+ * known size.  Without one (no memory, no thread) the commit reads the
+ * file back instead. */
+static void start_follower(kaun_cache_writer *w) {
+  if (w->follower_on || w->follower_off) return;
+  w->follower_off = true;
+  if (!w->expected_hex[0] || w->expected_size == KAUN_CACHE_SIZE_UNKNOWN || w->pos != 0) return;
+  if (start_hash(w, &w->pmd, w->expected_size, NULL) != KAUN_OK) return;
+  if (pthread_create(&w->follower, NULL, follow, w) != 0) return;
+  w->follower_on = true;
+  w->follower_off = false;
+}
+
+int kaun_cache_writer_part_sink(void *part, uint64_t offset, const void *data, size_t len,
+                                kaun_error *err) {
+  kaun_cache_part *p = part;
+  uint64_t at;
+  if (!p || kaun__add_overflow(p->offset, offset, &at))
+    return kaun__error_set(err, KAUN_EINVAL, "kaun_cache_writer_part_sink: no part, or past 2^64");
+  return kaun_cache_writer_pwrite(p->writer, at, data, len, err);
+}
+
+/* Writes [offset, offset + len) and records it for the follower.  Under w->mu. */
+static int put_span(kaun_cache_writer *w, uint64_t offset, const void *data, size_t len,
+                    kaun_error *err) {
+  int rc = put_bytes(w, offset, data, len, err);
+  if (rc || !len || !w->follower_on) return rc;
+  uint64_t before = prefix_end(w);
+  if (!add_span(w, offset, offset + len)) {
+    w->read_failed = true; /* the commit reads the file back */
+    pthread_cond_signal(&w->cv);
+  } else if (prefix_end(w) / READBACK_CHUNK > before / READBACK_CHUNK) {
+    pthread_cond_signal(&w->cv); /* another whole chunk to hash */
+  }
+  return KAUN_OK;
+}
+
+static int flush_slot(kaun_cache_writer *w, struct gather *g, kaun_error *err) {
+  if (!g->len) return KAUN_OK;
+  size_t n = g->len;
+  g->len = 0;
+  return put_span(w, g->at, g->buf, n, err);
+}
+
+/* Writes out every gathered run.  Under w->mu. */
+static int flush_slots(kaun_cache_writer *w, kaun_error *err) {
+  int rc = KAUN_OK;
+  for (int i = 0; i < GATHER_SLOTS; i++) {
+    int r = flush_slot(w, &w->slots[i], err);
+    if (!rc) rc = r;
+  }
+  return rc;
+}
+
+/* Gathers [offset, offset + len) onto the run it continues, or starts a
+ * run in a free slot (else the least recently used one, written out
+ * first).  Large pieces are written at once.  Under w->mu. */
+static int gather_at(kaun_cache_writer *w, uint64_t offset, const void *data, size_t len,
+                     kaun_error *err) {
+  struct gather *g = NULL, *pick = NULL;
+  for (int i = 0; i < GATHER_SLOTS; i++) {
+    struct gather *s = &w->slots[i];
+    if (s->len && s->at + s->len == offset) g = s;
+    if (!pick || (pick->len && (!s->len || s->use < pick->use))) pick = s;
+  }
+  int rc = KAUN_OK;
+  if (len >= WRITE_GATHER / 2) {
+    if (g) rc = flush_slot(w, g, err);
+    return rc ? rc : put_span(w, offset, data, len, err);
+  }
+  if (g && g->len + len > WRITE_GATHER) {
+    if ((rc = flush_slot(w, g, err))) return rc;
+    g->at = offset;
+  }
+  if (!g) {
+    g = pick;
+    if ((rc = flush_slot(w, g, err))) return rc;
+    if (!g->buf && !(g->buf = malloc(WRITE_GATHER))) return put_span(w, offset, data, len, err);
+    g->at = offset;
+  }
+  memcpy(g->buf + g->len, data, len);
+  g->len += len;
+  g->use = ++w->uses;
+  return KAUN_OK;
+}
+
 int kaun_cache_writer_pwrite(kaun_cache_writer *w, uint64_t offset, const void *data, size_t len,
                              kaun_error *err) {
   if (!w || (len && !data))
     return kaun__error_set(err, KAUN_EINVAL, "kaun_cache_writer_pwrite: no writer or data");
+  int rc = check_range(w, offset, len, err);
+  if (rc) return rc;
+  pthread_mutex_lock(&w->mu);
   atomic_store(&w->sequential, false);
-  int rc = flush_gathered(w, err);
-  if (!rc) rc = check_range(w, offset, len, err);
-  if (!rc) rc = put_bytes(w, offset, data, len, err);
+  start_follower(w);
+  /* bytes written twice may differ from those the follower hashed */
+  if (w->follower_on && len && overlaps(w, offset, offset + len)) w->read_failed = true;
+  rc = flush_gathered(w, err);
+  if (!rc && len) rc = gather_at(w, offset, data, len, err);
+  pthread_mutex_unlock(&w->mu);
   return rc ? rc : report(w, len, err);
 }
 
 int kaun_cache_writer_fd(kaun_cache_writer *w) {
   if (!w) return -1;
+  pthread_mutex_lock(&w->mu);
   atomic_store(&w->sequential, false);
-  if (flush_gathered(w, NULL)) return -1;
-  return w->fd;
+  int rc = flush_gathered(w, NULL);
+  if (!rc) rc = flush_slots(w, NULL);
+  pthread_mutex_unlock(&w->mu);
+  return rc ? -1 : w->fd;
 }
 
 const char *kaun_cache_writer_temp_path(const kaun_cache_writer *w) {
   return w ? w->tmp_path : NULL;
 }
 
-/* The hash of the first `size` bytes of the temporary, read back. */
-static int hash_file(kaun_cache_writer *w, uint64_t size, char out[HASH_HEX_MAX], kaun_error *err) {
-  EVP_MD_CTX *md = NULL;
-  int rc = start_hash(w, &md, size, err);
+/* The hash of the first `size` bytes of the temporary, read back: all of
+ * them, or (`md` given) those from `from` on, added to `md`, which is then
+ * freed. */
+static int hash_file(kaun_cache_writer *w, EVP_MD_CTX *md, uint64_t from, uint64_t size,
+                     char out[HASH_HEX_MAX], kaun_error *err) {
+  int rc = md ? KAUN_OK : start_hash(w, &md, size, err);
   if (rc) return rc;
   char *buf = malloc(READBACK_CHUNK);
   if (!buf) rc = fail_nomem(err);
-  for (uint64_t off = 0; !rc && off < size;) {
+  for (uint64_t off = from; !rc && off < size;) {
     size_t n = size - off < READBACK_CHUNK ? (size_t)(size - off) : READBACK_CHUNK;
     if (kaun__pread_full(w->fd, buf, n, off) != 0)
       rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot read back the cache file '%s'",
@@ -580,7 +791,7 @@ int kaun_cache_writer_commit(kaun_cache_writer *w, kaun_error *err) {
   struct stat sb;
   if (kaun_io_canceled(w->io))
     rc = kaun__error_set(err, KAUN_ECANCELED, "the transfer of '%s' was canceled", w->uri);
-  else if ((rc = flush_gathered(w, err)))
+  else if ((rc = flush_gathered(w, err)) || (rc = flush_slots(w, err)))
     ;
   else if (fsync(w->fd) != 0)
     rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot flush the cache file '%s' to disk",
@@ -594,10 +805,17 @@ int kaun_cache_writer_commit(kaun_cache_writer *w, kaun_error *err) {
   if (!rc && w->expected_hex[0]) {
     char got[HASH_HEX_MAX];
     uint64_t size = (uint64_t)sb.st_size;
-    if (w->md && atomic_load(&w->sequential) && w->pos == size)
+    stop_follower(w);
+    if (w->md && atomic_load(&w->sequential) && w->pos == size) {
       rc = finish_hash(w, w->md, got, err);
-    else
-      rc = hash_file(w, size, got, err);
+    } else if (w->pmd && !w->read_failed && w->hashed <= size) {
+      /* the follower's digest, and the bytes it had not reached yet */
+      EVP_MD_CTX *md = w->pmd;
+      w->pmd = NULL;
+      rc = hash_file(w, md, w->hashed, size, got, err);
+    } else {
+      rc = hash_file(w, NULL, 0, size, got, err);
+    }
     if (!rc && strcmp(got, w->expected_hex) != 0)
       rc = kaun__error_set(err, KAUN_ECHECKSUM,
                            "cache entry '%s' fails its %s check: expected %s, got %s",

@@ -433,6 +433,65 @@ static void test_writer_pwrite_and_fd(void) {
   free(data);
 }
 
+/* Parallel parts through kaun_cache_writer_part_sink, in the 16 KiB
+ * pieces an HTTP body comes in, interleaved across more parts than the
+ * writer gathers at once: the file and its hash (checked while the parts
+ * arrive) come out right; bytes written twice are hashed as they end up;
+ * one wrong byte is caught. */
+static void test_writer_parts(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  const char *dir = tmp("parts");
+  ASSERT_OK(kaun_cache_mkdirs(dir, &err), err);
+  enum { N = 5 << 20, PARTS = 10, PIECE = 16 << 10 };
+  const size_t part = N / PARTS;
+  char *data = malloc(N), *junk = malloc(N);
+  CU_ASSERT_FATAL(data && junk);
+  for (size_t i = 0; i < N; i++) data[i] = (char)(i * 2654435761u >> 13), junk[i] = (char)~data[i];
+  char hex[KAUN_SHA256_HEX_SIZE];
+  ASSERT_OK(kaun_sha256_hex(data, N, hex, &err), err);
+  for (int round = 0; round < 3; round++) {
+    const char *name = round == 0   ? tmp("parts/clean")
+                       : round == 1 ? tmp("parts/twice")
+                                    : tmp("parts/wrong");
+    kaun_cache_writer *w;
+    ASSERT_OK(kaun_cache_writer_open(name, N, KAUN_CACHE_HASH_SHA256, hex, NULL, NULL, &w, &err),
+              err);
+    if (round == 1) { /* the first 2 MiB first as junk, then as they should be */
+      kaun_cache_part p0 = {w, 0};
+      for (size_t off = 0; off < (2u << 20); off += PIECE)
+        ASSERT_OK(kaun_cache_writer_part_sink(&p0, off, junk + off, PIECE, &err), err);
+      usleep(20000); /* the follower hashes what it can */
+    }
+    kaun_cache_part parts[PARTS];
+    for (int i = 0; i < PARTS; i++) parts[i] = (kaun_cache_part){w, (uint64_t)i * part};
+    /* round robin, last part first: every part's run is cut by the others */
+    for (size_t off = 0; off < part; off += PIECE) {
+      size_t n = part - off < PIECE ? part - off : PIECE;
+      for (int i = PARTS - 1; i >= 0; i--) {
+        const char *src = data + parts[i].offset + off;
+        char flipped;
+        if (round == 2 && i == 7 && off == PIECE) { /* one byte wrong */
+          flipped = (char)~src[0];
+          ASSERT_OK(kaun_cache_writer_part_sink(&parts[i], off, &flipped, 1, &err), err);
+          ASSERT_OK(kaun_cache_writer_part_sink(&parts[i], off + 1, src + 1, n - 1, &err), err);
+        } else {
+          ASSERT_OK(kaun_cache_writer_part_sink(&parts[i], off, src, n, &err), err);
+        }
+      }
+    }
+    if (round < 2) {
+      ASSERT_OK(kaun_cache_writer_commit(w, &err), err);
+      CU_ASSERT(file_is(name, data, N));
+    } else {
+      ASSERT_FAILS(kaun_cache_writer_commit(w, &err), err, KAUN_ECHECKSUM, name);
+      CU_ASSERT(!exists(name));
+    }
+  }
+  CU_ASSERT_EQUAL(count_temps(dir), 0);
+  free(data);
+  free(junk);
+}
+
 /* ---- progress and cancellation --------------------------------------------------------- */
 
 typedef struct progress_seen {
@@ -845,6 +904,8 @@ int main(void) {
   CU_add_test(s, "wrong size, wrong hash, abort: nothing left behind", test_writer_failures);
   CU_add_test(s, "ranged writes from threads, and writes through the fd",
               test_writer_pwrite_and_fd);
+  CU_add_test(s, "parallel parts: gathered, hashed while they arrive, rewrites, a wrong byte",
+              test_writer_parts);
   CU_add_test(s, "the HTTP sink: in order, hashed, out of order refused", test_writer_sink);
   CU_add_test(s, "progress is reported; a cancel leaves nothing", test_progress_and_cancel);
   CU_add_test(s, "locks exclude threads; a timeout names the holder", test_lock_threads);

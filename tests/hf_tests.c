@@ -761,6 +761,93 @@ static void test_progress_and_cancel(void) {
   test_server_reset(&server);
 }
 
+/* Blobs of nothing but files under `cache`, counted (locks excluded). */
+static int files_under(const char *cache, const char *what) {
+  char cmd[8400], out[64] = "";
+  snprintf(cmd, sizeof cmd, "find '%s' %s -type f ! -name '*.lock' | wc -l", cache, what);
+  FILE *p = popen(cmd, "r");
+  if (!p || !fgets(out, sizeof out, p)) out[0] = 0;
+  if (p) pclose(p);
+  return atoi(out);
+}
+
+/* Large files come as parallel ranged GETs, each written at its place and
+ * hashed while the rest arrives; faults in one part are that part's to
+ * retry; a server that ignores Range gets one more request, not one per
+ * part; a wrong body or a cancel leaves nothing. */
+static void test_parallel_parts(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_hf_file f;
+  char sha[80], got[80], cdn[200];
+  digest(at_path("%s/repos/org/big/%s/weights.bin", root, COMMIT_A), "sha256", sha);
+  snprintf(cdn, sizeof cdn, "/cdn/%s", sha);
+  /* 6 parts of 1 MiB, 3 at a time */
+  kaun_hf_options o = opts(new_cache(), NULL);
+  o.part_size = 1u << 20;
+  o.connections = 3;
+  test_server_reset(&server);
+  ASSERT_OK(kaun_hf_download_file("org/big", "weights.bin", &o, &f, &err), err);
+  digest(f.path, "sha256", got);
+  CU_ASSERT_STRING_EQUAL(got, sha);
+  CU_ASSERT_EQUAL(path_count(cdn), 6);
+  CU_ASSERT_EQUAL(test_server_stat(&server, "bytes_sent"), BIG_SIZE);
+  /* the third part's connection drops half-way: that part resumes */
+  o.cache_dir = new_cache();
+  test_server_reset(&server);
+  test_server_faults(&server,
+                     "[{\"path\": \"/cdn/*\", \"method\": \"GET\", \"skip\": 2, "
+                     "\"reset_after\": 500000}]");
+  ASSERT_OK(kaun_hf_download_file("org/big", "weights.bin", &o, &f, &err), err);
+  digest(f.path, "sha256", got);
+  CU_ASSERT_STRING_EQUAL(got, sha);
+  CU_ASSERT_EQUAL(path_count(cdn), 7);
+  /* a server that ignores Range: the first part's 200 says so, the rest
+   * comes in one more request */
+  o.cache_dir = new_cache();
+  test_server_reset(&server);
+  test_server_faults(&server, "[{\"path\": \"/cdn/*\", \"ignore_range\": true, \"count\": -1}]");
+  ASSERT_OK(kaun_hf_download_file("org/big", "weights.bin", &o, &f, &err), err);
+  digest(f.path, "sha256", got);
+  CU_ASSERT_STRING_EQUAL(got, sha);
+  CU_ASSERT_EQUAL(path_count(cdn), 2);
+  /* bytes that are not what the etag says (the server flips the first
+   * one): KAUN_ECHECKSUM, nothing cached */
+  const char *cache = new_cache();
+  o.cache_dir = cache;
+  test_server_reset(&server);
+  test_server_faults(&server,
+                     "[{\"path\": \"/cdn/*\", \"method\": \"GET\", \"wrong_hash\": true}]");
+  ASSERT_FAILS(kaun_hf_download_file("org/big", "weights.bin", &o, &f, &err), err, KAUN_ECHECKSUM,
+               "weights.bin");
+  CU_ASSERT_EQUAL(files_under(cache, ""), 0);
+  /* a part answered 416: a clear error naming its range, nothing cached */
+  cache = new_cache();
+  o.cache_dir = cache;
+  test_server_reset(&server);
+  test_server_faults(&server,
+                     "[{\"path\": \"/cdn/*\", \"method\": \"GET\", \"skip\": 3, "
+                     "\"status\": 416, \"count\": -1}]");
+  ASSERT_FAILS(kaun_hf_download_file("org/big", "weights.bin", &o, &f, &err), err, KAUN_EIO,
+               "bytes=");
+  CU_ASSERT_EQUAL(files_under(cache, ""), 0);
+  /* a cancel half-way through the parts */
+  cache = new_cache();
+  o.cache_dir = cache;
+  kaun_io *io;
+  seen_progress stop = {0, 2u << 20, 0};
+  ASSERT_OK(kaun_io_new(on_progress, &stop, &io, &err), err);
+  o.io = io;
+  test_server_reset(&server);
+  test_server_faults(&server,
+                     "[{\"path\": \"/cdn/*\", \"drip_bytes\": 262144, "
+                     "\"drip_interval\": 0.02, \"count\": -1}]");
+  ASSERT_FAILS(kaun_hf_download_file("org/big", "weights.bin", &o, &f, &err), err, KAUN_ECANCELED,
+               "weights.bin");
+  kaun_io_free(io);
+  CU_ASSERT_EQUAL(files_under(cache, ""), 0);
+  test_server_reset(&server);
+}
+
 /* Retry-After is honoured (within retry_max_ms). */
 static void test_retry_after(void) {
   kaun_error err = KAUN_ERROR_INIT;
@@ -1071,6 +1158,104 @@ static void test_parse_path(void) {
   ASSERT_FAILS(kaun_hf_parse_path("", &repo, &rev, &file, &err), err, KAUN_EURI, "hf://");
 }
 
+/* 8 processes run `kaun get` on the same sharded model (index, 3 shards,
+ * config) with one shared cache: all succeed with the same snapshot, and
+ * each blob crosses the wire once (the CDN counts each shard's GETs; the
+ * small files' GETs are recorded). */
+static void test_eight_processes_sharded(void) {
+  /* the CLI's Hub cache is the config's cache_dir + /huggingface; the
+   * endpoint comes from HF_ENDPOINT */
+  const char *root_dir = new_cache();
+  char cfg[4400], cache[4400];
+  snprintf(cfg, sizeof cfg, "%s.json", root_dir);
+  write_text(cfg, at_path("{\"cache_dir\": \"%s\"}\n", root_dir));
+  snprintf(cache, sizeof cache, "%s/huggingface", root_dir);
+  const char *shards[] = {"model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+                          "model-00003-of-00003.safetensors"};
+  char cdn[3][128];
+  for (int k = 0; k < 3; k++) {
+    char sha[80];
+    digest(at_path("%s/repos/org/sharded/%s/%s", root, COMMIT_C, shards[k]), "sha256", sha);
+    snprintf(cdn[k], sizeof cdn[k], "/cdn/%s", sha);
+  }
+  /* each blob takes 300 ms to come: the 8 overlap */
+  test_server_reset(&server);
+  test_server_faults(&server,
+                     "[{\"path\": \"/cdn/*\", \"method\": \"GET\", \"delay\": 0.3, "
+                     "\"count\": -1}, {\"path\": \"/api/resolve-cache/*\", \"method\": "
+                     "\"GET\", \"delay\": 0.3, \"count\": -1}, {\"path\": \"*\", "
+                     "\"record\": true, \"count\": -1}]");
+  const char *bin = getenv("KAUN_BIN");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(bin);
+  const char *out = at_path("%s/get8.out", work);
+  unlink(out);
+  pid_t pids[8];
+  for (int i = 0; i < 8; i++) {
+    pids[i] = fork();
+    if (pids[i] == 0) {
+      int fd = open(out, O_WRONLY | O_CREAT | O_APPEND, 0644);
+      if (fd >= 0) dup2(fd, 1);
+      setenv("HF_ENDPOINT", server.url, 1);
+      execl(bin, bin, "--config", cfg, "get", "hf://org/sharded", (char *)NULL);
+      _exit(127);
+    }
+  }
+  int ok = 0;
+  for (int i = 0; i < 8; i++) {
+    int status;
+    waitpid(pids[i], &status, 0);
+    ok += WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  }
+  CU_ASSERT_EQUAL(ok, 8);
+  /* 8 lines, one snapshot folder */
+  char *text = read_text(out);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+  int lines = 0, same = 1;
+  const char *first = text;
+  size_t len = strcspn(text, "\n");
+  for (const char *p = text; *p; p += strcspn(p, "\n") + (p[strcspn(p, "\n")] != 0)) {
+    lines++;
+    same &= strcspn(p, "\n") == len && strncmp(p, first, len) == 0;
+  }
+  CU_ASSERT_EQUAL(lines, 8);
+  CU_ASSERT(same);
+  CU_ASSERT(strstr(text, "/models--org--sharded/snapshots/" COMMIT_C) != NULL);
+  free(text);
+  /* each blob once: the shards from the CDN, the index and config once each */
+  for (int k = 0; k < 3; k++) CU_ASSERT_EQUAL(path_count(cdn[k]), 1);
+  char *seen = malloc(1 << 20);
+  CU_ASSERT_EQUAL(test_server_control(&server, KAUN_HTTP_GET, "seen", NULL, seen, 1 << 20), 0);
+  const char *small[] = {"model.safetensors.index.json", "config.json"};
+  for (int k = 0; k < 2; k++) {
+    char needle[512];
+    snprintf(needle, sizeof needle,
+             "\"method\": \"GET\", \"path\": \"/api/resolve-cache/models/org/sharded/" COMMIT_C
+             "/%s\"",
+             small[k]);
+    int gets = 0;
+    for (const char *q = strstr(seen, needle); q; q = strstr(q + 1, needle)) gets++;
+    if (gets != 1) fprintf(stderr, "\n  %s: %d GETs\n", small[k], gets);
+    CU_ASSERT_EQUAL(gets, 1);
+  }
+  free(seen);
+  /* 5 blobs, and the model loads from the cache alone */
+  char cmd[8400], count[64] = "";
+  snprintf(cmd, sizeof cmd, "ls -A '%s/models--org--sharded/blobs' | wc -l", cache);
+  FILE *p = popen(cmd, "r");
+  CU_ASSERT_PTR_NOT_NULL(fgets(count, sizeof count, p));
+  pclose(p);
+  CU_ASSERT_EQUAL(atoi(count), 5);
+  kaun_error err = KAUN_ERROR_INIT;
+  /* (at the commit: the whole-repo get does not write refs/main) */
+  kaun_hf_options o = opts(cache, COMMIT_C);
+  o.offline = 1;
+  kaun_flat *flat = NULL;
+  ASSERT_OK(kaun_hf_load_weights("org/sharded", &o, &flat, &err), err);
+  CU_ASSERT_EQUAL(kaun_flat_count(flat), 6);
+  kaun_flat_free(flat);
+  test_server_reset(&server);
+}
+
 static int suite_init(void) {
   snprintf(work, sizeof work, "%s/kaun-hf-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
   if (!mkdtemp(work)) return 1;
@@ -1113,8 +1298,12 @@ int main(void) {
   CU_add_test(s, "a 48 MiB download stays within 16 MiB of memory", test_memory_bounded);
   CU_add_test(s, "Retry-After is honoured", test_retry_after);
   CU_add_test(s, "progress reaches the io; a cancel leaves nothing", test_progress_and_cancel);
+  CU_add_test(s, "large files as parallel parts: faults, no Range, wrong bytes, cancel",
+              test_parallel_parts);
   CU_add_test(s, "kaun_hf_load_config, kaun_hf_load_weights", test_api_loads);
   CU_add_test(s, "Hub names mapped onto a template", test_name_mapping);
   CU_add_test(s, "hf:// backend: models, shards at one commit, offline", test_backend);
+  CU_add_test(s, "8 processes x kaun get of a sharded model: one transfer per blob",
+              test_eight_processes_sharded);
   return check_run_all();
 }

@@ -620,6 +620,40 @@ static void test_reader_copy_is_pinned(void) {
   kaun_context_free(ctx);
 }
 
+/* A remote object copied to a local file: read as parallel chunks, each
+ * written at its place, each byte once on the wire; a chunk that fails for
+ * good leaves no file and no temporary. */
+static void test_copy_to_local_file(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx = web_context();
+  const char *dst = path_in(work, "big-copy.safetensors");
+  test_server_reset(&server);
+  ASSERT_OK(kaun_storage_copy(ctx, web("big.safetensors"), dst, NULL, &err), err);
+  struct stat src;
+  CU_ASSERT_EQUAL_FATAL(stat(path_in(root, "big.safetensors"), &src), 0);
+  /* the header once when the copy opened it, then every byte once */
+  long long sent = test_server_stat(&server, "bytes_sent");
+  CU_ASSERT(sent >= src.st_size && sent < src.st_size + (1 << 20));
+  char cmd[20000];
+  snprintf(cmd, sizeof cmd, "cmp -s '%s' '%s'", dst, path_in(root, "big.safetensors"));
+  CU_ASSERT_EQUAL(system(cmd), 0);
+  CU_ASSERT(test_server_stat(&server, "requests") > 8); /* chunks, not one stream */
+  /* the 6th GET and every one after fail: an error naming the object */
+  unlink(dst);
+  test_server_reset(&server);
+  test_server_faults(&server,
+                     "[{\"path\": \"/big.safetensors\", \"method\": \"GET\", \"skip\": 5, "
+                     "\"status\": 404, \"count\": -1}]");
+  int rc = kaun_storage_copy(ctx, web("big.safetensors"), dst, NULL, &err);
+  CU_ASSERT_NOT_EQUAL(rc, KAUN_OK);
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "big.safetensors"));
+  CU_ASSERT_NOT_EQUAL(stat(dst, &src), 0);
+  snprintf(cmd, sizeof cmd, "test -z \"$(ls -A '%s' | grep -i tmp)\"", work);
+  CU_ASSERT_EQUAL(system(cmd), 0);
+  test_server_reset(&server);
+  kaun_context_free(ctx);
+}
+
 static int suite_init(void) {
   snprintf(work, sizeof work, "%s/kaun-remote-XXXXXX",
            getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -676,5 +710,7 @@ int main(int argc, char **argv) {
               test_index_shard_names_requests);
   CU_add_test(s, "a changed inner object is dropped, then reopened", test_changed_inner_is_dropped);
   CU_add_test(s, "a byte copy is pinned to the validated version", test_reader_copy_is_pinned);
+  CU_add_test(s, "a copy to a local file reads chunks in parallel, each byte once",
+              test_copy_to_local_file);
   return check_run_all();
 }

@@ -123,12 +123,30 @@ KAUN_API int kaun_cache_writer_sink(void *writer, uint64_t offset, const void *d
                                     kaun_error *err);
 
 /* Writes `len` bytes at `offset`, for ranged downloads in parallel: may be
- * called from several threads at once.  The hash is then computed at
- * commit, by reading the file back once; the size checked is the file's,
- * so a range never written inside the file is caught by the hash only.
+ * called from several threads at once.  The hash is computed by reading
+ * the file back: as the bytes from the start on are written, by a thread
+ * of the writer (when the size and hash were given and nothing was
+ * written with kaun_cache_writer_write before), else at commit.  The size
+ * checked is the file's, so a range never written inside the file is
+ * caught by the hash only.
  * Errors: as kaun_cache_writer_write. */
 KAUN_API int kaun_cache_writer_pwrite(kaun_cache_writer *w, uint64_t offset, const void *data,
                                       size_t len, kaun_error *err);
+
+/* One part of a download that runs as parallel ranged requests: bytes
+ * at `offset` of the part go to `offset` + offset of the entry. */
+typedef struct kaun_cache_part {
+  kaun_cache_writer *writer;
+  uint64_t offset;
+} kaun_cache_part;
+
+/* kaun_cache_writer_pwrite in the shape of a kaun_http_write_fn: give a
+ * ranged request of the parallel download write_fn = this, write_user = a
+ * kaun_cache_part whose offset is the range's start.  While the parts
+ * arrive, a thread of the writer hashes the part of the file written from
+ * its start on, so the commit's check only has the rest left to read. */
+KAUN_API int kaun_cache_writer_part_sink(void *part, uint64_t offset, const void *data, size_t len,
+                                         kaun_error *err);
 
 /* The temporary file's descriptor, for callers that write it themselves
  * (sendfile, a decompressor).  Asking for it makes the commit hash the

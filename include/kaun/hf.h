@@ -46,6 +46,11 @@ typedef struct kaun_hf_options {
   unsigned max_attempts;
   long retry_base_ms;
   long retry_max_ms;
+  /* Files of at least 4 parts download as parallel ranged GETs of
+   * `part_size` bytes (0 = 8 MiB), `connections` at a time (0 = 4; 1 =
+   * one stream).  The hash is checked either way. */
+  uint64_t part_size;
+  unsigned connections;
 } kaun_hf_options;
 
 #define KAUN_HF_OPTIONS_INIT \

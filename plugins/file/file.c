@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -721,6 +722,100 @@ static int local_copy_write(int out, const char *tmp_path, void *context, kaun_e
   return rc;
 }
 
+/* A copy from a remote object (one whose backend reads many ranges at
+ * once: kaun_object_hints) into a local file, the way loads read: as many
+ * threads as the backend has requests in flight, each reading one chunk
+ * (one ranged request) and writing it at its place.  Memory: a chunk per
+ * thread, at most 64 MiB in all. */
+#define REMOTE_STEP_MAX ((uint64_t)32 << 20)
+#define REMOTE_WORKERS_MAX 8
+#define REMOTE_MEMORY_MAX ((uint64_t)64 << 20)
+
+typedef struct remote_copy {
+  kaun_object *obj;
+  kaun_io *io;
+  uint64_t size, step;
+  unsigned workers;
+  int out;
+  const char *tmp_path;
+  pthread_mutex_t mu;
+  uint64_t next; /* the next step to claim */
+  int rc;
+  kaun_error err;
+} remote_copy;
+
+static int pwrite_all(int fd, const char *buf, size_t n, uint64_t off) {
+  while (n) {
+    ssize_t w = pwrite(fd, buf, n, (off_t)off);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return -1;
+    buf += w;
+    n -= (size_t)w;
+    off += (uint64_t)w;
+  }
+  return 0;
+}
+
+static void *remote_copy_worker(void *arg) {
+  remote_copy *rc = arg;
+  char *buf = malloc((size_t)rc->step);
+  kaun_error e = KAUN_ERROR_INIT;
+  int r = buf ? KAUN_OK : kaun__error_nomem(&e, "copying a remote object");
+  for (;;) {
+    pthread_mutex_lock(&rc->mu);
+    if (r && !rc->rc) {
+      rc->rc = r;
+      rc->err = e;
+    }
+    uint64_t off = rc->next;
+    bool done = rc->rc || off >= rc->size;
+    if (!done) rc->next += rc->step;
+    pthread_mutex_unlock(&rc->mu);
+    if (done) break;
+    size_t n = (size_t)(rc->size - off < rc->step ? rc->size - off : rc->step);
+    r = kaun_object_read_io(rc->obj, off, buf, n, rc->io, &e);
+    if (!r && pwrite_all(rc->out, buf, n, off) != 0)
+      r = kaun__error_sys(&e, KAUN_EIO, errno, "writing '%s' failed", rc->tmp_path);
+  }
+  free(buf);
+  return NULL;
+}
+
+static int remote_copy_write(int out, const char *tmp_path, void *context, kaun_error *err) {
+  remote_copy *rc = context;
+  rc->out = out;
+  rc->tmp_path = tmp_path;
+  pthread_t th[REMOTE_WORKERS_MAX];
+  unsigned started = 0;
+  for (; started < rc->workers; started++)
+    if (pthread_create(&th[started], NULL, remote_copy_worker, rc) != 0) break;
+  if (!started) remote_copy_worker(rc);
+  for (unsigned i = 0; i < started; i++) pthread_join(th[i], NULL);
+  if (rc->rc && err) *err = rc->err;
+  return rc->rc;
+}
+
+/* Whether `src` copies a remote object that reads ranges in parallel;
+ * fills `rc` for remote_copy_write. */
+static bool remote_source(const kaun_put_source *src, remote_copy *rc) {
+  kaun_object *from;
+  const char *uri;
+  kaun_io *io;
+  if (!kaun__copy_source(src, &from, &io, &uri)) return false;
+  uint64_t chunk = 0;
+  unsigned inflight = 0;
+  kaun_object_hints(from, &chunk, &inflight);
+  if (inflight < 2 || chunk == 0 || src->size <= chunk) return false;
+  memset(rc, 0, sizeof *rc);
+  rc->obj = from;
+  rc->io = io;
+  rc->size = src->size;
+  rc->step = chunk < REMOTE_STEP_MAX ? chunk : REMOTE_STEP_MAX;
+  rc->workers = inflight < REMOTE_WORKERS_MAX ? inflight : REMOTE_WORKERS_MAX;
+  while (rc->workers > 1 && rc->workers * rc->step > REMOTE_MEMORY_MAX) rc->workers--;
+  return true;
+}
+
 static int file_put(void *backend, const char *path, const kaun_put_source *src, kaun_error *err) {
   file_backend *b = backend;
   char *full;
@@ -739,12 +834,18 @@ static int file_put(void *backend, const char *path, const kaun_put_source *src,
    * never pass through this process; the put stays atomic */
   kaun_object *from;
   local_copy lc = {.in = -1};
+  remote_copy remote;
   kaun_stat st;
   if (kaun__copy_source(src, &from, &lc.io, &lc.uri) &&
       open_local_source(from, src->size, &lc, &st) >= 0) {
     rc = dir_fd >= 0 ? kaun__atomic_write_at(dir_fd, name, full, local_copy_write, &lc, err)
                      : kaun__atomic_write(full, local_copy_write, &lc, err);
     close(lc.in);
+  } else if (remote_source(src, &remote)) {
+    pthread_mutex_init(&remote.mu, NULL);
+    rc = dir_fd >= 0 ? kaun__atomic_write_at(dir_fd, name, full, remote_copy_write, &remote, err)
+                     : kaun__atomic_write(full, remote_copy_write, &remote, err);
+    pthread_mutex_destroy(&remote.mu);
   } else {
     rc = dir_fd >= 0 ? kaun__atomic_put_at(dir_fd, name, full, src, err)
                      : kaun_file_put_atomic(full, src, err);

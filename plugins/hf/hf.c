@@ -43,6 +43,8 @@ typedef struct backend {
   char *endpoint, *token, *revision, *cache_dir, *repo_type;
   int offline;
   long lock_timeout_ms;
+  uint64_t part_size;
+  unsigned connections;
   pthread_mutex_t lock; /* guards pins */
   pin *pins;
 } backend;
@@ -72,6 +74,10 @@ static const kaun_option_spec options[] = {
     {"retry_max_ms", KAUN_OPTION_INT, "8000", 0, 0, "longest retry delay, Retry-After included"},
     {"lock_timeout_ms", KAUN_OPTION_INT, "600000", 0, 0,
      "how long to wait for another process downloading the same file"},
+    {"part_size", KAUN_OPTION_INT, "8388608", 0, 0,
+     "files of 4 parts or more download as parallel ranged GETs of this many bytes"},
+    {"connections", KAUN_OPTION_INT, "4", 0, 0,
+     "ranged GETs in flight for one file (1: one stream)"},
     {NULL, 0, NULL, 0, 0, NULL}};
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -121,6 +127,19 @@ static int hf_create(kaun_context *ctx, const char *instance, const kaun_options
   be->repo_type = dup_or_null(kaun_options_get(opts, "repo_type"));
   be->offline = kaun_options_get_bool(opts, "offline", 0);
   be->lock_timeout_ms = (long)kaun_options_get_int(opts, "lock_timeout_ms", 600000);
+  int64_t part = kaun_options_get_int(opts, "part_size", 8 << 20),
+          conns = kaun_options_get_int(opts, "connections", 4);
+  be->part_size = part > 0 ? (uint64_t)part : 0;
+  be->connections = conns > 0 && conns <= 64 ? (unsigned)conns : 0;
+  if (part < 4096 || conns < 1 || conns > 64) {
+    int rc = kaun_error_set(err, KAUN_ECONFIG,
+                            part < 4096 ? "backends.%s.part_size must be at least 4096 (it is %lld)"
+                                        : "backends.%s.connections must be between 1 and 64 (it is "
+                                          "%lld)",
+                            instance, (long long)(part < 4096 ? part : conns));
+    hf_destroy(be);
+    return rc;
+  }
   if (!be->name) {
     hf_destroy(be);
     return kaun_error_set(err, KAUN_ENOMEM, "hf: out of memory");
@@ -160,6 +179,8 @@ static void options_for(const backend *be, const char *rev, kaun_hf_options *o) 
   o->ctx = be->ctx;
   o->http = be->http;
   o->lock_timeout_ms = be->lock_timeout_ms;
+  o->part_size = be->part_size;
+  o->connections = be->connections;
 }
 
 /* The commit an index pinned for this file, if any. */

@@ -572,16 +572,33 @@ static char *xml_text(const char **pos, const char *end, const char *tag) {
  * `what` is the object or bucket ("s3://b/k"), `resp` the answer (may be
  * NULL).  Keeps the code the HTTP layer chose unless S3's error code
  * says better.  Never copies anything secret: the server's Message only. */
+static int s3_error_doc(const backend *be, int rc, long status, const char *body, size_t len,
+                        const char *rid, const char *region, const char *bucket, const char *what,
+                        kaun_error *err);
+
 static int s3_error(const backend *be, int rc, const kaun_http_response *resp, const char *bucket,
                     const char *what, kaun_error *err) {
   if (rc == KAUN_ECANCELED) return rc;
-  char layer[KAUN_ERROR_MESSAGE_MAX];
+  if (!resp) {
+    char layer[KAUN_ERROR_MESSAGE_MAX];
+    snprintf(layer, sizeof layer, "%s", err ? err->message : "");
+    return kaun_error_set(err, rc, "%s: %s", what, layer);
+  }
   long status = err ? err->http_status : 0;
-  snprintf(layer, sizeof layer, "%s", err ? err->message : "");
-  if (!resp) return kaun_error_set(err, rc, "%s: %s", what, layer);
   if (!status) status = kaun_http_response_status(resp);
   size_t len = 0;
   const char *body = kaun_http_response_body(resp, &len);
+  return s3_error_doc(be, rc, status, body, len, kaun_http_response_request_id(resp),
+                      kaun_http_response_header(resp, "x-amz-bucket-region"), bucket, what, err);
+}
+
+/* s3_error on the parts of the answer: its status, body (an XML error
+ * document or not), request id and x-amz-bucket-region (may be NULL). */
+static int s3_error_doc(const backend *be, int rc, long status, const char *body, size_t len,
+                        const char *rid, const char *region, const char *bucket, const char *what,
+                        kaun_error *err) {
+  char layer[KAUN_ERROR_MESSAGE_MAX];
+  snprintf(layer, sizeof layer, "%s", err ? err->message : "");
   char *code = NULL, *msg = NULL, *doc = NULL;
   if (body && len) {
     doc = strndup(body, len);
@@ -590,7 +607,6 @@ static int s3_error(const backend *be, int rc, const kaun_http_response *resp, c
     p = doc;
     if (doc) msg = xml_text(&p, NULL, "Message");
   }
-  const char *rid = kaun_http_response_request_id(resp);
   char tail[600];
   snprintf(tail, sizeof tail, "[%s%s%.200s%sHTTP %ld%s%s]", code ? code : "",
            code && msg ? ": " : "", msg ? msg : "", code ? "; " : "", status,
@@ -626,7 +642,6 @@ static int s3_error(const backend *be, int rc, const kaun_http_response *resp, c
   else if (strcmp(c, "SlowDown") == 0)
     rc = kaun_error_set(err, KAUN_ETRANSIENT, "%s: the server asks to slow down %s", what, tail);
   else if (strcmp(c, "PermanentRedirect") == 0 || status == 301) {
-    const char *region = kaun_http_response_header(resp, "x-amz-bucket-region");
     rc = kaun_error_set(
         err, KAUN_EIO, "%s: the bucket '%s' is in another region%s%s%s: set backends.%s.region %s",
         what, bucket, region ? " (" : "", region ? region : "", region ? ")" : "", be->name, tail);
@@ -872,7 +887,8 @@ typedef struct fill_ctx {
 } fill_ctx;
 
 /* The object into the cache writer's file: part_size ranged GETs,
- * `concurrency` in flight, each written at its own offset. */
+ * `concurrency` in flight, each written at its own offset (through the
+ * writer's part sinks, which gather the 16 KiB pieces of each answer). */
 static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
   fill_ctx *f = user;
   object *o = f->o;
@@ -886,7 +902,8 @@ static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
   kaun_http_request *reqs = calloc(n, sizeof *reqs);
   kaun_http_response **resps = calloc(n, sizeof *resps);
   int *results = calloc(n, sizeof *results);
-  if (!reqs || !resps || !results) {
+  kaun_cache_part *parts = calloc(n, sizeof *parts);
+  if (!reqs || !resps || !results || !parts) {
     rc = nomem(err);
     goto done;
   }
@@ -895,9 +912,11 @@ static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
     fill_request(&reqs[i], KAUN_HTTP_GET, &s, f->io, o->uri);
     reqs[i].range_offset = off;
     reqs[i].range_length = o->size - off < be->part_size ? o->size - off : be->part_size;
-    reqs[i].body_to = KAUN_HTTP_BODY_FD;
-    reqs[i].fd = kaun_cache_writer_fd(w);
-    reqs[i].fd_offset = off;
+    parts[i].writer = w;
+    parts[i].offset = off;
+    reqs[i].body_to = KAUN_HTTP_BODY_CALLBACK;
+    reqs[i].write_fn = kaun_cache_writer_part_sink;
+    reqs[i].write_user = &parts[i];
   }
   rc = kaun_http_perform_many(be->http, reqs, n, be->concurrency, KAUN_HTTP_FAIL_FAST, resps,
                               results, NULL, err);
@@ -910,6 +929,7 @@ static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
   for (size_t i = 0; i < n && !rc; i++) rc = check_version(o, resps[i], err);
 done:
   for (size_t i = 0; resps && i < n; i++) kaun_http_response_free(resps[i]);
+  free(parts);
   free(reqs);
   free(resps);
   free(results);
@@ -945,6 +965,46 @@ static int s3_fetch(void *ob, char *path_out, size_t path_size, kaun_error *err)
 
 /* ---- list ----------------------------------------------------------------------------- */
 
+/* One ListObjectsV2 answer (`body`, NUL-terminated, or NULL): calls `fn`
+ * with each key under `prefix` (the part after it) and its size until fn
+ * asks to stop (`*stop` = 1); `*token` is the next page's continuation
+ * token (malloc'd), or NULL and `*stop` = 1 when the listing ends. */
+static int list_page(const char *body, const char *prefix, kaun_list_fn fn, void *context,
+                     const char *uri, int *stop, char **token, kaun_error *err) {
+  int rc = KAUN_OK;
+  size_t plen = strlen(prefix);
+  const char *p = body ? body : "";
+  *token = NULL;
+  for (const char *c; !*stop && (c = strstr(p, "<Contents>"));) {
+    const char *end = strstr(c, "</Contents>");
+    if (!end) break;
+    const char *q = c;
+    char *k = xml_text(&q, end, "Key");
+    q = c;
+    char *sz = xml_text(&q, end, "Size");
+    if (k && strncmp(k, prefix, plen) == 0 && k[plen])
+      *stop = fn(k + plen, sz ? strtoull(sz, NULL, 10) : 0, context) != 0;
+    free(k);
+    free(sz);
+    p = end + 11;
+  }
+  p = body ? body : "";
+  char *trunc = xml_text(&p, NULL, "IsTruncated");
+  if (!*stop && trunc && strcmp(trunc, "true") == 0) {
+    p = body;
+    *token = xml_text(&p, NULL, "NextContinuationToken");
+    if (!*token)
+      rc = kaun_error_set(err, KAUN_EIO,
+                          "%s: the server said the listing goes on but gave no "
+                          "NextContinuationToken",
+                          uri);
+  } else {
+    *stop = 1;
+  }
+  free(trunc);
+  return rc;
+}
+
 static int s3_list(void *b, const char *path, kaun_list_fn fn, void *context, kaun_error *err) {
   backend *be = b;
   char *bucket, *key;
@@ -962,7 +1022,6 @@ static int s3_list(void *b, const char *path, kaun_list_fn fn, void *context, ka
     rc = nomem(err);
     goto done;
   }
-  size_t plen = strlen(prefix);
   for (int stop = 0; !rc && !stop;) {
     char *etoken = token ? s3_uri_encode(token, 0) : NULL;
     size_t qlen = strlen(eprefix) + (etoken ? strlen(etoken) : 0) + 128;
@@ -993,37 +1052,9 @@ static int s3_list(void *b, const char *path, kaun_list_fn fn, void *context, ka
       break;
     }
     size_t blen;
-    const char *body = kaun_http_response_body(resp, &blen);
-    const char *p = body ? body : "";
-    for (const char *c; !stop && (c = strstr(p, "<Contents>"));) {
-      const char *end = strstr(c, "</Contents>");
-      if (!end) break;
-      const char *q = c;
-      char *k = xml_text(&q, end, "Key");
-      q = c;
-      char *sz = xml_text(&q, end, "Size");
-      if (k && strncmp(k, prefix, plen) == 0 && k[plen])
-        stop = fn(k + plen, sz ? strtoull(sz, NULL, 10) : 0, context) != 0;
-      free(k);
-      free(sz);
-      p = end + 11;
-    }
-    p = body ? body : "";
-    char *trunc = xml_text(&p, NULL, "IsTruncated");
     free(token);
-    token = NULL;
-    if (!stop && trunc && strcmp(trunc, "true") == 0) {
-      p = body;
-      token = xml_text(&p, NULL, "NextContinuationToken");
-      if (!token)
-        rc = kaun_error_set(err, KAUN_EIO,
-                            "%s: the server said the listing goes on but gave no "
-                            "NextContinuationToken",
-                            uri);
-    } else {
-      stop = 1;
-    }
-    free(trunc);
+    rc = list_page(kaun_http_response_body(resp, &blen), prefix, fn, context, uri, &stop, &token,
+                   err);
     kaun_http_response_free(resp);
   }
 done:
