@@ -30,6 +30,7 @@
 #define DEFAULT_INFLIGHT 8u
 #define DEFAULT_ALLOC_MAX ((size_t)64 << 20)
 #define MAX_REDIRECTS 10u
+#define MAX_TOTAL_ATTEMPTS 1000u /* even when every try brings new bytes */
 #define ERRBODY_MAX 16384u
 #define POLL_MS 50L
 #define UNKNOWN UINT64_MAX
@@ -418,6 +419,8 @@ typedef struct job {
   bool send_body;
   uint64_t body_size;
   unsigned attempts, max_attempts, redirects;
+  unsigned fruitless;      /* attempts in a row that brought no new bytes */
+  uint64_t delivered_mark; /* `delivered` when the last attempt started */
   bool ranged;
   uint64_t want_start, want_len; /* want_len UNKNOWN until known */
   uint64_t delivered;            /* bytes given to the sink */
@@ -550,6 +553,7 @@ static void job_init(kaun_http *h, const kaun_http_request *raw, size_t index, j
   j->index = index;
   j->object_size = -1;
   j->attempts = 1;
+  j->fruitless = 1;
   j->want_len = UNKNOWN;
   if (!raw || raw->struct_size == 0) {
     j->req.url = "(none)";
@@ -1240,20 +1244,32 @@ static uint64_t next_random(job *j) {
   return j->rng * 2685821657736338717ULL;
 }
 
+/* Whether another attempt is allowed: fewer than max_attempts in a row
+ * without new bytes (an attempt that brought some starts the count again,
+ * so a long download on a flaky link goes on while each try moves it
+ * forward), and a bound on all of them. */
+static bool can_retry(const job *j) {
+  unsigned fruitless = j->delivered > j->delivered_mark ? 0 : j->fruitless;
+  return fruitless < j->max_attempts && j->attempts < MAX_TOTAL_ATTEMPTS;
+}
+
 /* Schedules another attempt, or ends the job with `code` when none is left. */
 static void retry_or_fail(job *j, int64_t now, int code, long status, long after_ms,
                           const char *rid, const char *detail) {
-  if (j->attempts >= j->max_attempts) {
+  if (!can_retry(j)) {
     job_fail(j, code, status, rid, "%s", detail);
     return;
   }
+  if (j->delivered > j->delivered_mark) j->fruitless = 0;
+  j->delivered_mark = j->delivered;
   kaun_http *h = j->http;
   long d = h->base_ms;
-  for (unsigned k = 1; k < j->attempts && d < h->max_ms; k++) d *= 2;
+  for (unsigned k = 1; k < j->fruitless && d < h->max_ms; k++) d *= 2;
   if (d > h->max_ms) d = h->max_ms;
   d = d / 2 + (long)(next_random(j) % (uint64_t)(d / 2 + 1)); /* equal jitter */
   if (after_ms >= 0) d = after_ms < h->max_ms ? after_ms : h->max_ms;
   j->attempts++;
+  j->fruitless++;
   j->due_ms = now + d;
 }
 
@@ -1301,6 +1317,7 @@ static void attempt_done(job *j, CURLcode rc, int64_t now) {
   } else if (j->stalled) {
     snprintf(detail, sizeof detail, "stalled: less than %ld bytes/s for %ld ms", j->http->stall_bps,
              j->http->stall_ms);
+    j->delivered_mark = j->delivered; /* a trickle is no progress */
     retry_or_fail(j, now, KAUN_ETRANSIENT, 0, -1, rid, detail);
     return;
   }
@@ -1416,7 +1433,7 @@ static void attempt_done(job *j, CURLcode rc, int64_t now) {
     return;
   }
   snprintf(detail, sizeof detail, "%ld%s%s", st, reason_of(r)[0] ? " " : "", reason_of(r));
-  if (status_retryable(st) && j->attempts < j->max_attempts) {
+  if (status_retryable(st) && can_retry(j)) {
     retry_or_fail(j, now, KAUN_ETRANSIENT, st, retry_after_ms(r), rid, detail);
     return;
   }

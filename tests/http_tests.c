@@ -539,6 +539,36 @@ static void test_resume_after_reset(void) {
   free(buf);
 }
 
+/* Attempts that bring new bytes do not use up the tries: a body cut every
+ * 100 KB arrives whole over 11 attempts (the client allows 3); tries that
+ * bring nothing end it after 3 in a row. */
+static void test_resumes_with_progress_go_on(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_http_response *resp = NULL;
+  unsigned char *buf = malloc(FILE_SIZE);
+  reset(&srv_a);
+  faults(&srv_a, "[{\"path\": \"/data.bin\", \"reset_after\": 100000, \"count\": -1}]");
+  kaun_http_request r = KAUN_HTTP_REQUEST_INIT;
+  r.url = url_of(&srv_a, "/data.bin");
+  r.body_to = KAUN_HTTP_BODY_BUFFER;
+  r.buffer = buf;
+  r.buffer_size = FILE_SIZE;
+  ASSERT_OK(kaun_http_perform(client, &r, &resp, &err), err);
+  CU_ASSERT(memcmp(buf, data, FILE_SIZE) == 0);
+  CU_ASSERT_EQUAL(kaun_http_response_attempts(resp), (FILE_SIZE + 99999) / 100000);
+  kaun_http_response_free(resp);
+  /* two tries with bytes, then none: 2 + 3 attempts */
+  reset(&srv_a);
+  faults(&srv_a,
+         "[{\"path\": \"/data.bin\", \"reset_after\": 100000, \"count\": 2},"
+         " {\"path\": \"/data.bin\", \"reset_after\": 0, \"count\": -1}]");
+  ASSERT_FAILS(kaun_http_perform(client, &r, NULL, &err), err, KAUN_ETRANSIENT, "/data.bin");
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "; 5 attempts)"));
+  CU_ASSERT_EQUAL(hits(&srv_a, "/data.bin"), 5);
+  reset(&srv_a);
+  free(buf);
+}
+
 static void test_resume_after_truncation(void) {
   kaun_error err = KAUN_ERROR_INIT;
   reset(&srv_a);
@@ -1296,6 +1326,8 @@ int main(void) {
   CU_add_test(s, "connection refused: retried, ETRANSIENT", test_connection_refused);
   CU_add_test(s, "a stalled transfer is stopped", test_stall);
   CU_add_test(s, "a reset mid-body is resumed with a Range", test_resume_after_reset);
+  CU_add_test(s, "tries that bring bytes do not use up the attempts",
+              test_resumes_with_progress_go_on);
   CU_add_test(s, "a truncated body is resumed (into a file)", test_resume_after_truncation);
   CU_add_test(s, "a Range ignored by the server: the slice", test_ignored_range);
   CU_add_test(s, "a wrong Content-Range is not trusted", test_wrong_content_range);

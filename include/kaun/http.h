@@ -21,6 +21,11 @@
  * delay).  Other 4xx statuses are never retried.  A GET cut in the middle
  * of its body is resumed with a Range for the bytes still missing (with
  * If-Match on the first answer's strong ETag); that counts as an attempt.
+ * A request gives up after max_attempts attempts in a row that brought no
+ * new body bytes (a stalled one counts as none): one that brought some
+ * starts the count again, so a long
+ * download over a link that drops now and then goes on (at most 1000
+ * attempts in all).
  *
  * Errors, once retries are exhausted or for what is not retried:
  *   404, 410 -> KAUN_ENOENT          401, 403 -> KAUN_EAUTH
