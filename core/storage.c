@@ -71,6 +71,9 @@ struct kaun_object {
  * fails at once; the stack is at most MAX_NESTING deep. */
 static _Thread_local const char *open_stack[MAX_NESTING];
 static _Thread_local int open_depth;
+/* The I/O context of the kaun_object_open_io under way on this thread, for
+ * backends that transfer while they open (ABI 1.2 open_io). */
+static _Thread_local kaun_io *opening_io;
 
 /* "A -> B -> C": the open stack's entries [from, to), then `last` if given. */
 static void open_stack_text(kaun__strbuf *sb, int from, int to, const char *last) {
@@ -898,7 +901,9 @@ static int open_parsed(kaun_context *ctx, const kaun_uri *u, const char *text, k
   o->inst = inst;
   o->inner = inner;
   atomic_init(&o->refs, 1);
-  rc = inst->plugin->ops.open(inst->backend, u->path, inner, &o->handle, err);
+  const kaun_plugin *ops = &inst->plugin->ops;
+  rc = ops->open_io ? ops->open_io(inst->backend, u->path, inner, opening_io, &o->handle, err)
+                    : ops->open(inst->backend, u->path, inner, &o->handle, err);
   if (rc) {
     o->handle = NULL;
     kaun_object_close(o);
@@ -961,14 +966,30 @@ static int failure_rank(int code) {
 
 static int open_mirrored(kaun_context *ctx, const char *uri, kaun_object **out, kaun_error *err);
 
-int kaun_object_open(kaun_context *ctx, const char *uri, kaun_object **out, kaun_error *err) {
+int kaun_object_open_io(kaun_context *ctx, const char *uri, kaun_io *io, kaun_object **out,
+                        kaun_error *err) {
   *out = NULL;
-  if (ctx) return open_mirrored(ctx, uri, out, err);
-  /* a context from the default config; the object keeps it alive */
-  int rc = kaun_context_new(NULL, &ctx, err);
-  if (!rc) rc = open_mirrored(ctx, uri, out, err);
-  kaun_context_free(ctx);
+  kaun_context *own = NULL;
+  kaun_io *mine = NULL;
+  int rc = KAUN_OK;
+  if (!ctx) { /* a context from the default config; the object keeps it alive */
+    if ((rc = kaun_context_new(NULL, &own, err))) return rc;
+    ctx = own;
+  }
+  kaun_io *outer = opening_io;
+  /* no io of the caller's (nor of an open this one is nested in): the
+   * context's progress callback, if it has one */
+  if (!io && !outer && ctx->progress && kaun_context_new_io(ctx, &mine, NULL) == KAUN_OK) io = mine;
+  if (io) opening_io = io;
+  rc = open_mirrored(ctx, uri, out, err);
+  opening_io = outer;
+  kaun_io_free(mine);
+  kaun_context_free(own);
   return rc;
+}
+
+int kaun_object_open(kaun_context *ctx, const char *uri, kaun_object **out, kaun_error *err) {
+  return kaun_object_open_io(ctx, uri, NULL, out, err);
 }
 
 static int open_mirrored(kaun_context *ctx, const char *uri, kaun_object **out, kaun_error *err) {

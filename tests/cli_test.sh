@@ -42,7 +42,7 @@ expect_status 1 "cp into a missing directory"; expect_err_contains "/nonexistent
 # --- plugins, config files and URIs ---
 export KAUN_PLUGIN_PATH="$KAUN_TEST_PLUGINS:$KAUN_BUILT_PLUGINS"
 run "$KAUN" plugins; expect_status 0 "kaun plugins"
-expect_out_contains "$(printf 'registry\t1.0\tABI 1.1')" "kaun plugins lists the registry"
+expect_out_contains "$(printf 'registry\t1.0\tABI 1.2')" "kaun plugins lists the registry"
 expect_out_contains "$(printf 'file\t')" "kaun plugins lists the built-in file backend"
 expect_out_contains "BROKEN" "kaun plugins lists broken plugins"
 expect_out_contains "built for ABI 2, this kaun speaks ABI 1" "kaun plugins says why"

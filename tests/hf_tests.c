@@ -998,6 +998,41 @@ static void test_backend(void) {
   ASSERT_FAILS(kaun_hf_clear_cache("bad//id", &o, &err), err, KAUN_EINVAL, "bad//id");
 }
 
+/* The backend downloads while it opens (ABI 1.2 open_io): the bytes reach
+ * the context's progress callback, or the io given to kaun_object_open_io,
+ * whose cancel stops the download and leaves nothing in the cache. */
+static void test_backend_open_progress(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  const char *cache = new_cache();
+  kaun_context *ctx = hub_context(cache, "");
+  seen_progress sp = {0, 0, 0};
+  kaun_context_set_progress(ctx, on_progress, &sp);
+  kaun_object *obj;
+  test_server_reset(&server);
+  ASSERT_OK(kaun_object_open(ctx, "hf://org/big/weights.bin", &obj, &err), err);
+  CU_ASSERT_EQUAL(sp.done, BIG_SIZE);
+  CU_ASSERT(sp.calls > 1);
+  kaun_object_close(obj);
+  kaun_context_free(ctx);
+  /* a cancel through the caller's io, half-way */
+  const char *cache2 = new_cache();
+  ctx = hub_context(cache2, ", \"part_size\": 1048576");
+  seen_progress stop = {0, 2u << 20, 0};
+  kaun_io *io;
+  ASSERT_OK(kaun_io_new(on_progress, &stop, &io, &err), err);
+  test_server_faults(&server,
+                     "[{\"path\": \"/cdn/*\", \"drip_bytes\": 262144, "
+                     "\"drip_interval\": 0.02, \"count\": -1}]");
+  ASSERT_FAILS(kaun_object_open_io(ctx, "hf://org/big/weights.bin", io, &obj, &err), err,
+               KAUN_ECANCELED, "weights.bin");
+  CU_ASSERT_PTR_NULL(obj);
+  CU_ASSERT(stop.done >= 2u << 20 && stop.done < BIG_SIZE);
+  CU_ASSERT_EQUAL(files_under(cache2, ""), 0);
+  kaun_io_free(io);
+  kaun_context_free(ctx);
+  test_server_reset(&server);
+}
+
 static void test_api_loads(void) {
   kaun_error err = KAUN_ERROR_INIT;
   kaun_hf_options o = opts(new_cache(), NULL);
@@ -1300,6 +1335,8 @@ int main(void) {
   CU_add_test(s, "progress reaches the io; a cancel leaves nothing", test_progress_and_cancel);
   CU_add_test(s, "large files as parallel parts: faults, no Range, wrong bytes, cancel",
               test_parallel_parts);
+  CU_add_test(s, "the backend's download while it opens: progress and cancel",
+              test_backend_open_progress);
   CU_add_test(s, "kaun_hf_load_config, kaun_hf_load_weights", test_api_loads);
   CU_add_test(s, "Hub names mapped onto a template", test_name_mapping);
   CU_add_test(s, "hf:// backend: models, shards at one commit, offline", test_backend);

@@ -229,11 +229,12 @@ static void expect_plugin_error(const char *so, int code, const char *needle) {
 static void test_plugin_loader_errors(void) {
   set_plugin_path();
   expect_plugin_error("abimajor", KAUN_EABI, "built for ABI 2, this kaun speaks ABI 1");
-  expect_plugin_error("abiminor", KAUN_EABI, "needs ABI 1.99, newer than this kaun's 1.1");
+  expect_plugin_error("abiminor", KAUN_EABI, "needs ABI 1.99, newer than this kaun's 1.2");
   expect_plugin_error("noentry", KAUN_ECONFIG, "no entry symbol kaun_plugin_entry");
   expect_plugin_error("noread", KAUN_ECONFIG,
                       "lacks the mandatory operation 'read (or, from ABI 1.1, read_io)'");
   expect_plugin_error("tiny", KAUN_EABI, "smaller than ABI 1.0");
+  expect_plugin_error("short12", KAUN_EABI, "says ABI 1.2 but has a descriptor of");
   expect_plugin_error("missing", KAUN_ECONFIG, "cannot load plugin");
   /* two plugins may not share a name */
   const char *cfg = tmp("dup.json");
@@ -258,7 +259,7 @@ static void test_plugin_loader_errors(void) {
   char *text;
   ASSERT_OK(kaun_plugins_describe(ctx, &text, &err), err);
   CU_ASSERT_PTR_NOT_NULL(strstr(text, "testmem\ttest-1\tABI 1.0\tread,put"));
-  CU_ASSERT_PTR_NOT_NULL(strstr(text, "registry\t1.0\tABI 1.1\tread,map"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(text, "registry\t1.0\tABI 1.2\tread,map"));
   CU_ASSERT_PTR_NOT_NULL(strstr(text, "BROKEN"));
   CU_ASSERT_PTR_NOT_NULL(strstr(text, "abimajor.so\tplugin"));
   CU_ASSERT_PTR_NOT_NULL(strstr(text, "file\t"));

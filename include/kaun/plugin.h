@@ -29,7 +29,7 @@
 KAUN_BEGIN_DECLS
 
 #define KAUN_PLUGIN_ABI_MAJOR 1
-#define KAUN_PLUGIN_ABI_MINOR 1
+#define KAUN_PLUGIN_ABI_MINOR 2
 #define KAUN_PLUGIN_ENTRY "kaun_plugin_entry"
 
 /* ---- options ---------------------------------------------------------------- */
@@ -162,12 +162,25 @@ typedef struct kaun_plugin {
    * that does not).  A context can override both (kaun_context_set_io). */
   uint64_t read_chunk;
   uint32_t read_inflight;
+
+  /* ---- version 1.2 fields (read only when abi_minor >= 2) ------------ */
+
+  /* As open, with an I/O context: a backend that transfers while it opens
+   * (the Hub downloads into its cache) reports those bytes with
+   * kaun_io_add and stops with KAUN_ECANCELED when it says so.  `io` is
+   * the caller's (kaun_object_open_io), else one reporting to the
+   * context's progress callback, else NULL.  Optional: without it the
+   * core calls open. */
+  int (*open_io)(void *backend, const char *path, kaun_object *inner, kaun_io *io, void **out,
+                 kaun_error *err);
 } kaun_plugin;
 
 /* The size of the version 1.0 descriptor: the loader's minimum. */
 #define KAUN_PLUGIN_SIZE_1_0 (offsetof(kaun_plugin, fetch) + sizeof(void (*)(void)))
 /* The size of the version 1.1 descriptor. */
 #define KAUN_PLUGIN_SIZE_1_1 (offsetof(kaun_plugin, read_inflight) + sizeof(uint32_t))
+/* The size of the version 1.2 descriptor. */
+#define KAUN_PLUGIN_SIZE_1_2 (offsetof(kaun_plugin, open_io) + sizeof(void (*)(void)))
 
 /* The entry point's type: `const kaun_plugin *kaun_plugin_entry(void)`. */
 typedef const kaun_plugin *(*kaun_plugin_entry_fn)(void);

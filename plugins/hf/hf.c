@@ -206,7 +206,7 @@ static int pinned(backend *be, const char *repo, const char *rev, const char *fi
 
 /* Downloads the shards an index names, at its commit, and pins them. */
 static int prefetch_shards(backend *be, const char *repo, const char *rev, const char *index_file,
-                           const object *o, kaun_error *err) {
+                           const object *o, kaun_io *io, kaun_error *err) {
   char uri[1024];
   snprintf(uri, sizeof uri, "hf://%s@%s/%s", repo, o->f.commit, index_file);
   if (o->f.size > INDEX_MAX)
@@ -274,6 +274,7 @@ static int prefetch_shards(backend *be, const char *repo, const char *rev, const
     if (!rc) {
       kaun_hf_options ho;
       options_for(be, p->commit, &ho);
+      ho.io = io;
       rc = kaun_hf_download_files(repo, (const char *const *)paths, p->n, &ho, files, err);
       if (rc && err) {
         char why[KAUN_ERROR_MESSAGE_MAX];
@@ -306,7 +307,8 @@ static void hf_close(void *ob) {
   free(o);
 }
 
-static int hf_open(void *b, const char *path, kaun_object *inner, void **out, kaun_error *err) {
+static int hf_open_io(void *b, const char *path, kaun_object *inner, kaun_io *io, void **out,
+                      kaun_error *err) {
   (void)inner;
   backend *be = b;
   char *repo, *rev, *file;
@@ -324,6 +326,7 @@ static int hf_open(void *b, const char *path, kaun_object *inner, void **out, ka
     char commit[41];
     kaun_hf_options ho;
     options_for(be, pinned(be, repo, rev, file, commit) ? commit : rev, &ho);
+    ho.io = io; /* the download's progress and cancel */
     rc = kaun_hf_download_file(repo, file, &ho, &o->f, err);
   }
   if (!rc && (o->fd = open(o->f.path, O_RDONLY | O_CLOEXEC)) < 0)
@@ -332,7 +335,7 @@ static int hf_open(void *b, const char *path, kaun_object *inner, void **out, ka
   size_t fl = file ? strlen(file) : 0;
   if (!rc && fl > strlen(INDEX_SUFFIX) &&
       strcmp(file + fl - strlen(INDEX_SUFFIX), INDEX_SUFFIX) == 0)
-    rc = prefetch_shards(be, repo, rev, file, o, err);
+    rc = prefetch_shards(be, repo, rev, file, o, io, err);
   free(repo);
   free(rev);
   free(file);
@@ -342,6 +345,10 @@ static int hf_open(void *b, const char *path, kaun_object *inner, void **out, ka
   }
   *out = o;
   return KAUN_OK;
+}
+
+static int hf_open(void *b, const char *path, kaun_object *inner, void **out, kaun_error *err) {
+  return hf_open_io(b, path, inner, NULL, out, err);
 }
 
 static int hf_stat(void *ob, kaun_stat *st, kaun_error *err) {
@@ -450,6 +457,7 @@ static const kaun_plugin hf_plugin = {
     .create = hf_create,
     .destroy = hf_destroy,
     .open = hf_open,
+    .open_io = hf_open_io,
     .close = hf_close,
     .stat = hf_stat,
     .read = hf_read,

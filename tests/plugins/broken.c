@@ -42,6 +42,9 @@ static int b_read(void *o, uint64_t off, void *d, size_t n, kaun_error *err) {
 #elif defined(BROKEN_TINY)
 #define NAME "tiny"
 #define SIZE 16
+#elif defined(BROKEN_SHORT_1_2)
+#define NAME "short12"
+#define SIZE KAUN_PLUGIN_SIZE_1_1 /* says 1.2, has 1.1's fields only */
 #elif defined(BROKEN_DUPLICATE)
 #define NAME "testmem" /* already taken by the good test plugin */
 #endif
