@@ -736,7 +736,9 @@ static bool evaluate(job *j) {
                 (long long)j->object_size, (unsigned long long)t);
       return false;
     }
-    bool ok = a == pos;
+    /* the range asked for, or one around it (some servers answer
+     * bytes=0-0 with the whole object): the slice is cut out of it */
+    bool ok = a <= pos;
     if (ok && j->want_len != UNKNOWN) {
       uint64_t end = j->want_start + j->want_len - 1;
       if (b < end && t != UNKNOWN && b == t - 1) {
@@ -744,7 +746,7 @@ static bool evaluate(job *j) {
                   (unsigned long long)t, asked);
         return false;
       }
-      ok = b == end;
+      ok = b >= end;
     } else if (ok) {
       ok = t != UNKNOWN && b == t - 1;
       if (ok) j->want_len = b + 1 - j->want_start;

@@ -658,6 +658,23 @@ static void test_ignored_range(void) {
   kaun_io_free(io);
 }
 
+/* A 206 that covers more than was asked (the whole object, as some servers
+ * answer bytes=0-0) is cut down to the slice, in one request. */
+static void test_overlong_206(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  unsigned char one[1], buf[2000];
+  reset(&srv_a);
+  faults(&srv_a, "{\"path\": \"/data.bin\", \"whole_206\": true, \"count\": -1}");
+  kaun_http_request r = range_request(url_of(&srv_a, "/data.bin"), 0, 1, one);
+  ASSERT_OK(kaun_http_perform(client, &r, NULL, &err), err);
+  CU_ASSERT_EQUAL(one[0], data[0]);
+  r = range_request(url_of(&srv_a, "/data.bin"), 4000, sizeof buf, buf);
+  ASSERT_OK(kaun_http_perform(client, &r, NULL, &err), err);
+  CU_ASSERT(memcmp(buf, data + 4000, sizeof buf) == 0);
+  CU_ASSERT_EQUAL(hits(&srv_a, "/data.bin"), 2);
+  reset(&srv_a);
+}
+
 static void test_wrong_content_range(void) {
   kaun_error err = KAUN_ERROR_INIT;
   unsigned char buf[2000];
@@ -1331,6 +1348,7 @@ int main(void) {
   CU_add_test(s, "a truncated body is resumed (into a file)", test_resume_after_truncation);
   CU_add_test(s, "a Range ignored by the server: the slice", test_ignored_range);
   CU_add_test(s, "a wrong Content-Range is not trusted", test_wrong_content_range);
+  CU_add_test(s, "a 206 around the range asked for is cut down to it", test_overlong_206);
   CU_add_test(s, "416 and short objects: clear errors", test_unsatisfiable_range);
   CU_add_test(s, "redirects: follow, relative only, none", test_redirects);
   CU_add_test(s, "Authorization stays on its origin", test_authorization_stays_on_origin);

@@ -150,9 +150,10 @@ typedef struct kaun_http_request {
 
   /* GET only: the bytes [range_offset, range_offset + range_length).
    * range_length 0 = the whole object, KAUN_HTTP_TO_END = to its end.
-   * The answer is checked: a 206 must carry exactly this Content-Range
-   * (else it is retried, then KAUN_EIO); a 200 with the whole object is
-   * cut down to the slice; an object too short for the range gives
+   * The answer is checked: a 206 must carry this Content-Range or one
+   * around it, which is cut down to the slice (some servers answer
+   * bytes=0-0 with the whole object), else it is retried, then KAUN_EIO;
+   * a 200 with the whole object is cut down to the slice; an object too short for the range gives
    * KAUN_EIO naming its size; a 416 gives KAUN_EIO. */
   uint64_t range_offset;
   uint64_t range_length;

@@ -40,6 +40,9 @@ Fault rules: {"path": "/f" (or "*"), "method": "GET" (optional), "count": K
   "delay": S              wait S seconds before answering
   "ignore_range": true    answer 200 with the whole body
   "content_range_shift": N  a 206 whose Content-Range is off by N bytes
+  "whole_206": true       answer a Range with a 206 carrying the whole object
+                          (Content-Range bytes 0-LAST/SIZE), as some servers
+                          answer bytes=0-0
   "reset_after": B        send B body bytes, then reset the connection (RST)
   "truncate_after": B     send B body bytes with the full Content-Length, close
   "drip_bytes": B, "drip_interval": S   send the body B bytes every S seconds
@@ -340,6 +343,8 @@ class Handler(BaseHTTPRequestHandler):
             rng = parse_range(self.headers.get("Range"), size)
         if rng == "unsatisfiable":
             return self.reply(416, b"", meta + [("Content-Range", "bytes */%d" % size)])
+        if rng and fx.get("whole_206") and size:
+            rng = (0, size - 1)
         if rng:
             start, end = rng
             shift = int(fx.get("content_range_shift", 0))
