@@ -1112,6 +1112,14 @@ static bool build_headers(job *j) {
 
 /* Starts one attempt on `a`.  Returns false (job done) when it cannot. */
 static bool attempt_start(kaun_http *h, agent *a, job *j, int64_t now) {
+  if (j->req.prepare) { /* fresh headers for this attempt (a signature) */
+    kaun_error e = KAUN_ERROR_INIT;
+    int rc = j->req.prepare(j->req.prepare_user, &j->req.headers, &j->req.authorization, &e);
+    if (rc) {
+      job_fail(j, rc, 0, NULL, "preparing the request: %s", e.message);
+      return false;
+    }
+  }
   if (j->cur != j->primary) kaun_http_response_free(j->cur);
   j->cur = response_new();
   CURL *e = j->cur ? agent_easy(a) : NULL;

@@ -1007,6 +1007,47 @@ static void test_mirror(void) {
   kaun_context_free(ctx);
 }
 
+/* An attempt that starts after signature_max_age_s is signed anew (S3
+ * refuses signatures older than 15 minutes; parts of a long transfer and
+ * retries start late): with 0, the retry a second later carries its own
+ * x-amz-date and Authorization. */
+static void test_resign_late_attempts(void) {
+  kaun_context *ctx = ctx_new();
+  CU_ASSERT_PTR_NOT_NULL_FATAL(ctx);
+  kaun_error err = KAUN_ERROR_INIT;
+  mkdir(in_work("web/" BUCKET), 0755);
+  FILE *f = fopen(in_work("web/" BUCKET "/fresh.bin"), "wb");
+  fputs("fresh bytes, signed twice", f);
+  fclose(f);
+  kaun_object *o;
+  ASSERT_OK(kaun_object_open(ctx, "webfresh://" BUCKET "/fresh.bin", &o, &err), err);
+  test_server_reset(&web);
+  test_server_faults(&web,
+                     "[{\"path\": \"*\", \"record\": true, \"count\": -1}, {\"path\": \"/" BUCKET
+                     "/fresh.bin\", \"method\": \"GET\", \"delay\": 1.2, \"status\": 503}]");
+  char buf[5];
+  ASSERT_OK(kaun_object_read(o, 0, buf, 5, &err), err);
+  CU_ASSERT(memcmp(buf, "fresh", 5) == 0);
+  char seen[65536] = "";
+  test_server_control(&web, KAUN_HTTP_GET, "seen", NULL, seen, sizeof seen);
+  char dates[2][64] = {"", ""}, auths[2][300] = {"", ""};
+  const char *p = seen;
+  for (int k = 0; k < 2; k++) {
+    const char *d = strstr(p, "\"x-amz-date\": \"");
+    const char *a = strstr(p, "\"authorization\": \"");
+    if (!d || !a) break;
+    sscanf(d + strlen("\"x-amz-date\": \""), "%63[^\"]", dates[k]);
+    sscanf(a + strlen("\"authorization\": \""), "%299[^\"]", auths[k]);
+    p = (d > a ? d : a) + 1;
+  }
+  CU_ASSERT(dates[0][0] && dates[1][0]);
+  CU_ASSERT_STRING_NOT_EQUAL(dates[0], dates[1]);
+  CU_ASSERT_STRING_NOT_EQUAL(auths[0], auths[1]);
+  kaun_object_close(o);
+  test_server_reset(&web);
+  kaun_context_free(ctx);
+}
+
 /* ---- setup ----------------------------------------------------------------------- */
 
 static int start_servers(void) {
@@ -1078,12 +1119,14 @@ static int start_servers(void) {
           " \"web\": {\"plugin\": \"s3\", \"endpoint\": \"%s\", \"region\": \"eu-north-1\", "
           "\"access_key_id\": \"WEBKEY\", \"secret_access_key\": \"WEBSECRET\", "
           "\"session_token\": \"web-session-token\", %s},\n"
+          " \"webfresh\": {\"plugin\": \"s3\", \"endpoint\": \"%s\", \"access_key_id\": "
+          "\"WEBKEY\", \"secret_access_key\": \"WEBSECRET\", \"signature_max_age_s\": 0, %s},\n"
           " \"webanon\": {\"plugin\": \"s3\", \"endpoint\": \"%s\", \"anonymous\": true, %s}\n"
           "}, \"mirrors\": {\"origin://\": [\"sv://" BUCKET "/mirror/\", \"s3://" BUCKET
           "/origin/\"]}}\n",
           work, s3rver_port, common, verify_port, common, verify_port, common, verify_port, common,
           free_port(), common, verify_port, common, web.url, errors_port, common, web.port, common,
-          web.url, common, web.url, common);
+          web.url, common, web.url, common, web.url, common);
   fclose(f);
   const char *plugins = getenv("KAUN_BUILT_PLUGINS");
   if (plugins) setenv("KAUN_PLUGIN_PATH", plugins, 1);
@@ -1128,6 +1171,7 @@ int main(void) {
   CU_add_test(s, "credentials from the environment and the AWS files",
               test_credentials_env_and_files);
   CU_add_test(s, "on the wire: resume, ranges, ETag, retries, token, anonymous", test_wire);
+  CU_add_test(s, "a late attempt is signed anew", test_resign_late_attempts);
   CU_add_test(s, "awscli and s3cmd read what kaun wrote, and the reverse", test_cross_clients);
   CU_add_test(s, "a checkpoint saved to S3 and loaded back", test_checkpoint);
   CU_add_test(s, "a tarball in a bucket: members read and listed", test_tar_in_s3);

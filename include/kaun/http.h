@@ -181,6 +181,19 @@ typedef struct kaun_http_request {
    * NULL; progress_uri NULL = the URL without its query string. */
   kaun_io *io;
   const char *progress_uri;
+
+  /* Called before each attempt (the first, every retry and resume) with
+   * `prepare_user`: may point `*headers` and `*authorization` at new
+   * values (a signature that carries a date, such as AWS SigV4, which
+   * expires, made anew for a request that retries or runs long).  What
+   * they point to must stay valid until the next call or the end of the
+   * request; strings the request gave are not freed.  Return KAUN_OK, or
+   * a code (with `err` filled) that fails the request.  NULL: not called.
+   * With perform_many, calls come from the calling thread, one at a
+   * time. */
+  int (*prepare)(void *prepare_user, const char *const **headers, const char **authorization,
+                 kaun_error *err);
+  void *prepare_user;
 } kaun_http_request;
 
 #define KAUN_HTTP_REQUEST_INIT \

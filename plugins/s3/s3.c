@@ -42,6 +42,7 @@ typedef struct backend {
   uint64_t multipart_threshold;
   unsigned concurrency;
   unsigned list_page;
+  long signature_max_age_s; /* a signature older than this is made anew */
   kaun_http *http;
   kaun_context *ctx; /* for the cache root */
 } backend;
@@ -81,6 +82,9 @@ static const kaun_option_spec options[] = {
     {"multipart_threshold", KAUN_OPTION_INT, "67108864", 0, 0,
      "objects larger than this are uploaded in parts"},
     {"list_page_size", KAUN_OPTION_INT, "1000", 0, 0, "keys asked for per ListObjectsV2 page"},
+    {"signature_max_age_s", KAUN_OPTION_INT, "300", 0, 0,
+     "a request's signature is made anew for an attempt that starts later than this (S3 "
+     "refuses signatures older than 15 minutes)"},
     {"ca_file", KAUN_OPTION_STRING, NULL, 0, 0, "PEM bundle of CAs to trust"},
     {"insecure_skip_tls_verify", KAUN_OPTION_BOOL, "false", 0, 0,
      "do not verify TLS certificates: for self-signed test servers only"},
@@ -325,6 +329,7 @@ static int s3_create(kaun_context *ctx, const char *instance, const kaun_options
   int64_t conc = kaun_options_get_int(opts, "concurrency", 4);
   int64_t thr = kaun_options_get_int(opts, "multipart_threshold", (int64_t)(64 * MIB));
   int64_t page = kaun_options_get_int(opts, "list_page_size", 1000);
+  int64_t age = kaun_options_get_int(opts, "signature_max_age_s", 300);
   if (!rc && (part < 1024 || part > (int64_t)(5 * 1024 * MIB)))
     rc = kaun_error_set(err, KAUN_ECONFIG,
                         "backends.%s.part_size must be between 1024 bytes and 5 GiB (it is %lld)",
@@ -336,12 +341,17 @@ static int s3_create(kaun_context *ctx, const char *instance, const kaun_options
   if (!rc && thr < 0)
     rc = kaun_error_set(err, KAUN_ECONFIG, "backends.%s.multipart_threshold must not be negative",
                         instance);
+  if (!rc && (age < 0 || age > 600))
+    rc = kaun_error_set(err, KAUN_ECONFIG,
+                        "backends.%s.signature_max_age_s must be between 0 and 600 (it is %lld)",
+                        instance, (long long)age);
   if (!rc && (page < 1 || page > 1000))
     rc = kaun_error_set(err, KAUN_ECONFIG,
                         "backends.%s.list_page_size must be between 1 and 1000 (it is %lld)",
                         instance, (long long)page);
   be->part_size = (uint64_t)part;
   be->concurrency = (unsigned)conc;
+  be->signature_max_age_s = (long)age;
   be->multipart_threshold = (uint64_t)thr;
   be->list_page = (unsigned)page;
   be->anonymous = kaun_options_get_bool(opts, "anonymous", 0);
@@ -392,6 +402,10 @@ typedef struct signed_req {
   char *token_h;
   const char *headers[8];
   char auth[1024];
+  /* to sign it again (borrowed: they outlive the request) */
+  const backend *be;
+  const char *method, *bucket, *key, *query, *payload_hash, *if_match, *content_type;
+  time_t signed_at;
 } signed_req;
 
 static void signed_req_free(signed_req *s) {
@@ -406,6 +420,15 @@ static int sign_request(const backend *be, const char *method, const char *bucke
                         const char *query, const char *payload_hash, const char *if_match,
                         const char *content_type, signed_req *s, kaun_error *err) {
   memset(s, 0, sizeof *s);
+  s->be = be;
+  s->method = method;
+  s->bucket = bucket;
+  s->key = key;
+  s->query = query;
+  s->payload_hash = payload_hash;
+  s->if_match = if_match;
+  s->content_type = content_type;
+  s->signed_at = time(NULL);
   char *ekey = s3_uri_encode(key ? key : "", 1);
   char *ebucket = s3_uri_encode(bucket, 0);
   char host[300], *path = NULL;
@@ -479,8 +502,29 @@ done:
   return rc;
 }
 
-static void fill_request(kaun_http_request *req, kaun_http_method m, const signed_req *s,
-                         kaun_io *io, const char *uri) {
+/* kaun_http_request.prepare: a signature older than signature_max_age_s
+ * (SigV4's date is checked against a 15-minute window) is made anew, for
+ * parts that start late in a long transfer and for retries.  The URL the
+ * request holds stays (the new one is the same). */
+static int resign(void *user, const char *const **headers, const char **authorization,
+                  kaun_error *err) {
+  signed_req *s = user;
+  const backend *be = s->be;
+  if (be->anonymous || time(NULL) - s->signed_at < be->signature_max_age_s) return KAUN_OK;
+  char *url = s->url;
+  s->url = NULL;
+  signed_req_free(s);
+  int rc = sign_request(be, s->method, s->bucket, s->key, s->query, s->payload_hash, s->if_match,
+                        s->content_type, s, err);
+  free(s->url);
+  s->url = url;
+  *headers = s->headers;
+  *authorization = s->auth[0] ? s->auth : NULL;
+  return rc;
+}
+
+static void fill_request(kaun_http_request *req, kaun_http_method m, signed_req *s, kaun_io *io,
+                         const char *uri) {
   memset(req, 0, sizeof *req);
   req->struct_size = sizeof *req;
   req->method = m;
@@ -490,6 +534,8 @@ static void fill_request(kaun_http_request *req, kaun_http_method m, const signe
   req->redirect = KAUN_HTTP_REDIRECT_NONE; /* a 301 names another region: say so */
   req->io = io;
   req->progress_uri = uri;
+  req->prepare = resign;
+  req->prepare_user = s;
 }
 
 /* kaun_http_perform, with a redirect (returned as the response: S3's 301
