@@ -333,11 +333,13 @@ struct kaun_cache_writer {
 #define WRITE_GATHER ((size_t)1 << 20)
 
 static const char *hash_name(kaun_cache_hash kind) {
-  return kind == KAUN_CACHE_HASH_SHA256 ? "SHA-256" : "git SHA-1";
+  return kind == KAUN_CACHE_HASH_SHA256 ? "SHA-256"
+         : kind == KAUN_CACHE_HASH_MD5  ? "MD5"
+                                        : "git SHA-1";
 }
 
 static size_t hash_hex_len(kaun_cache_hash kind) {
-  return kind == KAUN_CACHE_HASH_SHA256 ? 64 : 40;
+  return kind == KAUN_CACHE_HASH_SHA256 ? 64 : kind == KAUN_CACHE_HASH_MD5 ? 32 : 40;
 }
 
 /* How many bytes of `base` go into a temporary's name: at most
@@ -386,8 +388,11 @@ static void writer_free(kaun_cache_writer *w) {
 
 static int start_hash(kaun_cache_writer *w, EVP_MD_CTX **out, uint64_t size, kaun_error *err) {
   EVP_MD_CTX *md = EVP_MD_CTX_new();
-  int ok = md && EVP_DigestInit_ex(
-                     md, w->kind == KAUN_CACHE_HASH_SHA256 ? EVP_sha256() : EVP_sha1(), NULL);
+  int ok = md && EVP_DigestInit_ex(md,
+                                   w->kind == KAUN_CACHE_HASH_SHA256 ? EVP_sha256()
+                                   : w->kind == KAUN_CACHE_HASH_MD5  ? EVP_md5()
+                                                                     : EVP_sha1(),
+                                   NULL);
   if (ok && w->kind == KAUN_CACHE_HASH_GIT_SHA1) {
     char header[48];
     int n = snprintf(header, sizeof header, "blob %llu", (unsigned long long)size);
@@ -425,7 +430,7 @@ int kaun_cache_writer_open(const char *final_path, uint64_t expected_size,
   if (!final_path || !*final_path || !out)
     return kaun__error_set(err, KAUN_EINVAL, "kaun_cache_writer_open: no final path or output");
   if (hash_kind != KAUN_CACHE_HASH_NONE && hash_kind != KAUN_CACHE_HASH_SHA256 &&
-      hash_kind != KAUN_CACHE_HASH_GIT_SHA1)
+      hash_kind != KAUN_CACHE_HASH_GIT_SHA1 && hash_kind != KAUN_CACHE_HASH_MD5)
     return kaun__error_set(err, KAUN_EINVAL, "unknown cache hash kind %d for '%s'", (int)hash_kind,
                            final_path);
   const char *base;
@@ -465,7 +470,7 @@ int kaun_cache_writer_open(const char *final_path, uint64_t expected_size,
     }
     w->expected_hex[n] = '\0';
     /* a git blob id hashes the size first: stream only when it is known */
-    if (hash_kind == KAUN_CACHE_HASH_SHA256 || expected_size != KAUN_CACHE_SIZE_UNKNOWN) {
+    if (hash_kind != KAUN_CACHE_HASH_GIT_SHA1 || expected_size != KAUN_CACHE_SIZE_UNKNOWN) {
       if ((rc = start_hash(w, &w->md, expected_size, err))) goto fail;
     }
   }

@@ -341,6 +341,39 @@ static void *write_range(void *arg) {
   return NULL;
 }
 
+/* MD5 entries (an S3 ETag): checked streaming and from parallel parts; a
+ * wrong one is KAUN_ECHECKSUM naming the kind and both hashes. */
+static void test_writer_md5(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  const char *dir = tmp("md5");
+  ASSERT_OK(kaun_cache_mkdirs(dir, &err), err);
+  static const char md5_abc[] = "900150983cd24fb0d6963f7d28e17f72";
+  kaun_cache_writer *w;
+  ASSERT_OK(
+      kaun_cache_writer_open(tmp("md5/abc"), 3, KAUN_CACHE_HASH_MD5, md5_abc, NULL, NULL, &w, &err),
+      err);
+  ASSERT_OK(kaun_cache_writer_write(w, "abc", 3, &err), err);
+  ASSERT_OK(kaun_cache_writer_commit(w, &err), err);
+  CU_ASSERT(file_is(tmp("md5/abc"), "abc", 3));
+  ASSERT_OK(kaun_cache_writer_open(tmp("md5/parts"), 3, KAUN_CACHE_HASH_MD5, md5_abc, NULL, NULL,
+                                   &w, &err),
+            err);
+  ASSERT_OK(kaun_cache_writer_pwrite(w, 1, "bc", 2, &err), err);
+  ASSERT_OK(kaun_cache_writer_pwrite(w, 0, "a", 1, &err), err);
+  ASSERT_OK(kaun_cache_writer_commit(w, &err), err);
+  ASSERT_OK(
+      kaun_cache_writer_open(tmp("md5/bad"), 3, KAUN_CACHE_HASH_MD5, md5_abc, NULL, NULL, &w, &err),
+      err);
+  ASSERT_OK(kaun_cache_writer_write(w, "abd", 3, &err), err);
+  ASSERT_FAILS(kaun_cache_writer_commit(w, &err), err, KAUN_ECHECKSUM,
+               "fails its MD5 check: expected 900150983cd24fb0d6963f7d28e17f72");
+  CU_ASSERT(!exists(tmp("md5/bad")));
+  ASSERT_FAILS(
+      kaun_cache_writer_open(tmp("md5/short"), 3, KAUN_CACHE_HASH_MD5, "abc", NULL, NULL, &w, &err),
+      err, KAUN_EINVAL, "MD5");
+  CU_ASSERT_EQUAL(count_temps(dir), 0);
+}
+
 /* The sink an HTTP download streams into: in order, hashed as it goes; a
  * byte out of order is refused and nothing is committed. */
 static void test_writer_sink(void) {
@@ -907,6 +940,7 @@ int main(void) {
   CU_add_test(s, "parallel parts: gathered, hashed while they arrive, rewrites, a wrong byte",
               test_writer_parts);
   CU_add_test(s, "the HTTP sink: in order, hashed, out of order refused", test_writer_sink);
+  CU_add_test(s, "MD5 entries: streamed, from parts, a wrong one refused", test_writer_md5);
   CU_add_test(s, "progress is reported; a cancel leaves nothing", test_progress_and_cancel);
   CU_add_test(s, "locks exclude threads; a timeout names the holder", test_lock_threads);
   CU_add_test(s, "a holder killed with SIGKILL releases its lock", test_lock_killed_holder);

@@ -80,9 +80,10 @@ KAUN_API void kaun_cache_unlock(struct kaun_cache_lock *lock);
 
 /* The hash an entry is checked against. */
 typedef enum kaun_cache_hash {
-  KAUN_CACHE_HASH_NONE = 0,    /* no check */
-  KAUN_CACHE_HASH_SHA256 = 1,  /* SHA-256 of the content (LFS oids, S3 checksums) */
-  KAUN_CACHE_HASH_GIT_SHA1 = 2 /* git's blob id: SHA-1 of "blob SIZE\0" + content */
+  KAUN_CACHE_HASH_NONE = 0,     /* no check */
+  KAUN_CACHE_HASH_SHA256 = 1,   /* SHA-256 of the content (LFS oids, S3 checksums) */
+  KAUN_CACHE_HASH_GIT_SHA1 = 2, /* git's blob id: SHA-1 of "blob SIZE\0" + content */
+  KAUN_CACHE_HASH_MD5 = 3       /* MD5 of the content (an S3 ETag of a single-part upload) */
 } kaun_cache_hash;
 
 /* The size to pass when it is not known in advance. */

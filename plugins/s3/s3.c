@@ -17,6 +17,7 @@
 #include <kaun/plugin.h>
 
 #include <ctype.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +55,8 @@ typedef struct object {
   uint64_t size;
   int64_t mtime;
   char etag[256];
+  char md5[33]; /* the content's MD5 when the ETag is one (a single-part upload
+                   without KMS or customer keys), else "" */
 } object;
 
 #define MIB ((uint64_t)1 << 20)
@@ -794,6 +797,17 @@ static int head_object(object *o, kaun_error *err) {
     rc = kaun_error_set(err, KAUN_EIO, "%s: the server gave no Content-Length for it", o->uri);
   o->size = size < 0 ? 0 : (uint64_t)size;
   snprintf(o->etag, sizeof o->etag, "%s", etag ? etag : "");
+  /* S3's ETag is the MD5 of the bytes for a single-part upload stored
+   * with S3's own keys (not KMS, not the customer's): then it is checked */
+  char plain[256];
+  kaun_http_etag_value(o->etag, plain, sizeof plain);
+  const char *sse = kaun_http_response_header(resp, "x-amz-server-side-encryption");
+  bool hex32 = strlen(plain) == 32 && strncmp(o->etag, "W/", 2) != 0;
+  for (size_t i = 0; hex32 && i < 32; i++) hex32 = isxdigit((unsigned char)plain[i]) != 0;
+  o->md5[0] = '\0';
+  if (hex32 && !(sse && strncmp(sse, "aws:kms", 7) == 0) &&
+      !kaun_http_response_header(resp, "x-amz-server-side-encryption-customer-algorithm"))
+    snprintf(o->md5, sizeof o->md5, "%s", plain);
   if (lm) {
     struct tm tm;
     memset(&tm, 0, sizeof tm);
@@ -999,8 +1013,10 @@ static int s3_fetch_io(void *ob, char *path_out, size_t path_size, kaun_io *io, 
                           o->uri, final_path, path_size);
   /* progress rides on the GETs: the writer gets no io (else bytes count twice) */
   fill_ctx f = {o, io};
-  rc = kaun_cache_get_or_fill(final_path, lock_path, o->size, KAUN_CACHE_HASH_NONE, NULL,
-                              KAUN_CACHE_LOCK_WAIT_MS, fill, &f, NULL, o->uri, err);
+  /* the size is checked; the bytes too when the ETag is their MD5 */
+  rc = kaun_cache_get_or_fill(
+      final_path, lock_path, o->size, o->md5[0] ? KAUN_CACHE_HASH_MD5 : KAUN_CACHE_HASH_NONE,
+      o->md5[0] ? o->md5 : NULL, KAUN_CACHE_LOCK_WAIT_MS, fill, &f, NULL, o->uri, err);
   if (!rc) memcpy(path_out, final_path, strlen(final_path) + 1);
   return rc;
 }
