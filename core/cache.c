@@ -216,6 +216,11 @@ static void read_holder(int fd, char *out, size_t size) {
 
 int kaun_cache_lock(const char *lock_path, long timeout_ms, struct kaun_cache_lock **out,
                     kaun_error *err) {
+  return kaun_cache_lock_io(lock_path, timeout_ms, NULL, out, err);
+}
+
+int kaun_cache_lock_io(const char *lock_path, long timeout_ms, kaun_io *io,
+                       struct kaun_cache_lock **out, kaun_error *err) {
   if (out) *out = NULL;
   if (!lock_path || !*lock_path || !out)
     return kaun__error_set(err, KAUN_EINVAL, "kaun_cache_lock: no lock file or output");
@@ -245,6 +250,13 @@ int kaun_cache_lock(const char *lock_path, long timeout_ms, struct kaun_cache_lo
       return kaun__error_sys(err, KAUN_EIO, e, "cannot lock the cache lock '%s'", lock_path);
     }
     long waited = elapsed_ms(&start);
+    if (kaun_io_canceled(io)) {
+      close(fd);
+      return kaun__error_set(err, KAUN_ECANCELED,
+                             "canceled while waiting for the cache lock '%s' (another process is "
+                             "filling this cache entry)",
+                             lock_path);
+    }
     if (timeout_ms >= 0 && waited >= timeout_ms) {
       char holder[400];
       read_holder(fd, holder, sizeof holder);
@@ -703,6 +715,14 @@ static int flush_slots(kaun_cache_writer *w, kaun_error *err) {
   return rc;
 }
 
+/* flush_slots for callers that do not hold w->mu. */
+static int flush_all_slots(kaun_cache_writer *w, kaun_error *err) {
+  pthread_mutex_lock(&w->mu);
+  int rc = flush_slots(w, err);
+  pthread_mutex_unlock(&w->mu);
+  return rc;
+}
+
 /* Gathers [offset, offset + len) onto the run it continues, or starts a
  * run in a free slot (else the least recently used one, written out
  * first).  Large pieces are written at once.  Under w->mu. */
@@ -762,6 +782,10 @@ int kaun_cache_writer_fd(kaun_cache_writer *w) {
   return rc ? -1 : w->fd;
 }
 
+void kaun_cache_writer_set_io(kaun_cache_writer *w, kaun_io *io) {
+  if (w) w->io = io;
+}
+
 const char *kaun_cache_writer_temp_path(const kaun_cache_writer *w) {
   return w ? w->tmp_path : NULL;
 }
@@ -796,7 +820,7 @@ int kaun_cache_writer_commit(kaun_cache_writer *w, kaun_error *err) {
   struct stat sb;
   if (kaun_io_canceled(w->io))
     rc = kaun__error_set(err, KAUN_ECANCELED, "the transfer of '%s' was canceled", w->uri);
-  else if ((rc = flush_gathered(w, err)) || (rc = flush_slots(w, err)))
+  else if ((rc = flush_gathered(w, err)) || (rc = flush_all_slots(w, err)))
     ;
   else if (fsync(w->fd) != 0)
     rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot flush the cache file '%s' to disk",
@@ -826,6 +850,7 @@ int kaun_cache_writer_commit(kaun_cache_writer *w, kaun_error *err) {
                            "cache entry '%s' fails its %s check: expected %s, got %s",
                            w->final_path, hash_name(w->kind), w->expected_hex, got);
   }
+  stop_follower(w); /* before its file is closed, whatever failed above */
   int fd = w->fd;
   w->fd = -1;
   if (close(fd) != 0 && !rc)
@@ -843,6 +868,7 @@ int kaun_cache_writer_commit(kaun_cache_writer *w, kaun_error *err) {
 
 void kaun_cache_writer_abort(kaun_cache_writer *w) {
   if (!w) return;
+  stop_follower(w); /* it reads the file */
   if (w->fd >= 0) {
     close(w->fd);
     w->fd = -1;
@@ -874,7 +900,7 @@ int kaun_cache_get_or_fill(const char *final_path, const char *lock_path, uint64
   struct kaun_cache_lock *lock = NULL;
   kaun_cache_writer *w = NULL;
   int rc = kaun_cache_mkdirs(folder, err);
-  if (!rc) rc = kaun_cache_lock(lock_path, lock_timeout_ms, &lock, err);
+  if (!rc) rc = kaun_cache_lock_io(lock_path, lock_timeout_ms, io, &lock, err);
   if (rc || entry_ready(final_path, size)) goto done; /* filled while we waited */
   /* under the lock, this entry's temporaries belong to dead writers */
   kaun_error ignored = KAUN_ERROR_INIT;

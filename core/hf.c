@@ -624,6 +624,7 @@ static int fill_parts(kaun_cache_writer *w, const fill_job *j, const char *uri, 
 
 static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
   fill_job *j = user;
+  kaun_cache_writer_set_io(w, NULL); /* progress rides on the requests */
   char uri[600];
   snprintf(uri, sizeof uri, "hf://%s@%s/%s", j->c->repo, j->c->rev, j->c->file);
   int rc;
@@ -685,7 +686,7 @@ static int resolve(call *c, kaun_hf_file *out, kaun_error *err) {
     snprintf(uri, sizeof uri, "hf://%s@%s/%s", c->repo, c->rev, c->file);
     rc = kaun_cache_get_or_fill(blob, lock, m.size, kind,
                                 kind == KAUN_CACHE_HASH_NONE ? NULL : m.etag, wait, fill, &job,
-                                NULL, uri, err);
+                                c->io, uri, err);
     if (rc && err && !strstr(err->message, uri)) kaun__error_prefix(err, "%s: ", uri);
   }
   if (!rc) rc = link_snapshot(c, m.commit, m.etag, out, err);

@@ -660,6 +660,58 @@ static void test_lock_threads(void) {
   free(text);
 }
 
+typedef struct cancel_job {
+  const char *lock_path, *entry;
+  kaun_io *io;
+  int rc, lock_rc, filled;
+  long waited_ms;
+  char message[KAUN_ERROR_MESSAGE_MAX];
+} cancel_job;
+
+static int never_fill(kaun_cache_writer *w, void *user, kaun_error *err) {
+  (void)w, (void)err;
+  ((cancel_job *)user)->filled = 1;
+  return KAUN_OK;
+}
+
+static void *wait_then_cancel(void *arg) {
+  cancel_job *j = arg;
+  kaun_error err = KAUN_ERROR_INIT;
+  struct kaun_cache_lock *lk = NULL;
+  long t0 = now_ms();
+  j->lock_rc = kaun_cache_lock_io(j->lock_path, 60000, j->io, &lk, &err);
+  kaun_cache_unlock(lk);
+  j->rc = kaun_cache_get_or_fill(j->entry, j->lock_path, 3, KAUN_CACHE_HASH_NONE, NULL, 60000,
+                                 never_fill, j, j->io, NULL, &err);
+  j->waited_ms = now_ms() - t0;
+  snprintf(j->message, sizeof j->message, "%s", err.message);
+  return NULL;
+}
+
+/* A wait for a lock someone else holds stops when the io is canceled,
+ * long before the timeout, naming the lock; nothing is filled. */
+static void test_lock_wait_cancel(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  const char *path = tmp("lockcancel/entry.lock");
+  struct kaun_cache_lock *lk;
+  ASSERT_OK(kaun_cache_lock(path, 0, &lk, &err), err);
+  kaun_io *io;
+  ASSERT_OK(kaun_io_new(NULL, NULL, &io, &err), err);
+  cancel_job j = {path, tmp("lockcancel/entry"), io, -99, -99, 0, 0, {0}};
+  pthread_t th;
+  pthread_create(&th, NULL, wait_then_cancel, &j);
+  sleep_ms(150);
+  kaun_io_cancel(io);
+  pthread_join(th, NULL);
+  CU_ASSERT_EQUAL(j.lock_rc, KAUN_ECANCELED);
+  CU_ASSERT_EQUAL(j.rc, KAUN_ECANCELED);
+  CU_ASSERT(j.waited_ms < 5000);
+  CU_ASSERT_PTR_NOT_NULL(strstr(j.message, path));
+  CU_ASSERT_EQUAL(j.filled, 0);
+  kaun_cache_unlock(lk);
+  kaun_io_free(io);
+}
+
 static void test_lock_killed_holder(void) {
   kaun_error err = KAUN_ERROR_INIT;
   const char *path = tmp("locks/killed.lock");
@@ -944,6 +996,7 @@ int main(void) {
   CU_add_test(s, "progress is reported; a cancel leaves nothing", test_progress_and_cancel);
   CU_add_test(s, "locks exclude threads; a timeout names the holder", test_lock_threads);
   CU_add_test(s, "a holder killed with SIGKILL releases its lock", test_lock_killed_holder);
+  CU_add_test(s, "a lock wait stops when its io is canceled", test_lock_wait_cancel);
   CU_add_test(s, "8 processes, one entry: one transfer, all see it whole",
               test_get_or_fill_processes);
   CU_add_test(s, "get_or_fill failures leave nothing behind", test_get_or_fill_failures);

@@ -72,6 +72,11 @@ struct kaun_cache_lock;
 KAUN_API int kaun_cache_lock(const char *lock_path, long timeout_ms, struct kaun_cache_lock **out,
                              kaun_error *err);
 
+/* As kaun_cache_lock, and the wait stops with KAUN_ECANCELED (naming the
+ * lock file) within about 50 ms of `io` being canceled (may be NULL). */
+KAUN_API int kaun_cache_lock_io(const char *lock_path, long timeout_ms, kaun_io *io,
+                                struct kaun_cache_lock **out, kaun_error *err);
+
 /* Releases the lock and frees it (the lock file stays: removing it would
  * let two processes lock two different files).  Accepts NULL. */
 KAUN_API void kaun_cache_unlock(struct kaun_cache_lock *lock);
@@ -155,6 +160,11 @@ KAUN_API int kaun_cache_writer_part_sink(void *part, uint64_t offset, const void
  * writer keeps ownership: never close it. */
 KAUN_API int kaun_cache_writer_fd(kaun_cache_writer *w);
 
+/* Sets the io the writer reports written bytes to (NULL: none), for a
+ * fill function whose transfers report progress themselves (an HTTP
+ * request with its own io): the bytes are then not counted twice. */
+KAUN_API void kaun_cache_writer_set_io(kaun_cache_writer *w, kaun_io *io);
+
 /* The temporary file's path (for messages).  Valid until the writer is
  * committed or aborted. */
 KAUN_API const char *kaun_cache_writer_temp_path(const kaun_cache_writer *w);
@@ -182,7 +192,8 @@ typedef int (*kaun_cache_fill_fn)(kaun_cache_writer *w, void *user, kaun_error *
 /* Makes sure the entry `final_path` exists: if it does (with `size`
  * bytes, unless size is KAUN_CACHE_SIZE_UNKNOWN), returns at once with
  * nothing transferred.  Otherwise creates its folder, takes the lock
- * `lock_path` (waiting up to `lock_timeout_ms`, as kaun_cache_lock),
+ * `lock_path` (waiting up to `lock_timeout_ms`, as kaun_cache_lock_io:
+ * canceling `io` stops the wait),
  * checks again (another process may have filled it meanwhile), removes
  * this entry's stale temporaries (and other ones untouched for a day) from
  * the folder, opens a writer (size, kind, hex, io, progress_uri as in

@@ -351,6 +351,7 @@ typedef struct fill_ctx {
  * refuses more, so a lying server cannot fill the disk), of the version
  * the open saw (If-Match, and its ETag checked), or nothing is kept. */
 static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
+  kaun_cache_writer_set_io(w, NULL); /* progress rides on the GET */
   fill_ctx *f = user;
   object *o = f->o;
   char auth[4096], if_match[300];
@@ -409,10 +410,11 @@ static int fetch_locked(object *o, kaun_io *io, kaun_error *err) {
     return kaun_error_set(err, KAUN_EINVAL, "%s: the cache path %s is too long", o->uri,
                           final_path);
   /* progress and cancel ride on the GET (the HTTP layer reports the body):
-   * the cache writer gets no io, or every byte would count twice */
+   * the cache writer reports nothing (fill says so), or every byte would
+   * count twice; the io still cancels a wait for the entry's lock */
   fill_ctx f = {o, io};
   rc = kaun_cache_get_or_fill(final_path, lock_path, o->size, KAUN_CACHE_HASH_NONE, NULL,
-                              KAUN_CACHE_LOCK_WAIT_MS, fill, &f, NULL, o->uri, err);
+                              KAUN_CACHE_LOCK_WAIT_MS, fill, &f, io, o->uri, err);
   if (!rc) memcpy(o->local, final_path, strlen(final_path) + 1);
   return rc;
 }

@@ -807,7 +807,7 @@ static int head_object(object *o, kaun_error *err) {
   o->md5[0] = '\0';
   if (hex32 && !(sse && strncmp(sse, "aws:kms", 7) == 0) &&
       !kaun_http_response_header(resp, "x-amz-server-side-encryption-customer-algorithm"))
-    snprintf(o->md5, sizeof o->md5, "%s", plain);
+    snprintf(o->md5, sizeof o->md5, "%.32s", plain);
   if (lm) {
     struct tm tm;
     memset(&tm, 0, sizeof tm);
@@ -951,6 +951,7 @@ typedef struct fill_ctx {
  * writer's part sinks, which gather the 16 KiB pieces of each answer). */
 static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
   fill_ctx *f = user;
+  kaun_cache_writer_set_io(w, NULL); /* progress rides on the GETs */
   object *o = f->o;
   backend *be = o->be;
   if (o->size == 0) return KAUN_OK;
@@ -1011,12 +1012,12 @@ static int s3_fetch_io(void *ob, char *path_out, size_t path_size, kaun_io *io, 
   if (strlen(final_path) >= path_size)
     return kaun_error_set(err, KAUN_EINVAL, "%s: the cache path %s does not fit in %zu bytes",
                           o->uri, final_path, path_size);
-  /* progress rides on the GETs: the writer gets no io (else bytes count twice) */
+  /* the io cancels a wait for the entry's lock; progress rides on the GETs */
   fill_ctx f = {o, io};
   /* the size is checked; the bytes too when the ETag is their MD5 */
   rc = kaun_cache_get_or_fill(
       final_path, lock_path, o->size, o->md5[0] ? KAUN_CACHE_HASH_MD5 : KAUN_CACHE_HASH_NONE,
-      o->md5[0] ? o->md5 : NULL, KAUN_CACHE_LOCK_WAIT_MS, fill, &f, NULL, o->uri, err);
+      o->md5[0] ? o->md5 : NULL, KAUN_CACHE_LOCK_WAIT_MS, fill, &f, io, o->uri, err);
   if (!rc) memcpy(path_out, final_path, strlen(final_path) + 1);
   return rc;
 }
