@@ -1270,6 +1270,9 @@ int kaun_hf_list_files(const char *repo_id, const kaun_hf_options *given, char *
     kaun_http_response_free(resp);
     free(url);
     kaun_http_free(own);
+    /* the branch or tag now points at this commit, as huggingface_hub's
+     * snapshot_download records it: offline use of the revision finds it */
+    if (!rc && strcmp(c.rev, commit) != 0) rc = write_ref(&c, c.rev, commit, err);
     if (rc) {
       kaun_hf_free_list(acc.files, acc.n);
       return rc;

@@ -45,6 +45,10 @@ run $K cache rm org/demo; expect_status 0 "cache rm REPO"
 run $K get --include '*.json' hf://org/demo; expect_status 0 "get --include"
 [ -e "$snap/config.json" ] && [ ! -e "$snap/model.safetensors" ] && ok ||
   bad "get --include '*.json' fetched only config.json"
+# the branch points at the snapshot (as huggingface_hub records it): offline use finds it
+[ "$(cat "$TEST_TMP/cache/huggingface/models--org--demo/refs/main" 2>/dev/null)" = "$commit" ] && ok ||
+  bad "get of a repo records refs/main"
+run env HF_HUB_OFFLINE=1 $K get hf://org/demo/config.json; expect_status 0 "get offline after a repo get"
 run $K get --include '*.bin' hf://org/demo; expect_status 1 "get --include matching nothing"
 expect_err_contains "no file matches" "get --include matching nothing says so"
 
@@ -75,5 +79,75 @@ run $K get hf://org/demo/absent.json; expect_status 1 "get a missing file"
 expect_err_contains "absent.json" "a missing file is named"
 run $K get hf://org/demo/../x; expect_status 1 "get with '..'"
 run $K cache frob; expect_status 2 "cache with a bad verb"
+
+# --- whole-model copies: a sharded Hub repo into a bucket, which then serves as the Hub's mirror ---
+FIX="$KAUN_FIXTURES/safetensors"
+repo="$TEST_TMP/hub/repos/org/sharded"
+mkdir -p "$repo/$commit"
+cp "$FIX"/fluxml_sharded/* "$repo/$commit/"
+printf '{"hidden_size": 4}\n' >"$repo/$commit/config.json"
+printf '{"refs": {"main": "%s"}, "lfs": ["*.safetensors"]}\n' "$commit" >"$repo/repo.json"
+mkdir -p "$TEST_TMP/hub/repos/org/broken/$commit"
+cp "$FIX"/fluxml_sharded/* "$TEST_TMP/hub/repos/org/broken/$commit/"
+rm -f "$TEST_TMP/hub/repos/org/broken/$commit/model-00004-of-00006.safetensors"
+cp "$repo/repo.json" "$TEST_TMP/hub/repos/org/broken/repo.json"
+modules="$KAUN_SRCDIR/tests/s3/node_modules"
+s3port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$TEST_TMP/s3"
+NODE_OPTIONS=--openssl-legacy-provider node "$modules/s3rver/bin/s3rver.js" -d "$TEST_TMP/s3" \
+  -a 127.0.0.1 -p "$s3port" --configure-bucket models >"$TEST_TMP/s3rver.log" 2>&1 &
+s3pid=$!
+trap 'kill $server $s3pid 2>/dev/null; wait $server $s3pid 2>/dev/null; rm -rf "$TEST_TMP"' EXIT
+i=0
+until python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$s3port" 2>/dev/null ||
+  [ $i -ge 150 ]; do sleep 0.1; i=$((i + 1)); done
+[ $i -lt 150 ] && ok || bad "s3rver did not start (tests/s3/node_modules: scripts/dev.sh deps)"
+s3conf='"s3": {"endpoint": "http://127.0.0.1:'$s3port'", "access_key_id": "S3RVER", "secret_access_key": "S3RVER", "max_attempts": 2, "retry_base_ms": 5}'
+printf '{"cache_dir": "%s/cache", "backends": {%s}}\n' "$TEST_TMP" "$s3conf" >"$TEST_TMP/s3.json"
+printf '{"cache_dir": "%s/cache2", "backends": {%s}, "mirrors": {"hf://": ["s3://models/hub/"]}}\n' \
+  "$TEST_TMP" "$s3conf" >"$TEST_TMP/mirror.json"
+KS="$KAUN --config $TEST_TMP/s3.json"
+run $KS cp hf://org/sharded s3://models/hub/org/sharded/; expect_status 0 "cp of a sharded Hub repo into a bucket"
+for f in "$FIX"/fluxml_sharded/*; do
+  run $KS get "s3://models/hub/org/sharded/${f##*/}"; expect_status 0 "get of the copied ${f##*/}"
+  expect_same_file "$f" "$out" "hf -> s3 copies ${f##*/} byte for byte"
+done
+# the index was the last object stored
+last=$(grep 'Stored object "hub/org/sharded/' "$TEST_TMP/s3rver.log" | tail -1)
+case "$last" in *model.safetensors.index.json*) ok ;; *) bad "the index is stored last: $last" ;; esac
+run $KS ls s3://models/hub/org/sharded/; copied=$out
+run $KAUN ls "$FIX/fluxml_sharded"
+[ -n "$out" ] && [ "$copied" = "$out" ] && ok || bad "ls of the copy: $copied"
+# file -> s3, and a re-save in shards into the bucket
+run $KS cp "$FIX/fluxml_sharded" s3://models/flux/; expect_status 0 "cp of a sharded folder into a bucket"
+run $KS get s3://models/flux/model-00006-of-00006.safetensors; expect_status 0 "get of a copied shard"
+expect_same_file "$FIX/fluxml_sharded/model-00006-of-00006.safetensors" "$out" "file -> s3 byte for byte"
+run $KS cp --max-shard-size 1KB hf://org/sharded s3://models/resharded/; expect_status 0 "cp --max-shard-size hf -> s3"
+run $KS get s3://models/resharded/model.safetensors.index.json; expect_status 0 "the re-saved index"
+grep -q '"total_size": 4305' "$out" && ok || bad "the re-saved index's total_size"
+run $KS ls s3://models/resharded/
+[ "$(printf '%s\n' "$out" | sort)" = "$(printf '%s\n' "$copied" | sort)" ] && ok || bad "the re-saved shards hold the model"
+# a repo whose shard is missing: the error names it, nothing reaches the bucket (the index's
+# URI: through the repo's, the reader's folder search reports the index as absent)
+run $KS cp hf://org/broken/model.safetensors.index.json s3://models/hub/org/broken/
+expect_status 1 "cp of a repo missing a shard"
+expect_err_contains "model-00004-of-00006.safetensors" "the missing shard is named"
+grep -q 'Stored object "hub/org/broken/' "$TEST_TMP/s3rver.log" && bad "a failed copy stored objects" || ok
+# --all: every file of the repo (config.json too), at one commit, the index stored last
+run $KS cp --all hf://org/sharded s3://models/all/org/sharded/; expect_status 0 "cp --all of a Hub repo"
+for f in "$repo/$commit"/*; do
+  run $KS get "s3://models/all/org/sharded/${f##*/}"; expect_status 0 "get of ${f##*/} copied by --all"
+  expect_same_file "$f" "$out" "cp --all copies ${f##*/} byte for byte"
+done
+last=$(grep 'Stored object "all/org/sharded/' "$TEST_TMP/s3rver.log" | tail -1)
+case "$last" in *model.safetensors.index.json*) ok ;; *) bad "cp --all stores the index last: $last" ;; esac
+[ "$(grep -c 'Stored object "all/org/sharded/' "$TEST_TMP/s3rver.log")" -eq 8 ] && ok ||
+  bad "cp --all stores each file once: $(grep -c 'Stored object "all/org/sharded/' "$TEST_TMP/s3rver.log")"
+run $KS cp --all hf://org/sharded/config.json s3://models/x/; expect_status 1 "cp --all of a file"
+expect_err_contains "names a file, not a repo" "cp --all of a file says why"
+# the bucket as the Hub's mirror: loads need no Hub
+kill $server 2>/dev/null; wait $server 2>/dev/null
+run $KAUN --config "$TEST_TMP/mirror.json" load hf://org/sharded; expect_status 0 "load through the mirror"
+expect_out_contains "tensors     36" "the mirror serves the whole model"
 
 finish
