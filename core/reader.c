@@ -614,6 +614,8 @@ typedef struct task {
 } task;
 
 #define NO_OUTPUT SIZE_MAX
+/* the scratch memory of a whole-file check (kaun_reader_check_data) */
+#define CHECK_MEMORY ((uint64_t)32 << 20)
 #define NEAR_GAP ((uint64_t)64 << 10) /* a gap read through rather than a new request */
 
 /* What a worker claimed from a task: `len` bytes at `offset`, read into
@@ -705,6 +707,11 @@ static int plan_range(plan *p, shard *sh, uint64_t offset, uint64_t len, char *d
   bool cast = from != to;
   unsigned in_elem = kaun_dtype_bits(from) / 8;
   uint64_t chunk = shard_chunk(sh);
+  if (!dst && sh->inflight) { /* read to be checked, not kept: memory is threads x chunk */
+    uint64_t cap = CHECK_MEMORY / sh->inflight;
+    if (cap < ((uint64_t)1 << 20)) cap = (uint64_t)1 << 20;
+    if (chunk > cap) chunk = cap;
+  }
   if (chunk > SIZE_MAX / 2) chunk = SIZE_MAX / 2;
   if (in_elem > 1) chunk -= chunk % in_elem;
   if (!chunk) chunk = in_elem ? in_elem : 1;

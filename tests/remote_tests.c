@@ -207,6 +207,10 @@ static int child_main(const char *mode, const char *cfg) {
   kaun_reader *r;
   if (kaun_reader_open(ctx, "web://big.safetensors", &r, &err)) return 3;
   int rc = 0;
+  if (strcmp(mode, "--check") == 0 && kaun_reader_check_data(r, NULL, &err)) {
+    fprintf(stderr, "%s\n", err.message);
+    rc = 6;
+  }
   if (strcmp(mode, "--load") == 0) {
     kaun_flat *flat;
     kaun_reader_close(r);
@@ -238,6 +242,10 @@ static void test_peak_memory(void) {
           load - base, base, tensors);
   CU_ASSERT(load - base <= tensors + (32 << 10));
   CU_ASSERT(load - base >= tensors); /* it did load them */
+  /* checking every byte (kaun verify --data) keeps none of them */
+  long check = child_maxrss_kib("--check");
+  fprintf(stderr, "(a check of every byte: %ld KiB over the baseline) ", check - base);
+  CU_ASSERT(check > 0 && check - base <= 48 << 10); /* was 140 MiB */
 }
 
 /* ---- cancellation, retries, changes ------------------------------------------------- */
@@ -695,7 +703,8 @@ int main(int argc, char **argv) {
               test_template_reads_its_tensors_only);
   CU_add_test(s, "a slice of rows moves those rows", test_slice_reads_its_rows_only);
   CU_add_test(s, "a load moves each byte once", test_load_reads_each_byte_once);
-  CU_add_test(s, "a 256 MiB load peaks at the tensors + 32 MiB", test_peak_memory);
+  CU_add_test(s, "a 256 MiB load peaks at the tensors + 32 MiB; a check under 48 MiB",
+              test_peak_memory);
   CU_add_test(s, "cancelling stops transfers and leaves nothing", test_cancel_stops_transfers);
   CU_add_test(s, "503s and dropped connections are retried", test_retries_and_resumes);
   CU_add_test(s, "an object replaced mid-load is KAUN_ECHANGED", test_object_changed_mid_load);
