@@ -668,6 +668,7 @@ static int cmd_cat(int argc, char **argv) {
 
 typedef struct get_opts {
   const char *revision, *token;
+  char token_buf[1024]; /* --token's value, kept out of the process's arguments */
   bool offline;
   const char *include[32];
   size_t ninclude;
@@ -678,7 +679,21 @@ static int get_option(const char *opt, const char *value, void *ctx) {
   if (strcmp(opt, "--revision") == 0) {
     o->revision = value;
   } else if (strcmp(opt, "--token") == 0) {
-    o->token = value;
+    /* "-": the first line of standard input; else the value, which is then
+     * blanked in argv so that ps and /proc/PID/cmdline stop showing it */
+    if (strcmp(value, "-") == 0) {
+      if (!fgets(o->token_buf, sizeof o->token_buf, stdin)) o->token_buf[0] = '\0';
+      o->token_buf[strcspn(o->token_buf, "\r\n")] = '\0';
+    } else {
+      snprintf(o->token_buf, sizeof o->token_buf, "%s", value);
+      memset((char *)value, '*', strlen(value));
+    }
+    if (!o->token_buf[0]) {
+      usage_error("get", "--token is empty%s",
+                  strcmp(value, "-") == 0 ? " (nothing on stdin)" : "");
+      return 1;
+    }
+    o->token = o->token_buf;
   } else if (strcmp(opt, "--offline") == 0) {
     o->offline = true;
   } else if (o->ninclude < sizeof o->include / sizeof *o->include) {
@@ -1024,7 +1039,9 @@ static const command commands[] = {
      "\n"
      "  --revision R   branch, tag or commit (default main, or URI's @REV)\n"
      "  --token T      Hub token (default $HF_TOKEN, $HUGGING_FACE_HUB_TOKEN, the\n"
-     "                 token file); sent only to the Hub endpoint\n"
+     "                 token file); sent only to the Hub endpoint.  T = - reads it\n"
+     "                 from standard input; a token given as T is blanked in the\n"
+     "                 process's arguments once read, but prefer - or $HF_TOKEN\n"
      "  --offline      use the cache only (also HF_HUB_OFFLINE=1)\n"
      "  --include GLOB only files matching GLOB (repeatable)\n",
      cmd_get},

@@ -15,7 +15,12 @@ printf '{"hidden_size": 4}\n' >"$TEST_TMP/hub/repos/org/demo/$commit/config.json
   bad "tar failed"
 printf '{"refs": {"main": "%s"}, "lfs": ["*.safetensors", "*.tar"]}\n' "$commit" \
   >"$TEST_TMP/hub/repos/org/demo/repo.json"
-printf '[]\n' >"$TEST_TMP/hub/tokens.json"
+printf '["hf_cli_secret_token"]\n' >"$TEST_TMP/hub/tokens.json"
+# a private repo that only that token opens
+mkdir -p "$TEST_TMP/hub/repos/org/private/$commit"
+printf '{"secret": true}\n' >"$TEST_TMP/hub/repos/org/private/$commit/config.json"
+printf '{"private": true, "tokens": ["hf_cli_secret_token"], "refs": {"main": "%s"}}\n' "$commit" \
+  >"$TEST_TMP/hub/repos/org/private/repo.json"
 python3 "$KAUN_SRCDIR/tests/servers/hub.py" --root "$TEST_TMP/hub" --port 0 \
   --port-file "$TEST_TMP/port" 2>"$TEST_TMP/hub.log" &
 server=$!
@@ -65,6 +70,26 @@ expect_out_contains "F32:" "load lists the dtypes"
 run $K cache ls; expect_status 0 "cache ls"
 expect_out_contains "$(printf 'org/demo\t')" "cache ls lists the repo"
 expect_out_contains "main" "cache ls lists its refs"
+
+# a token: from standard input, or from the command line, where it is blanked once read
+run $K get hf://org/private/config.json; expect_status 3 "a private repo without a token"
+run sh -c "printf 'hf_cli_secret_token\n' | $K get --token - hf://org/private/config.json"
+expect_status 0 "--token - reads the token from stdin"
+run sh -c "printf '' | $K get --token - hf://org/private/config.json"
+expect_status 2 "--token - with nothing on stdin"; expect_err_contains "--token is empty" "an empty token is named"
+$K cache rm org/private >/dev/null
+curl -s -X POST -d '[{"path": "*", "drip_bytes": 2, "drip_interval": 0.1, "count": -1}]' \
+  "$HF_ENDPOINT/__faults" >/dev/null
+$K get --token hf_cli_secret_token hf://org/private/config.json >"$TEST_TMP/tok.out" 2>&1 &
+getter=$!
+sleep 0.5
+shown=$(tr '\0' ' ' <"/proc/$getter/cmdline" 2>/dev/null)
+wait $getter && ok || bad "get --token T: $(cat "$TEST_TMP/tok.out")"
+curl -s -X POST "$HF_ENDPOINT/__reset" >/dev/null
+case "$shown" in
+  *kaun*get*) case "$shown" in *hf_cli_secret_token*) bad "the token shows in /proc/PID/cmdline: $shown" ;; *) ok ;; esac ;;
+  *) bad "could not read the running get's command line ($shown)" ;;
+esac
 
 # offline: the cache answers; what it lacks is named
 run env HF_HUB_OFFLINE=1 $K get hf://org/demo/config.json; expect_status 0 "get offline"
