@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <dirent.h>
+#include <errno.h>
 #include <fnmatch.h>
 #include <ftw.h>
 #include <sys/stat.h>
@@ -416,11 +418,55 @@ static int cmd_inspect(int argc, char **argv) {
 typedef struct cp_opts {
   bool cast;
   kaun_dtype dtype;
+  uint64_t max_shard_size; /* 0: keep the source's files */
+  bool all;                /* every object of the source folder or repo */
 } cp_opts;
+
+/* A size as transformers' convert_file_size_to_int reads it: plain bytes,
+ * or a whole number with KB/MB/GB (powers of 10) or KiB/MiB/GiB (powers of
+ * 2), any case; a final lowercase 'b' after K/M/G means bits ("5Gb" is
+ * 5*10^9/8 bytes).  False when it is none of these, 0 or too large. */
+static bool parse_size(const char *text, uint64_t *out) {
+  static const struct {
+    const char *unit;
+    uint64_t scale;
+    bool bits_possible;
+  } units[] = {{"GIB", (uint64_t)1 << 30, false},
+               {"MIB", (uint64_t)1 << 20, false},
+               {"KIB", (uint64_t)1 << 10, false},
+               {"GB", 1000000000, true},
+               {"MB", 1000000, true},
+               {"KB", 1000, true},
+               {"", 1, false}};
+  size_t digits = strspn(text, "0123456789");
+  if (!digits || digits > 19) return false;
+  const char *unit = text + digits;
+  for (size_t u = 0; u < sizeof units / sizeof *units; u++) {
+    if (strcasecmp(unit, units[u].unit) != 0) continue;
+    uint64_t n = strtoull(text, NULL, 10), bytes;
+    if (__builtin_mul_overflow(n, units[u].scale, &bytes)) return false;
+    if (units[u].bits_possible && unit[strlen(unit) - 1] == 'b') bytes /= 8;
+    if (!bytes) return false;
+    *out = bytes;
+    return true;
+  }
+  return false;
+}
 
 static int cp_option(const char *opt, const char *value, void *ctx) {
   cp_opts *o = ctx;
-  (void)opt;
+  if (strcmp(opt, "--all") == 0) {
+    o->all = true;
+    return 0;
+  }
+  if (strcmp(opt, "--max-shard-size") == 0) {
+    if (parse_size(value, &o->max_shard_size)) return 0;
+    usage_error("cp",
+                "--max-shard-size must be a size in bytes, or with KB, MB, GB, KiB, MiB or GiB, "
+                "such as 5GB or 500MiB (got '%s')",
+                value);
+    return 1;
+  }
   if (kaun_dtype_from_name(value, strlen(value), &o->dtype) != KAUN_OK ||
       !kaun_dtype_is_float(o->dtype) || !kaun_dtype_can_cast(o->dtype)) {
     usage_error("cp", "--dtype must be one of F64, F32, F16, BF16, F8_E4M3, F8_E5M2 (got '%s')",
@@ -431,74 +477,171 @@ static int cp_option(const char *opt, const char *value, void *ctx) {
   return 0;
 }
 
-/* A copy without a cast of one file kaun would write byte for byte: copy
- * the bytes through the storage layer (copy_file_range between local
- * files, one streaming pass from a remote one) instead of loading and
- * saving.  DST naming a folder means DST/model.safetensors, as for a save. */
-static int cp_verbatim(kaun_context *ctx, kaun_reader *r, const char *dst, kaun_error *err) {
-  kaun_error ignored = KAUN_ERROR_INIT;
-  char *target = NULL;
-  kaun_object *probe;
-  int probe_rc = kaun_object_open(ctx, dst, &probe, &ignored);
-  if (probe_rc == KAUN_OK) kaun_object_close(probe);
-  if (probe_rc == KAUN_EISDIR) {
-    size_t n = strlen(dst) + sizeof "/model.safetensors";
-    if (!(target = malloc(n))) return kaun_error_set(err, KAUN_ENOMEM, "out of memory");
-    snprintf(target, n, "%s%smodel.safetensors", dst,
-             *dst && dst[strlen(dst) - 1] == '/' ? "" : "/");
+/* A copy that writes a folder (shards and an index) into a local path that
+ * is not there yet makes it first, as save_pretrained does; other
+ * backends need no folders made. */
+static int make_local_folder(const char *dst, kaun_error *err) {
+  const char *path = strncmp(dst, "file://", 7) == 0 ? dst + 7 : strstr(dst, "://") ? NULL : dst;
+  struct stat sb;
+  if (!path || stat(path, &sb) == 0 || errno != ENOENT) return KAUN_OK;
+  if (mkdir(path, 0777) != 0)
+    return kaun_error_set(err, errno == ENOENT ? KAUN_ENOENT : KAUN_EIO,
+                          "cannot make the folder '%s': %s", path, strerror(errno));
+  return KAUN_OK;
+}
+
+/* "BASE/NAME" (no doubled '/'); malloc'd. */
+static char *join_path(const char *base, const char *name) {
+  size_t n = strlen(base) + strlen(name) + 2;
+  char *p = malloc(n);
+  if (p) snprintf(p, n, "%s%s%s", base, *base && base[strlen(base) - 1] == '/' ? "" : "/", name);
+  return p;
+}
+
+typedef struct name_list {
+  char **names;
+  size_t n, cap;
+} name_list;
+
+static int add_name(const char *name, uint64_t size, void *ctx) {
+  name_list *l = ctx;
+  (void)size;
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? 2 * l->cap : 16;
+    char **more = realloc(l->names, cap * sizeof *more);
+    if (!more) return 1;
+    l->names = more;
+    l->cap = cap;
   }
-  /* through the object the reader validated: the bytes of that version */
-  int rc = kaun_reader_copy(r, target ? target : dst, NULL, err);
-  free(target);
+  if (!(l->names[l->n] = strdup(name))) return 1;
+  l->n++;
+  return 0;
+}
+
+static void free_names(name_list *l) {
+  for (size_t i = 0; i < l->n; i++) free(l->names[i]);
+  free(l->names);
+}
+
+/* The objects of the folder or Hub repo `src`: `*base` (malloc'd) is what
+ * their names are relative to, a Hub repo pinned at the commit listed. */
+static int list_source(kaun_context *ctx, const char *src, char **base, name_list *l,
+                       kaun_error *err) {
+  *base = NULL;
+  if (strncmp(src, "hf://", 5) != 0) {
+    kaun_object *probe;
+    kaun_error ignored = KAUN_ERROR_INIT;
+    if (kaun_object_open(ctx, src, &probe, &ignored) == KAUN_OK) {
+      kaun_object_close(probe);
+      return kaun_error_set(err, KAUN_EINVAL, "--all: %s names a file, not a folder", src);
+    }
+    if (!(*base = strdup(src))) return kaun_error_set(err, KAUN_ENOMEM, "out of memory");
+    int rc = kaun_storage_list(ctx, src, add_name, l, err);
+    if (rc == KAUN_ENOTSUP)
+      kaun_error_set(err, rc, "--all: %s cannot be listed (its backend has no list)", src);
+    return rc;
+  }
+  char *repo = NULL, *rev = NULL, *file = NULL;
+  int rc = kaun_hf_parse_path(src + 5, &repo, &rev, &file, err);
+  if (!rc && file && *file)
+    rc = kaun_error_set(err, KAUN_EINVAL, "--all: %s names a file, not a repo", src);
+  char **files = NULL, commit[41] = "";
+  size_t n = 0;
+  kaun_hf_options ho = KAUN_HF_OPTIONS_INIT;
+  ho.ctx = ctx;
+  ho.revision = rev;
+  if (!rc) rc = kaun_hf_list_files(repo, &ho, &files, &n, commit, err);
+  for (size_t i = 0; i < n && !rc; i++)
+    if (add_name(files[i], 0, l)) rc = kaun_error_set(err, KAUN_ENOMEM, "out of memory");
+  if (!rc) { /* every file, and the model, at the commit listed */
+    size_t len = strlen(repo) + 48;
+    if ((*base = malloc(len))) snprintf(*base, len, "hf://%s@%s", repo, commit);
+    if (!*base) rc = kaun_error_set(err, KAUN_ENOMEM, "out of memory");
+  }
+  kaun_hf_free_list(files, n);
+  free(repo);
+  free(rev);
+  free(file);
+  return rc;
+}
+
+/* Makes the folders of a local `path`'s parents (mkdir -p of its dirname). */
+static void make_parents(const char *dst) {
+  const char *path = strncmp(dst, "file://", 7) == 0 ? dst + 7 : strstr(dst, "://") ? NULL : dst;
+  if (!path) return;
+  char *p = strdup(path);
+  for (char *s = p ? strchr(p + 1, '/') : NULL; s; s = strchr(s + 1, '/')) {
+    *s = '\0';
+    mkdir(p, 0777);
+    *s = '/';
+  }
+  free(p);
+}
+
+/* --all: every object of the source but the model's files, byte for byte,
+ * before the model itself (whose index comes last). */
+static int copy_others(kaun_context *ctx, kaun_reader *r, const char *base, const name_list *l,
+                       const char *dst, kaun_error *err) {
+  kaun_io *io = NULL;
+  int rc = kaun_context_new_io(ctx, &io, err);
+  for (size_t i = 0; i < l->n && !rc; i++) {
+    char *from = join_path(base, l->names[i]), *to = join_path(dst, l->names[i]);
+    bool model = !from || !to;
+    if (kaun_reader_is_sharded(r) && strcmp(l->names[i], "model.safetensors.index.json") == 0)
+      model = true;
+    for (size_t t = 0; !model && t < kaun_reader_count(r); t++) {
+      kaun_reader_tensor info;
+      kaun_reader_info(r, t, &info);
+      model = strcmp(info.uri, from) == 0;
+    }
+    if (!from || !to) {
+      rc = kaun_error_set(err, KAUN_ENOMEM, "out of memory");
+    } else if (!model) {
+      make_parents(to);
+      rc = kaun_storage_copy(ctx, from, to, io, err);
+    }
+    free(from);
+    free(to);
+  }
+  kaun_io_free(io);
   return rc;
 }
 
 static int cmd_cp(int argc, char **argv) {
-  static const char *const values[] = {"--dtype", NULL};
-  cp_opts o = {false, KAUN_DTYPE_F32};
-  int n = parse_args("cp", argc, argv, values, NULL, cp_option, &o);
+  static const char *const values[] = {"--dtype", "--max-shard-size", NULL};
+  static const char *const flags[] = {"--all", NULL};
+  cp_opts o = {false, KAUN_DTYPE_F32, 0, false};
+  int n = parse_args("cp", argc, argv, values, flags, cp_option, &o);
   if (n == -1) return -1;
   if (n < 0) return EXIT_USAGE;
   if (n != 2) return usage_error("cp", "expected SRC and DST%s", "");
   kaun_error err = KAUN_ERROR_INIT;
-  kaun_flat *in = NULL, *out = NULL;
   int status;
   kaun_context *ctx = open_context(&status);
   if (!ctx) return status;
-  /* opening validates the source's headers: a bad file fails as it always did */
-  kaun_reader *r;
-  int rc = kaun_reader_open(ctx, argv[0], &r, &err);
-  int canonical = rc || o.cast ? 0 : kaun_reader_is_canonical(r, &err);
-  if (!rc && canonical < 0) rc = canonical;
-  if (!rc && canonical > 0) { /* SRC may be a folder: the reader knows its one file */
-    rc = cp_verbatim(ctx, r, argv[1], &err);
-    kaun_reader_close(r);
-    kaun_context_free(ctx);
-    return rc ? fail(&err) : EXIT_OKAY;
+  name_list others = {NULL, 0, 0};
+  char *base = NULL;
+  int rc = o.all ? list_source(ctx, argv[0], &base, &others, &err) : KAUN_OK;
+  /* opening validates the source's headers (and index): a bad one fails here */
+  kaun_reader *r = NULL;
+  if (!rc) rc = kaun_reader_open(ctx, base ? base : argv[0], &r, &err);
+  const char *dst = argv[1];
+  size_t dlen = strlen(dst);
+  bool to_folder = o.all || o.max_shard_size ||
+                   (!rc && kaun_reader_is_sharded(r) &&
+                    !(dlen >= 12 && strcmp(dst + dlen - 12, ".safetensors") == 0));
+  if (!rc && to_folder) rc = make_local_folder(dst, &err);
+  if (!rc && o.all) rc = copy_others(ctx, r, base, &others, dst, &err);
+  if (!rc) {
+    kaun_copy_options co = {.struct_size = sizeof co,
+                            .max_shard_size = o.max_shard_size,
+                            .cast = o.cast,
+                            .dtype = o.dtype};
+    rc = kaun_reader_copy_model(r, dst, &co, &err);
   }
   kaun_reader_close(r);
-  if (!rc) rc = kaun_checkpoint_load_flat(ctx, argv[0], 0, &in, &err);
-  if (!rc && o.cast) {
-    rc = kaun_flat_new(&out, &err);
-    if (!rc && kaun_flat_has_metadata(in)) {
-      for (size_t i = 0; i < kaun_flat_metadata_count(in) && !rc; i++)
-        rc = kaun_flat_set_metadata_n(
-            out, kaun_flat_metadata_key(in, i), kaun_flat_metadata_key_length(in, i),
-            kaun_flat_metadata_value(in, i), kaun_flat_metadata_value_length(in, i), &err);
-    }
-    for (size_t i = 0; i < kaun_flat_count(in) && !rc; i++) {
-      const kaun_tensor *t = kaun_flat_tensor(in, i);
-      kaun_dtype dt = kaun_tensor_dtype(t);
-      kaun_tensor *c;
-      bool convert = kaun_dtype_is_float(dt) && kaun_dtype_can_cast(dt);
-      rc = kaun_tensor_cast(t, convert ? o.dtype : dt, &c, &err);
-      if (!rc)
-        rc = kaun_flat_add_n(out, kaun_flat_name(in, i), kaun_flat_name_length(in, i), c, &err);
-    }
-  }
-  if (!rc) rc = kaun_safetensors_save(ctx, argv[1], out ? out : in, &err);
-  kaun_flat_free(in);
-  kaun_flat_free(out);
+  free_names(&others);
+  free(base);
   kaun_context_free(ctx);
   return rc ? fail(&err) : EXIT_OKAY;
 }
@@ -994,14 +1137,27 @@ static const command commands[] = {
      "                        \"data_offsets\": [0, 24]}, ...}}\n"
      "Only the header is read, so this is instant on files of any size.\n",
      cmd_inspect},
-    {"cp", "copy a checkpoint, optionally casting it",
-     "Usage: kaun cp [--dtype DT] SRC DST\n"
+    {"cp", "copy a checkpoint or a whole sharded model, optionally casting or sharding it",
+     "Usage: kaun cp [--dtype DT] [--max-shard-size SIZE] [--all] SRC DST\n"
      "\n"
-     "Re-save SRC (a file, an index or a directory) as one SafeTensors file\n"
-     "DST, written atomically.  Metadata is kept.\n"
+     "Copy SRC (a file, an index or a folder, on any backend) to DST, every\n"
+     "file written atomically.  Metadata is kept.\n"
+     "  - a sharded SRC: its shards, then its index, byte for byte, into the\n"
+     "    folder DST (made when it is a local path), shards in parallel; on\n"
+     "    a failure no index is written and the copied shards are removed\n"
+     "  - a single file, or DST ending in .safetensors: one file DST (or\n"
+     "    DST/model.safetensors when DST is a folder)\n"
      "\n"
-     "  --dtype DT   cast every floating-point tensor to DT (F64, F32, F16,\n"
-     "               BF16, F8_E4M3 or F8_E5M2); other tensors are copied\n",
+     "  --dtype DT             cast every floating-point tensor to DT (F64, F32,\n"
+     "                         F16, BF16, F8_E4M3 or F8_E5M2); others are copied\n"
+     "  --max-shard-size SIZE  re-save into the folder DST in shards of at most\n"
+     "                         SIZE bytes of tensors, with an index written last\n"
+     "                         (model.safetensors when it all fits), reading one\n"
+     "                         shard at a time; SIZE as in transformers: 5GB\n"
+     "                         (10^9), 500MiB (2^20), 1000000 (bytes)\n"
+     "  --all                  also copy every other object of the folder or Hub\n"
+     "                         repo SRC (config.json, tokenizer files: what a\n"
+     "                         mirror needs), byte for byte, before the model\n",
      cmd_cp},
     {"verify", "validate a checkpoint",
      "Usage: kaun verify [--data] CHECKPOINT\n"

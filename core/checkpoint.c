@@ -2,6 +2,7 @@
  * sharded indexes.  Loads go through the lazy reader (reader.c): headers
  * by ranged reads, then only the tensors asked for, as zero-copy views of
  * a mapping or read straight into their memory. */
+#include "shards.h"
 #include "storage_internal.h"
 
 #include <stddef.h>
@@ -323,7 +324,17 @@ typedef struct save_stream {
   uint64_t *starts; /* stream offset of each tensor in on-disk order */
   size_t count;
   uint64_t size;
+  kaun_io *io;            /* progress, reported as bytes are handed over (may be NULL) */
+  const char *uri;        /* reported under */
+  const atomic_int *stop; /* nonzero: stop (another shard failed); may be NULL */
 } save_stream;
+
+/* Progress reports of at most this many bytes, so that they come often. */
+#define SAVE_REPORT ((size_t)8 << 20)
+
+static bool stream_stopped(const save_stream *ss) {
+  return (ss->stop && atomic_load(ss->stop)) || kaun_io_canceled(ss->io);
+}
 
 static size_t segment_at(const save_stream *ss, uint64_t off) {
   size_t lo = 0, hi = ss->count; /* last tensor whose start <= off */
@@ -337,8 +348,7 @@ static size_t segment_at(const save_stream *ss, uint64_t off) {
   return lo;
 }
 
-static int stream_view(void *c, uint64_t off, const void **ptr, size_t *len) {
-  const save_stream *ss = c;
+static int segment_view(const save_stream *ss, uint64_t off, const void **ptr, size_t *len) {
   if (off < ss->header_size) {
     *ptr = ss->header + off;
     *len = ss->header_size - (size_t)off;
@@ -359,12 +369,27 @@ static int stream_view(void *c, uint64_t off, const void **ptr, size_t *len) {
   return KAUN_OK;
 }
 
+/* A view fails when the save must stop: the writer then calls
+ * stream_read, which says why. */
+static int stream_view(void *c, uint64_t off, const void **ptr, size_t *len) {
+  const save_stream *ss = c;
+  if (stream_stopped(ss)) return KAUN_ECANCELED;
+  int rc = segment_view(ss, off, ptr, len);
+  if (rc || !ss->io) return rc;
+  if (*len > SAVE_REPORT) *len = SAVE_REPORT;
+  kaun_io_add(ss->io, ss->uri, ss->size, *len); /* a cancel is seen by the next call */
+  return KAUN_OK;
+}
+
 static int stream_read(void *c, uint64_t off, void *dst, size_t len, kaun_error *err) {
+  const save_stream *ss = c;
+  if (stream_stopped(ss)) return kaun__error_set(err, KAUN_ECANCELED, "%s: canceled", ss->uri);
   char *d = dst;
+  size_t total = len;
   while (len) {
     const void *p;
     size_t n;
-    if (stream_view(c, off, &p, &n) != KAUN_OK)
+    if (segment_view(ss, off, &p, &n) != KAUN_OK)
       return kaun__error_set(err, KAUN_EINVAL, "read past the end of a save stream");
     if (n > len) n = len;
     memcpy(d, p, n);
@@ -372,7 +397,47 @@ static int stream_read(void *c, uint64_t off, void *dst, size_t len, kaun_error 
     off += n;
     len -= n;
   }
+  if (kaun_io_add(ss->io, ss->uri, ss->size, total) != KAUN_OK)
+    return kaun__error_set(err, KAUN_ECANCELED, "%s: canceled", ss->uri);
   return KAUN_OK;
+}
+
+int kaun__safetensors_put(kaun_context *ctx, const char *uri, const kaun_flat *flat, kaun_io *io,
+                          const atomic_int *stop, kaun_error *err) {
+  for (size_t i = 0; i < kaun_flat_count(flat); i++)
+    if (!kaun_flat_tensor(flat, i))
+      return kaun__error_set(err, KAUN_EINVAL,
+                             "cannot save '%s': tensor '%s' was taken out of the list", uri,
+                             kaun_flat_name(flat, i));
+  save_stream ss = {flat, NULL, 0, NULL, NULL, kaun_flat_count(flat), 0, io, uri, stop};
+  char *header = NULL;
+  size_t *order = NULL;
+  uint64_t data_size;
+  int rc =
+      kaun_safetensors_serialize_header(flat, &header, &ss.header_size, &data_size, &order, err);
+  if (rc) goto done;
+  ss.header = header;
+  ss.order = order;
+  kaun_io_expect(io, ss.header_size); /* the data's bytes are expected by the caller */
+  ss.starts = malloc((ss.count ? ss.count : 1) * sizeof *ss.starts);
+  if (!ss.starts) {
+    rc = kaun__error_nomem(err, "saving");
+    goto done;
+  }
+  uint64_t off = ss.header_size;
+  for (size_t i = 0; i < ss.count; i++) {
+    ss.starts[i] = off;
+    off += kaun_tensor_nbytes(kaun_flat_tensor(flat, order[i]));
+  }
+  ss.size = off;
+  kaun_put_source src = {ss.size, stream_read, stream_view, &ss};
+  rc = kaun_storage_put(ctx, uri, &src, err);
+  if (!rc && io) kaun_io_add(io, uri, ss.size, 0); /* the end of this object */
+done:
+  free(ss.starts);
+  free(header);
+  free(order);
+  return rc;
 }
 
 int kaun_safetensors_save(kaun_context *ctx, const char *uri, const kaun_flat *flat,
@@ -385,47 +450,24 @@ int kaun_safetensors_save(kaun_context *ctx, const char *uri, const kaun_flat *f
   kaun_context *own, *use;
   int rc = context_or_default(ctx, &own, &use, err);
   if (rc) return rc;
-  save_stream ss = {flat, NULL, 0, NULL, NULL, kaun_flat_count(flat), 0};
-  char *header = NULL, *target = NULL;
-  size_t *order = NULL;
-  uint64_t data_size;
-  rc = kaun_safetensors_serialize_header(flat, &header, &ss.header_size, &data_size, &order, err);
-  if (rc) goto done;
-  ss.header = header;
-  ss.order = order;
-  ss.starts = malloc((ss.count ? ss.count : 1) * sizeof *ss.starts);
-  if (!ss.starts) {
-    rc = kaun__error_nomem(err, "saving");
-    goto done;
-  }
-  uint64_t off = ss.header_size;
-  for (size_t i = 0; i < ss.count; i++) {
-    ss.starts[i] = off;
-    off += kaun_tensor_nbytes(kaun_flat_tensor(flat, order[i]));
-  }
-  ss.size = off;
+  char *target = NULL;
   /* a folder means the model there */
   kaun_object *probe;
   kaun_error ignored = KAUN_ERROR_INIT;
   int probe_rc = kaun_object_open(use, uri, &probe, &ignored);
   if (probe_rc == KAUN_OK) kaun_object_close(probe);
-  if (probe_rc == KAUN_EISDIR && !(target = kaun__child_uri(uri, SINGLE_NAME))) {
+  if (probe_rc == KAUN_EISDIR && !(target = kaun__child_uri(uri, SINGLE_NAME)))
     rc = kaun__error_nomem(err, "saving");
-    goto done;
-  }
-  kaun_put_source src = {ss.size, stream_read, stream_view, &ss};
-  rc = kaun_storage_put(use, target ? target : uri, &src, err);
-done:
+  if (!rc) rc = kaun__safetensors_put(use, target ? target : uri, flat, NULL, NULL, err);
   free(target);
-  free(ss.starts);
-  free(header);
-  free(order);
   kaun_context_free(own);
   return rc;
 }
 
-int kaun_checkpoint_save(kaun_context *ctx, const char *uri, const kaun_ptree *tree,
-                         const kaun_flat *metadata, kaun_error *err) {
+/* A tree's leaves as a flat list with `metadata`, saved as one file
+ * (`opts` NULL: kaun_checkpoint_save) or following `opts`. */
+static int save_tree(kaun_context *ctx, const char *uri, const kaun_ptree *tree,
+                     const kaun_flat *metadata, const kaun_save_options *opts, kaun_error *err) {
   if (kaun_ptree_kind_of(tree) == KAUN_PTREE_TENSOR)
     return kaun__error_set(err, KAUN_EINVAL,
                            "cannot save '%s': the tree's root is a tensor, which has no name", uri);
@@ -443,10 +485,25 @@ int kaun_checkpoint_save(kaun_context *ctx, const char *uri, const kaun_ptree *t
                                   kaun_flat_metadata_value(metadata, i), err);
     if (rc) goto done;
   }
-  rc = kaun_safetensors_save(ctx, uri, tc.leaves, err);
+  rc = opts ? kaun__save_flat(ctx, uri, tc.leaves, opts, err)
+            : kaun_safetensors_save(ctx, uri, tc.leaves, err);
 done:
   kaun_flat_free(tc.leaves);
   return rc;
+}
+
+int kaun_checkpoint_save(kaun_context *ctx, const char *uri, const kaun_ptree *tree,
+                         const kaun_flat *metadata, kaun_error *err) {
+  return save_tree(ctx, uri, tree, metadata, NULL, err);
+}
+
+int kaun_checkpoint_save_ex(kaun_context *ctx, const char *uri, const kaun_ptree *tree,
+                            const kaun_save_options *opts, kaun_error *err) {
+  kaun_save_options o;
+  kaun__save_options_get(opts, &o);
+  const kaun_flat *metadata = o.metadata;
+  o.metadata = NULL; /* it goes into the leaves' list */
+  return save_tree(ctx, uri, tree, metadata, &o, err);
 }
 
 static int object_read(void *obj, uint64_t offset, void *dst, size_t len, kaun_error *err) {

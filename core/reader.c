@@ -4,6 +4,7 @@
  * checkpoint.c are built on it. */
 #include "index.h"
 #include "json.h"
+#include "shards.h"
 #include "storage_internal.h"
 
 #include <openssl/evp.h>
@@ -49,6 +50,11 @@ struct kaun_reader {
   size_t count;
   kaun__index index;
   kaun__json_doc *doc;
+  /* a sharded checkpoint's index: its URI and the bytes read and validated
+   * (whole-model copies write these, see kaun__reader_index) */
+  char *index_uri;
+  char *index_text;
+  size_t index_len;
 };
 
 /* ---- opening -------------------------------------------------------------- */
@@ -424,6 +430,13 @@ static int open_index(kaun_reader *r, const char *index_uri, kaun_object *obj, k
   kaun__index_free(&wm_index);
   free(wm_names);
   free(wm_lens);
+  if (!rc && !(r->index_uri = strdup(index_uri)))
+    rc = kaun__error_nomem(err, "reading a sharded index");
+  if (!rc) { /* kept for whole-model copies: the version validated */
+    r->index_text = text;
+    r->index_len = len;
+    text = NULL;
+  }
 done:
   for (size_t k = 0; refs && k < distinct; k++) free(refs[k].uri);
   free(refs);
@@ -518,6 +531,8 @@ void kaun_reader_close(kaun_reader *r) {
   free(r->name_lens);
   kaun__index_free(&r->index);
   kaun__json_free(r->doc);
+  free(r->index_uri);
+  free(r->index_text);
   kaun_context_free(r->own_ctx);
   free(r->uri);
   free(r);
@@ -1258,6 +1273,22 @@ int kaun__reader_copy_metadata(const kaun_reader *r, kaun_flat *flat, kaun_error
                                   kaun_reader_metadata_value(r, (size_t)i),
                                   kaun_reader_metadata_value_length(r, (size_t)i), err);
   return rc;
+}
+
+/* For whole-model copies (copy.c): the index and the shards as opened. */
+const char *kaun__reader_index(const kaun_reader *r, const char **text, size_t *len) {
+  if (text) *text = r->index_text;
+  if (len) *len = r->index_len;
+  return r->index_uri;
+}
+
+size_t kaun__reader_shard_count(const kaun_reader *r) { return r->nshards; }
+kaun_context *kaun__reader_context(const kaun_reader *r) { return r->ctx; }
+
+kaun_object *kaun__reader_shard(const kaun_reader *r, size_t i, const char **uri) {
+  if (i >= r->nshards) return NULL;
+  if (uri) *uri = r->shards[i].uri;
+  return r->shards[i].obj;
 }
 
 int kaun_reader_copy(kaun_reader *r, const char *dst_uri, kaun_io *io, kaun_error *err) {

@@ -116,6 +116,13 @@ mkdir -p "$TEST_TMP/hub/repos/org/broken/$commit"
 cp "$FIX"/fluxml_sharded/* "$TEST_TMP/hub/repos/org/broken/$commit/"
 rm -f "$TEST_TMP/hub/repos/org/broken/$commit/model-00004-of-00006.safetensors"
 cp "$repo/repo.json" "$TEST_TMP/hub/repos/org/broken/repo.json"
+# shards kaun wrote, served by the Hub: the hf backend reads their index too
+mkdir -p "$TEST_TMP/hub/repos/org/resaved"
+run $KAUN cp --max-shard-size 100 "$TEST_TMP/params.safetensors" "$TEST_TMP/hub/repos/org/resaved/$commit"
+expect_status 0 "cp --max-shard-size into a Hub repo's folder"
+cp "$repo/repo.json" "$TEST_TMP/hub/repos/org/resaved/repo.json"
+run $K load hf://org/resaved; expect_status 0 "load of kaun's shards from the Hub"
+expect_out_contains "tensors     5" "kaun's shards through the Hub: every tensor"
 modules="$KAUN_SRCDIR/tests/s3/node_modules"
 s3port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$TEST_TMP/s3"

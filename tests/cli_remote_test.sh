@@ -109,4 +109,42 @@ grep -q "B/s" "$TEST_TMP/tty.out" && bad "-q still drew a progress bar" || ok
 run $K verify --data web://params.safetensors
 case "$err" in *"B/s"*) bad "a progress bar without a terminal" ;; *) ok ;; esac
 
+# --- a sharded model over HTTP: copied shard by shard; a shard replaced mid-copy ---
+python3 - "$TEST_TMP/big3.safetensors" <<'PY'
+import json, struct, sys
+n, h, off = 200000, {}, 0
+for k in "abc":
+    h[k] = {"dtype": "U8", "shape": [n], "data_offsets": [off, off + n]}
+    off += n
+hb = json.dumps(h, separators=(",", ":")).encode()
+hb += b" " * (-len(hb) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(hb)) + hb + bytes(range(256)) * (off // 256) + bytes(off % 256))
+PY
+run $KAUN cp --max-shard-size 200000 "$TEST_TMP/big3.safetensors" "$TEST_TMP/www/sh"; expect_status 0 "cp --max-shard-size"
+ls "$TEST_TMP/www/sh" >"$TEST_TMP/sh.list"
+[ "$(wc -l <"$TEST_TMP/sh.list")" -eq 4 ] && ok || bad "three shards and an index: $(cat "$TEST_TMP/sh.list")"
+post() { # PATH [JSON]: a control request to the test server
+  python3 -c 'import sys, urllib.request; urllib.request.urlopen(urllib.request.Request(sys.argv[1], method="POST", data=sys.argv[2].encode())).read()' "$URL$1" "${2:-}"
+}
+post /__reset
+run $K cp web://sh/model.safetensors.index.json "$TEST_TMP/hc"; expect_status 0 "cp of a sharded model over http"
+for f in "$TEST_TMP"/www/sh/*; do expect_same_file "$f" "$TEST_TMP/hc/${f##*/}" "a sharded model copied over http"; done
+# shard 2 replaced on the server between the reader's look at it and its copy:
+# every GET of it waits 1.5 s, the file is replaced 2.2 s in
+S2="$TEST_TMP/www/sh/model-00002-of-00003.safetensors"
+cp "$S2" "$TEST_TMP/s2.keep"
+post /__faults '{"path": "/sh/model-00002-of-00003.safetensors", "method": "GET", "delay": 1.5, "count": -1}'
+$K cp web://sh/model.safetensors.index.json "$TEST_TMP/hc2" >"$TEST_TMP/hc2.out" 2>"$TEST_TMP/hc2.err" &
+cpid=$!
+sleep 2.2
+cp "$TEST_TMP/big3.safetensors" "$S2.new" && mv "$S2.new" "$S2"
+wait $cpid
+status=$?
+err=$(cat "$TEST_TMP/hc2.err")
+expect_status 3 "a shard replaced mid-copy"
+expect_err_contains "web://sh/model-00002-of-00003.safetensors changed" "the replaced shard is named"
+[ -z "$(ls -A "$TEST_TMP/hc2" 2>/dev/null)" ] && ok || bad "a failed copy left: $(ls -A "$TEST_TMP/hc2")"
+post /__reset
+mv "$TEST_TMP/s2.keep" "$S2"
+
 finish

@@ -348,4 +348,86 @@ run "$KAUN" cp "$K/src.safetensors" "$K/dst/other.safetensors"; expect_status 0 
 if ls -A "$K/dst" | grep -q kaun-tmp; then bad "the next save left dead writers' temporaries: $(ls -A "$K/dst")"; else ok; fi
 rm -rf "$K"
 
+# --- kaun cp --max-shard-size: shards and an index as save_pretrained writes them ---
+S="$TEST_TMP/shard"
+mkdir -p "$S"
+run "$KAUN" cp --help; expect_out_contains "--max-shard-size SIZE" "cp --help shows --max-shard-size"
+for v in 0 -5 5XB 1.5GB "" GB 5TB 99999999999999999999; do
+  run "$KAUN" cp --max-shard-size "$v" "$P" "$S/bad"
+  expect_status 2 "--max-shard-size '$v'"
+  expect_err_contains "(got '$v')" "--max-shard-size '$v' names the value"
+done
+[ ! -e "$S/bad" ] && ok || bad "a usage error made the folder"
+run "$KAUN" cp --max-shard-size 100 "$P" "$S/p100"; expect_status 0 "cp --max-shard-size 100"
+[ "$(ls "$S/p100" | tr '\n' ' ')" = "model-00001-of-00003.safetensors model-00002-of-00003.safetensors model-00003-of-00003.safetensors model.safetensors.index.json " ] &&
+  ok || bad "cp --max-shard-size 100 wrote: $(ls "$S/p100")"
+# the index is what json.dumps(index, indent=2, sort_keys=True) + "\n" writes
+python3 -c 'import json, sys; sys.stdout.write(json.dumps(json.load(open(sys.argv[1])), indent=2, sort_keys=True) + "\n")' \
+  "$S/p100/model.safetensors.index.json" >"$S/py.json"
+expect_same_file "$S/py.json" "$S/p100/model.safetensors.index.json" "the index as Python writes it"
+grep -q '"total_size": 288' "$S/p100/model.safetensors.index.json" && ok || bad "the index's total_size"
+grep -q '"embed": "model-00001-of-00003.safetensors"' "$S/p100/model.safetensors.index.json" && ok ||
+  bad "a tensor larger than the limit has a shard of its own"
+run "$KAUN" ls "$P"; whole=$out
+run "$KAUN" ls "$S/p100"; expect_status 0 "ls of the shards"
+[ "$out" = "$whole" ] && ok || bad "the shards hold the model's tensors: $out"
+run "$KAUN" cp "$S/p100" "$S/one.safetensors"; expect_status 0 "cp of the shards into one file"
+expect_same_file "$P" "$S/one.safetensors" "shards saved back as one file are the original bytes"
+# sizes: KB and MB are powers of 10, KiB and MiB of 2, a final lowercase b means bits
+st_file "$S/k.safetensors" '{"a":{"dtype":"U8","shape":[1000],"data_offsets":[0,1000]},"b":{"dtype":"U8","shape":[24],"data_offsets":[1000,1024]}}' ''
+truncate -s +1024 "$S/k.safetensors"
+for case in 1KiB:1 1kib:1 1024:1 1KB:2 1kB:2 8kb:2 1023:2 1MB:1; do
+  size=${case%:*} files=${case#*:}
+  run "$KAUN" cp --max-shard-size "$size" "$S/k.safetensors" "$S/k-$size"
+  expect_status 0 "cp --max-shard-size $size"
+  if [ "$files" = 1 ]; then
+    [ "$(ls "$S/k-$size")" = model.safetensors ] && ok || bad "$size: 1024 bytes fit: $(ls "$S/k-$size")"
+  else
+    [ -e "$S/k-$size/model-00002-of-00002.safetensors" ] && ok || bad "$size: 1024 bytes do not fit: $(ls "$S/k-$size")"
+  fi
+done
+# with --dtype: the sizes are those of the cast tensors
+run "$KAUN" cp --dtype F16 --max-shard-size 100 "$P" "$S/f16"; expect_status 0 "cp --dtype F16 --max-shard-size"
+grep -q '"total_size": 144' "$S/f16/model.safetensors.index.json" && ok || bad "F16 shards' total_size"
+[ -e "$S/f16/model-00002-of-00002.safetensors" ] && ok || bad "F16 halves the shards: $(ls "$S/f16")"
+run "$KAUN" ls "$S/f16"; expect_out_contains "$(printf 'embed\tF16\t[8,4]\t64')" "the shards are cast"
+# DST must be a folder; a missing parent is named
+run "$KAUN" cp --max-shard-size 100 "$P" "$S/x.safetensors"; expect_status 1 "--max-shard-size into a file name"
+expect_err_contains "x.safetensors" "--max-shard-size into a file name names it"
+run "$KAUN" cp --max-shard-size 100 "$P" "$S/none/sub"; expect_status 1 "--max-shard-size under a missing folder"
+expect_err_contains "none/sub" "a folder that cannot be made is named"
+
+# --- a sharded model: every shard and the index, byte for byte, into a folder ---
+run "$KAUN" cp "$FIX/fluxml_sharded" "$S/flux"; expect_status 0 "cp of a sharded model"
+for f in "$FIX"/fluxml_sharded/*; do expect_same_file "$f" "$S/flux/${f##*/}" "cp of a sharded model"; done
+[ "$(ls "$S/flux" | wc -l)" -eq 7 ] && ok || bad "cp of a sharded model wrote more: $(ls "$S/flux")"
+run "$KAUN" cp "$FIX/fluxml_sharded/model.safetensors.index.json" "$S/flux-idx/"; expect_status 0 "cp of an index"
+expect_same_file "$FIX/fluxml_sharded/model.safetensors.index.json" "$S/flux-idx/model.safetensors.index.json" "cp of an index"
+# --dtype alone on a sharded model: one cast file (the shards are not kept byte for byte)
+run "$KAUN" cp --dtype F16 "$FIX/fluxml_sharded" "$S/flux16"; expect_status 0 "cp --dtype of a sharded model"
+[ "$(ls "$S/flux16")" = model.safetensors ] && ok || bad "cp --dtype of a sharded model wrote: $(ls "$S/flux16")"
+run "$KAUN" ls "$S/flux16"; expect_out_contains "$(printf 'float32_3\tF16\t[3]\t6')" "cp --dtype casts a sharded model"
+# --all: the other files of the folder too (a mirror's config.json, tokenizer...)
+mkdir -p "$S/withcfg"
+cp "$FIX"/fluxml_sharded/* "$S/withcfg/"
+printf '{"hidden_size": 4}\n' >"$S/withcfg/config.json"
+printf 'tokens\n' >"$S/withcfg/tokenizer.json"
+run "$KAUN" cp --all "$S/withcfg" "$S/withcfg-copy"; expect_status 0 "cp --all of a folder"
+for f in "$S"/withcfg/*; do expect_same_file "$f" "$S/withcfg-copy/${f##*/}" "cp --all"; done
+[ "$(ls "$S/withcfg-copy" | wc -l)" -eq 9 ] && ok || bad "cp --all wrote: $(ls "$S/withcfg-copy")"
+run "$KAUN" cp --all "$P" "$S/all-of-a-file"; expect_status 1 "cp --all of a file"
+expect_err_contains "params.safetensors" "cp --all of a file names it"
+# a shard that cannot be stored: no index, the copied shards removed, the shard named
+mkdir -p "$S/flux-bad/model-00003-of-00006.safetensors"
+run "$KAUN" cp "$FIX/fluxml_sharded" "$S/flux-bad"; expect_status 3 "cp of a sharded model that fails half-way"
+expect_err_contains "model-00003-of-00006.safetensors" "the shard that failed is named"
+[ "$(ls "$S/flux-bad")" = model-00003-of-00006.safetensors ] && ok || bad "a failed copy left: $(ls "$S/flux-bad")"
+# a shard missing at the source: nothing is written
+mkdir -p "$S/src"
+cp "$S/p100"/* "$S/src/"
+rm "$S/src/model-00002-of-00003.safetensors"
+run "$KAUN" cp "$S/src" "$S/src-copy"; expect_status 1 "cp of a model with a missing shard"
+expect_err_contains "model-00002-of-00003.safetensors" "the missing shard is named"
+[ ! -e "$S/src-copy" ] && ok || bad "a copy of a model with a missing shard made $S/src-copy"
+
 finish

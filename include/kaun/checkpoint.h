@@ -36,6 +36,42 @@ enum {
 KAUN_API int kaun_checkpoint_save(kaun_context *ctx, const char *uri, const kaun_ptree *tree,
                                   const kaun_flat *metadata, kaun_error *err);
 
+/* Options of one save.  Zero-initialise, set struct_size, then what you
+ * need; fields may be added at the end. */
+typedef struct kaun_save_options {
+  size_t struct_size;        /* sizeof(kaun_save_options) */
+  const kaun_flat *metadata; /* string metadata (only its metadata is used); NULL: none (the
+                                flat variant: the list's own) */
+  uint64_t max_shard_size;   /* bytes of tensor data per file; 0: one file */
+  kaun_io *io;               /* progress and cancellation of this call; NULL: the context's
+                                progress callback, if any */
+  unsigned threads;          /* shards written at once; 0: 4 (at most 16) */
+} kaun_save_options;
+
+/* As kaun_checkpoint_save, with options (`opts` may be NULL).  With
+ * opts->max_shard_size, `uri` names a folder (KAUN_EINVAL when it ends in
+ * .safetensors or .json) and a model whose tensors hold more bytes than
+ * that is saved as HuggingFace's save_pretrained does:
+ * model-00001-of-0000N.safetensors ... and model.safetensors.index.json
+ * ({"metadata": {"total_size": BYTES}, "weight_map": {NAME: FILE}}, keys
+ * sorted, indented by 2).  Tensors go to the shards in tree order; a new
+ * shard starts when the next tensor would take the current one over the
+ * limit, so a tensor larger than it has a shard of its own.  Each shard
+ * holds the metadata.  Shards are written in parallel (opts->threads),
+ * each atomically, and the index last, once every shard is stored; then a
+ * model.safetensors left in the folder by an earlier save is removed (it
+ * would be read instead).  A model that fits is written as
+ * model.safetensors in the folder (and an earlier index there removed).
+ * On a failure or a cancel no index is written and the shards this call
+ * wrote are removed (where the backend can remove); the message names the
+ * shard at fault.  Errors: as kaun_checkpoint_save, KAUN_ECANCELED. */
+KAUN_API int kaun_checkpoint_save_ex(kaun_context *ctx, const char *uri, const kaun_ptree *tree,
+                                     const kaun_save_options *opts, kaun_error *err);
+/* The same for a flat list of tensors (kaun_safetensors_save's input),
+ * with its own metadata unless opts->metadata is set. */
+KAUN_API int kaun_checkpoint_save_flat_ex(kaun_context *ctx, const char *uri, const kaun_flat *flat,
+                                          const kaun_save_options *opts, kaun_error *err);
+
 /* Loads the tensors of `like` from `path`.  `like` is a template: it gives
  * the structure, shapes and dtypes.  Every leaf path must be in the file
  * with the same shape; tensors are cast to the template's dtype; extra

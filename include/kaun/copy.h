@@ -16,6 +16,7 @@
 #include <kaun/common.h>
 #include <kaun/error.h>
 #include <kaun/io.h>
+#include <kaun/reader.h>
 #include <kaun/storage.h>
 
 KAUN_BEGIN_DECLS
@@ -39,6 +40,40 @@ KAUN_API int kaun_storage_copy(kaun_context *ctx, const char *src_uri, const cha
  * the destination is resolved through (NULL: the default config's). */
 KAUN_API int kaun_object_copy(kaun_context *ctx, kaun_object *src, const char *dst_uri, kaun_io *io,
                               kaun_error *err);
+
+/* Options of a whole-model copy.  Zero-initialise, set struct_size, then
+ * what you need; fields may be added at the end. */
+typedef struct kaun_copy_options {
+  size_t struct_size;      /* sizeof(kaun_copy_options) */
+  kaun_io *io;             /* progress and cancellation; NULL: the context's callback */
+  uint64_t max_shard_size; /* re-save in shards of at most this many bytes of tensor data
+                              (see kaun_checkpoint_save_ex); 0: keep the source's files */
+  int cast;                /* nonzero: cast floating-point tensors to `dtype` */
+  kaun_dtype dtype;        /* F64, F32, F16, BF16, F8_E4M3 or F8_E5M2 */
+  unsigned threads;        /* files copied at once; 0: 4 (at most 16) */
+} kaun_copy_options;
+
+/* Copies the checkpoint `r` opened (a file, or an index and its shards,
+ * on any backend) to `dst_uri`:
+ * - with opts->max_shard_size: re-saved into the folder `dst_uri` as
+ *   kaun_checkpoint_save_ex does, reading one shard's tensors at a time
+ *   (memory: about one shard, whatever the model's size);
+ * - else a sharded checkpoint, without a cast, whose `dst_uri` does not
+ *   end in .safetensors: its shards and then its index, byte for byte, into the
+ *   folder `dst_uri` (shards in parallel, through the objects the reader
+ *   validated: a source replaced since fails with KAUN_ECHANGED; the
+ *   index is the bytes the reader read, written last); on a failure no
+ *   index is written and the shards copied are removed; an index naming
+ *   its shards by URI is refused (KAUN_EINVAL: give a max_shard_size);
+ * - else one file at `dst_uri` (model.safetensors inside it when it is a
+ *   folder): byte for byte when no cast is asked and kaun's writer would
+ *   write the same bytes, else loaded and saved.
+ * Errors: the reader's, the backends', KAUN_ECANCELED. */
+KAUN_API int kaun_reader_copy_model(kaun_reader *r, const char *dst_uri,
+                                    const kaun_copy_options *opts, kaun_error *err);
+
+/* 1 when `r` opened a sharded checkpoint (an index), else 0. */
+KAUN_API int kaun_reader_is_sharded(const kaun_reader *r);
 
 KAUN_END_DECLS
 
