@@ -548,8 +548,8 @@ static int list_source(kaun_context *ctx, const char *src, char **base, name_lis
   char **files = NULL, commit[41] = "";
   size_t n = 0;
   kaun_hf_options ho = KAUN_HF_OPTIONS_INIT;
-  ho.ctx = ctx;
-  ho.revision = rev;
+  if (!rc) rc = kaun_hf_options_from_context(ctx, "hf", &ho, err);
+  if (!rc && rev) ho.revision = rev;
   if (!rc) rc = kaun_hf_list_files(repo, &ho, &files, &n, commit, err);
   for (size_t i = 0; i < n && !rc; i++)
     if (add_name(files[i], 0, l)) rc = kaun_error_set(err, KAUN_ENOMEM, "out of memory");
@@ -903,11 +903,12 @@ static int cmd_get(int argc, char **argv) {
   if (strncmp(argv[0], "hf://", 5) == 0) {
     char *repo = NULL, *rev = NULL, *file = NULL;
     rc = kaun_hf_parse_path(argv[0] + 5, &repo, &rev, &file, &err);
-    kaun_hf_options ho = KAUN_HF_OPTIONS_INIT;
-    ho.ctx = ctx;
-    ho.revision = o.revision ? o.revision : rev;
-    ho.token = o.token;
-    ho.offline = o.offline;
+    kaun_hf_options ho =
+        KAUN_HF_OPTIONS_INIT; /* the config's hf backend: its endpoint, token, cache... */
+    if (!rc) rc = kaun_hf_options_from_context(ctx, "hf", &ho, &err);
+    if (o.revision || rev) ho.revision = o.revision ? o.revision : rev;
+    if (o.token) ho.token = o.token;
+    if (o.offline) ho.offline = 1;
     kaun_io *io = NULL;
     if (!rc) rc = kaun_context_new_io(ctx, &io, &err);
     ho.io = io;
@@ -1007,10 +1008,10 @@ static int cmd_cache(int argc, char **argv) {
   int status;
   kaun_context *ctx = open_context(&status);
   if (!ctx) return status;
-  kaun_hf_options ho = KAUN_HF_OPTIONS_INIT;
-  ho.ctx = ctx;
+  kaun_hf_options ho = KAUN_HF_OPTIONS_INIT; /* the cache the config's hf backend uses */
   char dir[4096];
-  int rc = kaun_hf_cache_dir(&ho, dir, sizeof dir, &err);
+  int rc = kaun_hf_options_from_context(ctx, "hf", &ho, &err);
+  if (!rc) rc = kaun_hf_cache_dir(&ho, dir, sizeof dir, &err);
   if (!rc && strcmp(argv[0], "rm") == 0) {
     rc = kaun_hf_clear_cache(n == 2 ? argv[1] : NULL, &ho, &err);
     if (!rc) printf("removed %s from %s\n", n == 2 ? argv[1] : "everything", dir);

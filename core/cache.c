@@ -563,6 +563,11 @@ int kaun_cache_writer_write(kaun_cache_writer *w, const void *data, size_t len, 
     return kaun__error_set(err, KAUN_EINVAL, "kaun_cache_writer_write: no writer or data");
   int rc = check_range(w, w->pos, len, err);
   if (rc) return rc;
+  if (!atomic_load(&w->sequential)) { /* after parallel writes: the follower does not see these */
+    pthread_mutex_lock(&w->mu);
+    w->read_failed = true;
+    pthread_mutex_unlock(&w->mu);
+  }
   /* small writes (an HTTP body arrives in 16 KiB pieces) are gathered into
    * 1 MiB ones: a syscall per piece cost a third of a download's time */
   if (!w->buf && len < WRITE_GATHER) w->buf = malloc(WRITE_GATHER);
@@ -626,10 +631,15 @@ static bool add_span(kaun_cache_writer *w, uint64_t a, uint64_t b) {
   return true;
 }
 
-/* Whether [a, b) overlaps a written range.  Under w->mu. */
+/* Whether [a, b) overlaps a written range or one waiting in a gather
+ * slot.  Under w->mu. */
 static bool overlaps(const kaun_cache_writer *w, uint64_t a, uint64_t b) {
   for (size_t i = 0; i < w->nspans; i++)
     if (w->spans[2 * i] < b && a < w->spans[2 * i + 1]) return true;
+  for (int i = 0; i < GATHER_SLOTS; i++) {
+    const struct gather *g = &w->slots[i];
+    if (g->len && g->at < b && a < g->at + g->len) return true;
+  }
   return false;
 }
 
@@ -688,6 +698,8 @@ static int put_span(kaun_cache_writer *w, uint64_t offset, const void *data, siz
                     kaun_error *err) {
   int rc = put_bytes(w, offset, data, len, err);
   if (rc || !len || !w->follower_on) return rc;
+  /* bytes written twice may differ from those the follower hashed */
+  if (overlaps(w, offset, offset + len)) w->read_failed = true;
   uint64_t before = prefix_end(w);
   if (!add_span(w, offset, offset + len)) {
     w->read_failed = true; /* the commit reads the file back */
@@ -778,6 +790,9 @@ int kaun_cache_writer_fd(kaun_cache_writer *w) {
   atomic_store(&w->sequential, false);
   int rc = flush_gathered(w, NULL);
   if (!rc) rc = flush_slots(w, NULL);
+  /* what the caller writes is not seen: the commit reads the file back */
+  w->read_failed = true;
+  w->follower_off = true;
   pthread_mutex_unlock(&w->mu);
   return rc ? -1 : w->fd;
 }

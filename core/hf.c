@@ -14,12 +14,14 @@
 #include <kaun/hf.h>
 
 #include <ctype.h>
+#include <dirent.h>
 #include <json-c/json.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -262,14 +264,39 @@ static void random_suffix(char *out, size_t size) {
   snprintf(out, size, "%ld.%lx%x", (long)getpid(), (unsigned long)ts.tv_nsec, counter++);
 }
 
+/* Removes "BASE.PID.X.tmp" in `dir` left by a writer `PID` that died
+ * between writing a temporary and renaming it (kill -9). */
+static void remove_dead_temps(const char *dir, const char *base) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  size_t bl = strlen(base);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    const char *n = e->d_name;
+    size_t nl = strlen(n);
+    if (nl <= bl + 5 || strncmp(n, base, bl) != 0 || n[bl] != '.' ||
+        strcmp(n + nl - 4, ".tmp") != 0)
+      continue;
+    char *end;
+    long pid = strtol(n + bl + 1, &end, 10);
+    if (end == n + bl + 1 || *end != '.' || pid <= 0) continue;
+    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive: its own business */
+    char full[HF_PATH_MAX * 2 + 300];
+    if ((size_t)snprintf(full, sizeof full, "%s/%s", dir, n) < sizeof full) unlink(full);
+  }
+  closedir(d);
+}
+
 /* Writes refs/REV = commit atomically (temporary + rename), no newline. */
 static int write_ref(const call *c, const char *rev, const char *commit, kaun_error *err) {
-  char have[41];
-  if (read_ref(c, rev, have) && strcmp(have, commit) == 0) return KAUN_OK;
-  char path[HF_PATH_MAX * 2], tmp[HF_PATH_MAX * 2 + 128], rnd[64];
+  char path[HF_PATH_MAX * 2], tmp[HF_PATH_MAX * 2 + 128], rnd[64], have[41];
   int rc = path_fmt(path, sizeof path, err, "%s/refs/%s", c->repo_dir, rev);
   if (rc) return rc;
   char *slash = strrchr(path, '/');
+  *slash = 0;
+  remove_dead_temps(path, slash + 1); /* a writer killed before its rename */
+  *slash = '/';
+  if (read_ref(c, rev, have) && strcmp(have, commit) == 0) return KAUN_OK;
   *slash = 0;
   rc = kaun_cache_mkdirs(path, err);
   *slash = '/';
@@ -336,12 +363,24 @@ static int link_snapshot(const call *c, const char *commit, const char *etag, ka
   rc = kaun_cache_mkdirs(path, err);
   *slash = '/';
   if (rc) return rc;
-  random_suffix(rnd, sizeof rnd);
-  snprintf(tmp, sizeof tmp, "%s.%s.tmp", path, rnd);
-  if (symlink(target, tmp) != 0 || rename(tmp, path) != 0) {
-    int e = errno;
-    unlink(tmp);
-    return kaun_error_set(err, KAUN_EIO, "hf: cannot link %s to %s: %s", path, target, strerror(e));
+  /* made whole in one call, so a kill leaves nothing half-done; only a
+   * link that points elsewhere is replaced, through a temporary */
+  if (symlink(target, path) == 0) {
+    memcpy(out->path, path, sizeof path);
+    return KAUN_OK;
+  }
+  char have[HF_PATH_MAX];
+  ssize_t n = errno == EEXIST ? readlink(path, have, sizeof have - 1) : -1;
+  if (n >= 0) have[n] = '\0';
+  if (n < 0 || strcmp(have, target) != 0) {
+    random_suffix(rnd, sizeof rnd);
+    snprintf(tmp, sizeof tmp, "%s.%s.tmp", path, rnd);
+    if (symlink(target, tmp) != 0 || rename(tmp, path) != 0) {
+      int e = errno;
+      unlink(tmp);
+      return kaun_error_set(err, KAUN_EIO, "hf: cannot link %s to %s: %s", path, target,
+                            strerror(e));
+    }
   }
   memcpy(out->path, path, sizeof path);
   return KAUN_OK;
@@ -572,10 +611,13 @@ static void file_request(const fill_job *j, kaun_http_request *req, const char *
  * written at its place while the cache writer hashes the file's written
  * start (one connection is held back by the sender's pace, not the link:
  * 4 shards in parallel ran 3.6x faster than one file here).  The first
- * part goes alone: a server that answers it with a 200 ignores Range, and
- * then the rest comes as one request. */
+ * part goes alone: it says whether ranges work, the size and the version
+ * (ETag) the others are pinned to with If-Match.  A part not answered with
+ * exactly its range (a 200, a 206 around it) stops at once, and the file
+ * then comes as one request. */
 #define HF_PART ((uint64_t)8 << 20)
 #define HF_CONNECTIONS 4
+#define HF_MAX_PARTS 10000
 
 static uint64_t part_size(const call *c) {
   return c->o && c->o->part_size ? c->o->part_size : HF_PART;
@@ -585,18 +627,30 @@ static unsigned connections(const call *c) {
   return c->o && c->o->connections ? c->o->connections : HF_CONNECTIONS;
 }
 
+/* The whole file in one request, written from offset 0: for a server that
+ * does not answer ranges as asked.  Parts written before are written again
+ * (the commit then hashes the file by reading it back). */
+static int fill_one_stream(kaun_cache_writer *w, const fill_job *j, const char *uri,
+                           kaun_error *err) {
+  kaun_cache_part whole = {w, 0};
+  kaun_http_request req = KAUN_HTTP_REQUEST_INIT;
+  file_request(j, &req, uri);
+  req.body_to = KAUN_HTTP_BODY_CALLBACK;
+  req.write_fn = kaun_cache_writer_part_sink;
+  req.write_user = &whole;
+  return kaun_http_perform(j->c->http, &req, NULL, err);
+}
+
 static int fill_parts(kaun_cache_writer *w, const fill_job *j, const char *uri, kaun_error *err) {
   uint64_t size = j->m->size, part = part_size(j->c);
+  /* the size is a header's word: at most HF_MAX_PARTS requests, whatever it says */
+  if (size / part >= HF_MAX_PARTS) part = (size / HF_MAX_PARTS + ((uint64_t)1 << 20)) >> 20 << 20;
   size_t n = (size_t)((size + part - 1) / part);
   kaun_http_request *reqs = calloc(n, sizeof *reqs);
   kaun_cache_part *parts = calloc(n, sizeof *parts);
-  kaun_http_response *first = NULL;
-  if (!reqs || !parts) {
-    free(reqs);
-    free(parts);
-    return kaun_error_set(err, KAUN_ENOMEM, "hf: out of memory");
-  }
-  for (size_t i = 0; i < n; i++) {
+  kaun_http_response **resps = calloc(n, sizeof *resps);
+  int rc = reqs && parts && resps ? KAUN_OK : kaun_error_set(err, KAUN_ENOMEM, "hf: out of memory");
+  for (size_t i = 0; !rc && i < n; i++) {
     kaun_http_request r = KAUN_HTTP_REQUEST_INIT;
     reqs[i] = r;
     file_request(j, &reqs[i], uri);
@@ -604,19 +658,41 @@ static int fill_parts(kaun_cache_writer *w, const fill_job *j, const char *uri, 
     parts[i].offset = (uint64_t)i * part;
     reqs[i].range_offset = parts[i].offset;
     reqs[i].range_length = size - parts[i].offset < part ? size - parts[i].offset : part;
+    reqs[i].strict_range = 1; /* a part answered whole would move the file once per part */
     reqs[i].body_to = KAUN_HTTP_BODY_CALLBACK;
     reqs[i].write_fn = kaun_cache_writer_part_sink;
     reqs[i].write_user = &parts[i];
   }
-  int rc = kaun_http_perform(j->c->http, &reqs[0], &first, err);
-  if (!rc && kaun_http_response_status(first) != 206) {
-    reqs[1].range_length = KAUN_HTTP_TO_END; /* no ranges: the rest in one go */
-    rc = kaun_http_perform(j->c->http, &reqs[1], NULL, err);
-  } else if (!rc) {
+  /* the first part alone: whether ranges work, the size, the version */
+  if (!rc) rc = kaun_http_perform(j->c->http, &reqs[0], &resps[0], err);
+  const char *etag = !rc ? kaun_http_response_header(resps[0], "ETag") : NULL;
+  char if_match[300];
+  const char *headers[3] = {"Accept-Encoding: identity", NULL, NULL};
+  if (!rc && kaun_http_response_object_size(resps[0]) != (int64_t)size)
+    rc = kaun_error_set(err, KAUN_EIO, "the file has %lld bytes where the Hub said %llu",
+                        (long long)kaun_http_response_object_size(resps[0]),
+                        (unsigned long long)size);
+  if (!rc && n > 1) {
+    /* every other part of the version the first one is */
+    if (etag && etag[0] == '"' && strlen(etag) < sizeof if_match - 16) {
+      snprintf(if_match, sizeof if_match, "If-Match: %s", etag);
+      headers[1] = if_match;
+    }
+    for (size_t i = 1; i < n; i++) reqs[i].headers = headers;
     rc = kaun_http_perform_many(j->c->http, reqs + 1, n - 1, connections(j->c), KAUN_HTTP_FAIL_FAST,
-                                NULL, NULL, NULL, err);
+                                resps + 1, NULL, NULL, err);
+    for (size_t i = 1; !rc && etag && i < n; i++) {
+      const char *e = kaun_http_response_header(resps[i], "ETag");
+      if (e && strcmp(e, etag) != 0)
+        rc = kaun_error_set(err, KAUN_ECHANGED,
+                            "the file changed while it was downloaded (ETag %.100s, then %.100s): "
+                            "download it again",
+                            etag, e);
+    }
   }
-  kaun_http_response_free(first);
+  if (rc == KAUN_ENOTSUP) rc = fill_one_stream(w, j, uri, err); /* ranges not as asked */
+  for (size_t i = 0; resps && i < n; i++) kaun_http_response_free(resps[i]);
+  free(resps);
   free(reqs);
   free(parts);
   return rc;
@@ -628,7 +704,10 @@ static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
   char uri[600];
   snprintf(uri, sizeof uri, "hf://%s@%s/%s", j->c->repo, j->c->rev, j->c->file);
   int rc;
-  if (connections(j->c) > 1 && j->m->size / 4 >= part_size(j->c)) {
+  /* in parts only when a hash checks the whole: parts of two versions of
+   * a file must not pass for one */
+  bool hashed = is_hex(j->m->etag, 64) || is_hex(j->m->etag, 40);
+  if (hashed && connections(j->c) > 1 && j->m->size / 4 >= part_size(j->c)) {
     rc = fill_parts(w, j, uri, err);
   } else {
     kaun_http_request req = KAUN_HTTP_REQUEST_INIT;
@@ -747,6 +826,38 @@ static int new_client(const kaun_hf_options *o, kaun_http **out, kaun_error *err
 
 /* The caller's options in a struct of today's size: fields beyond its
  * struct_size (an older caller) read as zero, the default. */
+int kaun_hf_options_from_context(kaun_context *ctx, const char *scheme, kaun_hf_options *out,
+                                 kaun_error *err) {
+  kaun_hf_options init = KAUN_HF_OPTIONS_INIT;
+  *out = init;
+  out->ctx = ctx;
+  if (!ctx) return KAUN_OK;
+  const char *name = scheme ? scheme : "hf";
+  const kaun_options *o = NULL;
+  kaun_error e = KAUN_ERROR_INIT;
+  int rc = kaun_context_backend_options(ctx, name, &o, &e);
+  if (rc) { /* a configured backend must work; an absent one means the defaults */
+    if (!kaun__context_has_backend(ctx, name)) return KAUN_OK;
+    if (err) *err = e;
+    return rc;
+  }
+  out->endpoint = kaun_options_get(o, "endpoint");
+  out->token = kaun_options_get(o, "token");
+  out->revision = kaun_options_get(o, "revision");
+  out->cache_dir = kaun_options_get(o, "cache_dir");
+  out->repo_type = kaun_options_get(o, "repo_type");
+  out->offline = kaun_options_get_bool(o, "offline", 0);
+  out->max_attempts = (unsigned)kaun_options_get_int(o, "max_attempts", 0);
+  out->retry_base_ms = (long)kaun_options_get_int(o, "retry_base_ms", 0);
+  out->retry_max_ms = (long)kaun_options_get_int(o, "retry_max_ms", 0);
+  out->lock_timeout_ms = (long)kaun_options_get_int(o, "lock_timeout_ms", 0);
+  int64_t part = kaun_options_get_int(o, "part_size", 0),
+          conns = kaun_options_get_int(o, "connections", 0);
+  out->part_size = part > 0 ? (uint64_t)part : 0;
+  out->connections = conns > 0 ? (unsigned)conns : 0;
+  return KAUN_OK;
+}
+
 static int norm_options(const kaun_hf_options *o, kaun_hf_options *local, kaun_error *err) {
   kaun_hf_options init = KAUN_HF_OPTIONS_INIT;
   *local = init;

@@ -30,7 +30,8 @@
 #define DEFAULT_INFLIGHT 8u
 #define DEFAULT_ALLOC_MAX ((size_t)64 << 20)
 #define MAX_REDIRECTS 10u
-#define MAX_TOTAL_ATTEMPTS 1000u /* even when every try brings new bytes */
+#define MAX_TOTAL_ATTEMPTS 1000u         /* even when every try brings new bytes */
+#define PROGRESS_MIN ((uint64_t)64 << 10) /* what a try must bring to count as progress */
 #define ERRBODY_MAX 16384u
 #define POLL_MS 50L
 #define UNKNOWN UINT64_MAX
@@ -736,6 +737,14 @@ static bool evaluate(job *j) {
                 (long long)j->object_size, (unsigned long long)t);
       return false;
     }
+    uint64_t want_end = j->want_len != UNKNOWN ? j->want_start + j->want_len - 1 : b;
+    if (j->req.strict_range && a <= pos && b >= want_end && (a != pos || b != want_end)) {
+      job_abort(j, KAUN_ENOTSUP, false,
+                "the server answered Content-Range \"%s\" to a request for %s, and only that "
+                "range will do",
+                crv, asked);
+      return false;
+    }
     /* the range asked for, or one around it (some servers answer
      * bytes=0-0 with the whole object): the slice is cut out of it */
     bool ok = a <= pos;
@@ -762,6 +771,12 @@ static bool evaluate(job *j) {
     j->body_pos = a;
   } else {
     /* The whole representation (a 200, even to a Range: take the slice). */
+    if (j->req.strict_range && j->ranged) {
+      job_abort(j, KAUN_ENOTSUP, false,
+                "the server ignored the Range (%s) and answered %ld with the whole object", asked,
+                r->status);
+      return false;
+    }
     j->body_pos = 0;
     if (r->content_length >= 0) {
       uint64_t len = (uint64_t)r->content_length;
@@ -1258,8 +1273,18 @@ static uint64_t next_random(job *j) {
  * without new bytes (an attempt that brought some starts the count again,
  * so a long download on a flaky link goes on while each try moves it
  * forward), and a bound on all of them. */
+/* Whether the last attempt moved the request forward: at least 64 KiB, or
+ * the rest of what was asked (a server that sends a byte a try makes no
+ * progress). */
+static bool made_progress(const job *j) {
+  uint64_t got = j->delivered - j->delivered_mark, want = PROGRESS_MIN;
+  if (j->want_len != UNKNOWN && j->want_len - j->delivered_mark < want)
+    want = j->want_len - j->delivered_mark;
+  return got > 0 && got >= want;
+}
+
 static bool can_retry(const job *j) {
-  unsigned fruitless = j->delivered > j->delivered_mark ? 0 : j->fruitless;
+  unsigned fruitless = made_progress(j) ? 0 : j->fruitless;
   return fruitless < j->max_attempts && j->attempts < MAX_TOTAL_ATTEMPTS;
 }
 
@@ -1270,7 +1295,7 @@ static void retry_or_fail(job *j, int64_t now, int code, long status, long after
     job_fail(j, code, status, rid, "%s", detail);
     return;
   }
-  if (j->delivered > j->delivered_mark) j->fruitless = 0;
+  if (made_progress(j)) j->fruitless = 0;
   j->delivered_mark = j->delivered;
   kaun_http *h = j->http;
   long d = h->base_ms;

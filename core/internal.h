@@ -34,6 +34,9 @@ void kaun__error_prefix(kaun_error *err, const char *fmt, ...) KAUN_PRINTF(2, 3)
 const char *kaun__names_closest(const char *want, const char *const *mapped,
                                 const char *const *orig, size_t n, char *buf, size_t size);
 
+/* Whether the config of `ctx` has backends.NAME. */
+bool kaun__context_has_backend(const kaun_context *ctx, const char *name);
+
 /* A growable byte string; always NUL-terminated when data != NULL. */
 typedef struct kaun__strbuf {
   char *data;

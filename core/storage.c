@@ -496,6 +496,12 @@ const char *kaun__context_cache_dir(const kaun_context *ctx) {
   return ctx ? ctx->cfg.cache_dir : NULL;
 }
 
+bool kaun__context_has_backend(const kaun_context *ctx, const char *name) {
+  for (size_t i = 0; ctx && i < ctx->cfg.nbackends; i++)
+    if (strcmp(ctx->cfg.backends[i].name, name) == 0) return true;
+  return false;
+}
+
 bool kaun__index_shard_uris(const kaun_context *ctx, const char *name) {
   for (size_t i = 0; ctx && i < ctx->cfg.nbackends; i++)
     if (strcmp(ctx->cfg.backends[i].name, name) == 0) return ctx->cfg.backends[i].index_shard_uris;
@@ -704,6 +710,17 @@ static int create_instance(kaun_context *ctx, const char *scheme, kaun__instance
 
 static int get_instance(kaun_context *ctx, const char *scheme, kaun__instance **out,
                         kaun_error *err);
+
+int kaun_context_backend_options(kaun_context *ctx, const char *scheme, const kaun_options **out,
+                                 kaun_error *err) {
+  *out = NULL;
+  kaun__instance *inst;
+  int rc = get_instance(ctx, scheme, &inst, err);
+  if (rc) return rc;
+  *out = &inst->options; /* the context keeps the instance until it is freed */
+  kaun__instance_unref(inst);
+  return KAUN_OK;
+}
 
 int kaun_context_check(kaun_context *ctx, kaun_error *err) {
   for (size_t i = 0; i < ctx->cfg.nbackends; i++) {

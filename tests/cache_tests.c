@@ -341,6 +341,45 @@ static void *write_range(void *arg) {
   return NULL;
 }
 
+/* Bytes the follower hashed and then overwritten (through the descriptor,
+ * a slot still gathered under larger writes, a sequential write after
+ * parallel ones) are never committed as the hash's: the commit reads the
+ * file back and refuses it (from the attack review). */
+static void test_writer_rewrites_after_follower(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  const char *dir = tmp("rewrites");
+  ASSERT_OK(kaun_cache_mkdirs(dir, &err), err);
+  enum { N = 4 << 20, MB = 1 << 20 };
+  unsigned char *good = malloc(N), bad[16384];
+  CU_ASSERT_FATAL(good != NULL);
+  for (size_t i = 0; i < N; i++) good[i] = (unsigned char)(i * 131 + (i >> 12));
+  memset(bad, 0xEE, sizeof bad);
+  char hex[KAUN_SHA256_HEX_SIZE];
+  ASSERT_OK(kaun_sha256_hex(good, N, hex, &err), err);
+  for (int k = 0; k < 3; k++) {
+    const char *name = tmp("rewrites/entry%d", k);
+    kaun_cache_writer *w;
+    ASSERT_OK(kaun_cache_writer_open(name, N, KAUN_CACHE_HASH_SHA256, hex, NULL, NULL, &w, &err),
+              err);
+    if (k == 1)
+      ASSERT_OK(kaun_cache_writer_pwrite(w, 0, bad, sizeof bad, &err), err); /* gathered */
+    for (size_t off = 0; off < N; off += MB)
+      ASSERT_OK(kaun_cache_writer_pwrite(w, off, good + off, MB, &err), err);
+    sleep_ms(100); /* the follower hashes the start */
+    int rc = KAUN_OK;
+    if (k == 0) CU_ASSERT_EQUAL(pwrite(kaun_cache_writer_fd(w), bad, sizeof bad, 0), sizeof bad);
+    if (k == 2) rc = kaun_cache_writer_write(w, bad, sizeof bad, &err);
+    if (rc == KAUN_OK)
+      rc = kaun_cache_writer_commit(w, &err);
+    else
+      kaun_cache_writer_abort(w);
+    CU_ASSERT_EQUAL(rc, KAUN_ECHECKSUM);
+    CU_ASSERT(!exists(name));
+  }
+  CU_ASSERT_EQUAL(count_temps(dir), 0);
+  free(good);
+}
+
 /* MD5 entries (an S3 ETag): checked streaming and from parallel parts; a
  * wrong one is KAUN_ECHECKSUM naming the kind and both hashes. */
 static void test_writer_md5(void) {
@@ -993,6 +1032,8 @@ int main(void) {
               test_writer_parts);
   CU_add_test(s, "the HTTP sink: in order, hashed, out of order refused", test_writer_sink);
   CU_add_test(s, "MD5 entries: streamed, from parts, a wrong one refused", test_writer_md5);
+  CU_add_test(s, "bytes rewritten after the follower hashed them are checked again",
+              test_writer_rewrites_after_follower);
   CU_add_test(s, "progress is reported; a cancel leaves nothing", test_progress_and_cancel);
   CU_add_test(s, "locks exclude threads; a timeout names the holder", test_lock_threads);
   CU_add_test(s, "a holder killed with SIGKILL releases its lock", test_lock_killed_holder);

@@ -91,6 +91,16 @@ case "$shown" in
   *) bad "could not read the running get's command line ($shown)" ;;
 esac
 
+# the config's hf backend (endpoint, token, cache_dir) is what get and cache use, as loads do
+printf '{"backends": {"hf": {"plugin": "hf", "endpoint": "%s", "token": "env:MY_HUB_TOKEN", "cache_dir": "%s/hfcache"}}}\n' \
+  "$HF_ENDPOINT" "$TEST_TMP" >"$TEST_TMP/hfconf.json"
+run env -u HF_ENDPOINT MY_HUB_TOKEN=hf_cli_secret_token $KAUN --config "$TEST_TMP/hfconf.json" get hf://org/private/config.json
+expect_status 0 "get through the config's hf backend (endpoint, token)"
+[ "$out" = "$TEST_TMP/hfcache/models--org--private/snapshots/$commit/config.json" ] && ok ||
+  bad "get uses backends.hf.cache_dir: $out"
+run env -u HF_ENDPOINT MY_HUB_TOKEN=x $KAUN --config "$TEST_TMP/hfconf.json" cache ls
+expect_out_contains "$(printf 'org/private\t')" "cache ls lists the config's hf cache"
+
 # offline: the cache answers; what it lacks is named
 run env HF_HUB_OFFLINE=1 $K get hf://org/demo/config.json; expect_status 0 "get offline"
 run $K cache rm; expect_status 0 "cache rm everything"

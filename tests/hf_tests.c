@@ -810,6 +810,40 @@ static void test_parallel_parts(void) {
   digest(f.path, "sha256", got);
   CU_ASSERT_STRING_EQUAL(got, sha);
   CU_ASSERT_EQUAL(path_count(cdn), 2);
+  /* ranges honoured for the first part only: the next parts stop at their
+   * headers and the file comes once more in one stream (not once per part) */
+  o.part_size = 256 << 10; /* 24 parts */
+  o.cache_dir = new_cache();
+  test_server_reset(&server);
+  test_server_faults(&server,
+                     "[{\"path\": \"/cdn/*\", \"method\": \"GET\", \"skip\": 1, "
+                     "\"ignore_range\": true, \"count\": -1}]");
+  ASSERT_OK(kaun_hf_download_file("org/big", "weights.bin", &o, &f, &err), err);
+  digest(f.path, "sha256", got);
+  CU_ASSERT_STRING_EQUAL(got, sha);
+  long long sent = test_server_stat(&server, "bytes_sent");
+  fprintf(stderr, "(ranges once: %lld bytes sent for %u) ", sent, BIG_SIZE);
+  CU_ASSERT(sent < 3LL * BIG_SIZE); /* cut down part by part: 12.5 times the file */
+  /* a 206 around every range asked: the same */
+  o.cache_dir = new_cache();
+  test_server_reset(&server);
+  test_server_faults(&server, "[{\"path\": \"/cdn/*\", \"whole_206\": true, \"count\": -1}]");
+  ASSERT_OK(kaun_hf_download_file("org/big", "weights.bin", &o, &f, &err), err);
+  digest(f.path, "sha256", got);
+  CU_ASSERT_STRING_EQUAL(got, sha);
+  CU_ASSERT_EQUAL(path_count(cdn), 2);
+  /* the CDN's file changes after the first part: the others are pinned to
+   * its ETag (If-Match) and refused; nothing cached */
+  const char *changed = new_cache();
+  o.cache_dir = changed;
+  test_server_reset(&server);
+  test_server_faults(&server,
+                     "[{\"path\": \"/cdn/*\", \"method\": \"GET\", \"skip\": 1, "
+                     "\"etag\": \"\\\"another-version\\\"\", \"count\": -1}]");
+  ASSERT_FAILS(kaun_hf_download_file("org/big", "weights.bin", &o, &f, &err), err, KAUN_ECHANGED,
+               "weights.bin");
+  CU_ASSERT_EQUAL(files_under(changed, ""), 0);
+  o.part_size = 1u << 20;
   /* bytes that are not what the etag says (the server flips the first
    * one): KAUN_ECHECKSUM, nothing cached */
   const char *cache = new_cache();

@@ -539,9 +539,9 @@ static void test_resume_after_reset(void) {
   free(buf);
 }
 
-/* Attempts that bring new bytes do not use up the tries: a body cut every
- * 100 KB arrives whole over 11 attempts (the client allows 3); tries that
- * bring nothing end it after 3 in a row. */
+/* Attempts that bring new bytes (64 KiB at least) do not use up the tries:
+ * a body cut every 100 KB arrives whole over 11 attempts (the client allows
+ * 3); tries that bring nothing, or a trickle, end it after 3 in a row. */
 static void test_resumes_with_progress_go_on(void) {
   kaun_error err = KAUN_ERROR_INIT;
   kaun_http_response *resp = NULL;
@@ -565,6 +565,11 @@ static void test_resumes_with_progress_go_on(void) {
   ASSERT_FAILS(kaun_http_perform(client, &r, NULL, &err), err, KAUN_ETRANSIENT, "/data.bin");
   CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "; 5 attempts)"));
   CU_ASSERT_EQUAL(hits(&srv_a, "/data.bin"), 5);
+  /* a trickle (10 bytes a try) is no progress: 3 tries, not one per 10 bytes */
+  reset(&srv_a);
+  faults(&srv_a, "[{\"path\": \"/data.bin\", \"reset_after\": 10, \"count\": -1}]");
+  ASSERT_FAILS(kaun_http_perform(client, &r, NULL, &err), err, KAUN_ETRANSIENT, "/data.bin");
+  CU_ASSERT_EQUAL(hits(&srv_a, "/data.bin"), 3);
   reset(&srv_a);
   free(buf);
 }
@@ -672,6 +677,27 @@ static void test_overlong_206(void) {
   ASSERT_OK(kaun_http_perform(client, &r, NULL, &err), err);
   CU_ASSERT(memcmp(buf, data + 4000, sizeof buf) == 0);
   CU_ASSERT_EQUAL(hits(&srv_a, "/data.bin"), 2);
+  reset(&srv_a);
+}
+
+/* strict_range: an answer that would be cut down (a 200, a 206 around the
+ * range) fails at once with KAUN_ENOTSUP, before its body is read. */
+static void test_strict_range(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  unsigned char buf[2000];
+  kaun_http_request r = range_request(url_of(&srv_a, "/data.bin"), 4000, sizeof buf, buf);
+  r.strict_range = 1;
+  ASSERT_OK(kaun_http_perform(client, &r, NULL, &err), err); /* a server that honours it */
+  CU_ASSERT(memcmp(buf, data + 4000, sizeof buf) == 0);
+  const char *rules[] = {"{\"path\": \"/data.bin\", \"ignore_range\": true, \"count\": -1}",
+                         "{\"path\": \"/data.bin\", \"whole_206\": true, \"count\": -1}"};
+  const char *says[] = {"ignored the Range (bytes=4000-5999)", "only that range will do"};
+  for (int k = 0; k < 2; k++) {
+    reset(&srv_a);
+    faults(&srv_a, rules[k]);
+    ASSERT_FAILS(kaun_http_perform(client, &r, NULL, &err), err, KAUN_ENOTSUP, says[k]);
+    CU_ASSERT_EQUAL(hits(&srv_a, "/data.bin"), 1); /* not retried */
+  }
   reset(&srv_a);
 }
 
@@ -1349,6 +1375,8 @@ int main(void) {
   CU_add_test(s, "a Range ignored by the server: the slice", test_ignored_range);
   CU_add_test(s, "a wrong Content-Range is not trusted", test_wrong_content_range);
   CU_add_test(s, "a 206 around the range asked for is cut down to it", test_overlong_206);
+  CU_add_test(s, "strict_range: an answer to cut down is refused at its headers",
+              test_strict_range);
   CU_add_test(s, "416 and short objects: clear errors", test_unsatisfiable_range);
   CU_add_test(s, "redirects: follow, relative only, none", test_redirects);
   CU_add_test(s, "Authorization stays on its origin", test_authorization_stays_on_origin);

@@ -908,6 +908,81 @@ static void test_checkpoint(void) {
   kaun_context_free(ctx);
 }
 
+/* A sharded save into a bucket (kaun_checkpoint_save_ex): the shards in
+ * parallel, the index stored last (s3rver logs each object it stores, in
+ * order), read back; a cancel half-way leaves nothing under the prefix. */
+static int cancel_after_first_shard(const kaun_progress *p, void *user) {
+  (void)user; /* once its last bytes are handed over (s3rver keeps the part of a PUT cut short) */
+  return strstr(p->uri, "model-00001-of-") && p->object_done == p->object_total;
+}
+
+static void test_sharded_save(void) {
+  kaun_context *ctx = ctx_new();
+  CU_ASSERT_PTR_NOT_NULL_FATAL(ctx);
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_flat *flat;
+  ASSERT_OK(kaun_flat_new(&flat, &err), err);
+  for (int i = 0; i < 12; i++) { /* 12 x 40000 bytes: shards of 3 tensors */
+    const uint64_t shape[] = {10000};
+    kaun_tensor *t;
+    ASSERT_OK(kaun_tensor_new(KAUN_DTYPE_F32, 1, shape, &t, &err), err);
+    float *v;
+    ASSERT_OK(kaun_tensor_data_mut(t, (void **)&v, &err), err);
+    for (int k = 0; k < 10000; k++) v[k] = (float)(i * 10000 + k);
+    char name[32];
+    snprintf(name, sizeof name, "layer.%02d", i);
+    ASSERT_OK(kaun_flat_add(flat, name, t, &err), err);
+  }
+  kaun_save_options o = {.struct_size = sizeof o, .max_shard_size = 120000, .threads = 4};
+  ASSERT_OK(kaun_checkpoint_save_flat_ex(ctx, "s3://" BUCKET "/sharded/", flat, &o, &err), err);
+  listing l = {.n = 0};
+  ASSERT_OK(kaun_storage_list(ctx, "s3://" BUCKET "/sharded/", on_list, &l, &err), err);
+  CU_ASSERT_EQUAL(l.n, 5); /* 4 shards and the index */
+  kaun_flat *back = NULL;
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, "s3://" BUCKET "/sharded/", KAUN_LOAD_COPY, &back, &err),
+            err);
+  CU_ASSERT_EQUAL_FATAL(kaun_flat_count(back), 12);
+  for (size_t i = 0; i < 12; i++) {
+    const kaun_tensor *a = kaun_flat_tensor(flat, i);
+    const kaun_tensor *b = kaun_flat_find(back, kaun_flat_name(flat, i));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT(memcmp(kaun_tensor_data(a), kaun_tensor_data(b), kaun_tensor_nbytes(a)) == 0);
+  }
+  kaun_flat_free(back);
+  /* the index was the last object stored */
+  FILE *log = fopen(in_work("s3rver.log"), "r");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(log);
+  char line[1024];
+  int n = 0, index_at = -1, last_shard_at = -1, shards = 0;
+  while (fgets(line, sizeof line, log)) {
+    n++;
+    if (!strstr(line, "Stored object \"sharded/")) continue;
+    if (strstr(line, "sharded/model.safetensors.index.json")) index_at = n;
+    if (strstr(line, "sharded/model-0000")) {
+      last_shard_at = n;
+      shards++;
+    }
+  }
+  fclose(log);
+  CU_ASSERT_EQUAL(shards, 4);
+  CU_ASSERT(index_at > 0 && index_at > last_shard_at);
+  /* canceled after the first shard: it is removed, no index */
+  kaun_io *io;
+  ASSERT_OK(kaun_io_new(cancel_after_first_shard, NULL, &io, &err), err);
+  o.io = io;
+  o.threads = 1;
+  ASSERT_FAILS(kaun_checkpoint_save_flat_ex(ctx, "s3://" BUCKET "/canceled/", flat, &o, &err), err,
+               KAUN_ECANCELED, "s3://" BUCKET "/canceled/model-0000");
+  l.n = 0;
+  ASSERT_OK(kaun_storage_list(ctx, "s3://" BUCKET "/canceled/", on_list, &l, &err), err);
+  CU_ASSERT_EQUAL(l.n, 0);
+  for (int i = 0; i < l.n && i < 64; i++)
+    fprintf(stderr, "left: %s %llu\n", l.names[i], (unsigned long long)l.sizes[i]);
+  kaun_io_free(io);
+  kaun_flat_free(flat);
+  kaun_context_free(ctx);
+}
+
 /* A tarball in a bucket: members are read through the s3 backend by range
  * (tar://MEMBER::s3://...), and listed. */
 static int add_member(const char *name, uint64_t size, void *c) {
@@ -1007,6 +1082,219 @@ static void test_mirror(void) {
   kaun_context_free(ctx);
 }
 
+/* ---- faults on the wire: tests/servers/faultproxy.py in front of the SigV4-checking
+ * server (which also proves the proxy passes requests on byte for byte) ---------------- */
+
+static test_server proxy;
+static char fault_config[4400];
+#define FOBJ (4 * PART + 77) /* 5 parts */
+
+static int proxy_start(void) {
+  char script[4400], port_file[4400], upstream[64];
+  snprintf(script, sizeof script, "%s/tests/servers/faultproxy.py", srcdir);
+  snprintf(port_file, sizeof port_file, "%s/proxy.port", work);
+  snprintf(upstream, sizeof upstream, "http://127.0.0.1:%d", verify_port);
+  proxy.pid = fork();
+  if (proxy.pid < 0) return -1;
+  if (proxy.pid == 0) {
+    execlp("python3", "python3", script, "--upstream", upstream, "--port", "0", "--port-file",
+           port_file, (char *)NULL);
+    _exit(127);
+  }
+  for (int i = 0; i < 200; i++) { /* up to 10 s */
+    FILE *f = fopen(port_file, "r");
+    if (f) {
+      int ok = fscanf(f, "%d", &proxy.port) == 1;
+      fclose(f);
+      if (ok && proxy.port > 0) {
+        snprintf(proxy.url, sizeof proxy.url, "http://127.0.0.1:%d", proxy.port);
+        return 0;
+      }
+    }
+    sleep_ms(50);
+  }
+  fprintf(stderr, "s3_tests: the fault proxy (%s) did not start\n", script);
+  test_server_stop(&proxy);
+  return -1;
+}
+
+static int faults_init(void) {
+  if (proxy_start()) return 1;
+  snprintf(fault_config, sizeof fault_config, "%s/faults.json", work);
+  FILE *f = fopen(fault_config, "w");
+  if (!f) return 1;
+  const char *common =
+      "\"access_key_id\": \"S3RVER\", \"secret_access_key\": \"S3RVER\", "
+      "\"part_size\": 65536, \"multipart_threshold\": 200000";
+  /* fp: retries fast; fpwait: honours a Retry-After of up to 3 s; fpstall: a
+   * transfer under 1 byte/s for 300 ms is cut */
+  fprintf(f,
+          "{\"cache_dir\": \"%s/fcache\", \"backends\": {\n"
+          " \"fp\": {\"plugin\": \"s3\", \"endpoint\": \"%s\", %s, \"max_attempts\": 4, "
+          "\"retry_base_ms\": 10, \"retry_max_ms\": 50},\n"
+          " \"fpwait\": {\"plugin\": \"s3\", \"endpoint\": \"%s\", %s, \"max_attempts\": 3, "
+          "\"retry_base_ms\": 10, \"retry_max_ms\": 3000},\n"
+          " \"fpstall\": {\"plugin\": \"s3\", \"endpoint\": \"%s\", %s, \"max_attempts\": 3, "
+          "\"retry_base_ms\": 10, \"retry_max_ms\": 50, \"stall_ms\": 300},\n"
+          " \"sv\": {\"plugin\": \"s3\", \"endpoint\": \"http://127.0.0.1:%d\", %s}\n}}\n",
+          work, proxy.url, common, proxy.url, common, proxy.url, common, verify_port, common);
+  fclose(f);
+  return 0;
+}
+
+static int faults_clean(void) {
+  test_server_stop(&proxy);
+  return 0;
+}
+
+static kaun_context *fault_ctx(void) {
+  kaun_context *ctx = NULL;
+  kaun_error err = KAUN_ERROR_INIT;
+  if (kaun_context_new(fault_config, &ctx, &err))
+    fprintf(stderr, "s3_tests: context: %s\n", err.message);
+  return ctx;
+}
+
+/* Files in the s3 cache folder: entries and temporaries (not the locks). */
+static int cache_files(void) {
+  char cmd[4400 + 200], out[64] = "";
+  snprintf(cmd, sizeof cmd,
+           "find '%s/fcache/kaun/s3' -type f ! -path '*/.locks/*' 2>/dev/null | wc -l", work);
+  FILE *p = popen(cmd, "r");
+  if (!p) return -1;
+  if (!fgets(out, sizeof out, p)) out[0] = 0;
+  pclose(p);
+  return atoi(out);
+}
+
+/* Whether the file at `path` holds exactly `n` bytes equal to `data`. */
+static int file_is(const char *path, const unsigned char *data, size_t n) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return 0;
+  unsigned char *got = malloc(n + 1);
+  size_t k = fread(got, 1, n + 1, f);
+  fclose(f);
+  int same = k == n && memcmp(got, data, n) == 0;
+  free(got);
+  return same;
+}
+
+typedef struct fault_case {
+  const char *name;    /* the object: faults/NAME.bin */
+  const char *backend; /* fp, fpwait, fpstall */
+  const char *rules;   /* faultproxy.py rules, armed before each of read, get and cp */
+  int want;            /* KAUN_OK: the right bytes after retries; else this error */
+  const char *says;    /* what the message says besides the URI */
+} fault_case;
+
+static int fault_checks; /* outcomes checked: (case, operation) pairs */
+
+/* Arms the proxy for one operation: counters zeroed, the case's rules set. */
+static void arm(const fault_case *c) {
+  test_server_reset(&proxy);
+  test_server_faults(&proxy, c->rules);
+}
+
+/* One fault, three ways: a read of the whole object, a get (the object's
+ * copy in the cache, as `kaun get` makes it) and a copy to a local file.
+ * Each ends with the object's bytes, or with the case's error naming the
+ * object; a failure leaves no cache entry, no temporary and no destination
+ * file. */
+static void run_fault_case(kaun_context *ctx, const fault_case *c) {
+  kaun_error err = KAUN_ERROR_INIT;
+  char sv_uri[256], uri[256], dest[4400];
+  snprintf(sv_uri, sizeof sv_uri, "sv://" BUCKET "/faults/%s.bin", c->name);
+  snprintf(uri, sizeof uri, "%s://" BUCKET "/faults/%s.bin", c->backend, c->name);
+  snprintf(dest, sizeof dest, "%s/dest-%s.bin", work, c->name);
+  unsigned char *data = pattern(FOBJ, 40), *buf = malloc(FOBJ);
+  ASSERT_OK(put_bytes(ctx, sv_uri, data, FOBJ, &err), err); /* not through the proxy */
+  int before = cache_files();
+  /* read */
+  kaun_object *o = NULL;
+  arm(c);
+  ASSERT_OK(kaun_object_open(ctx, uri, &o, &err), err); /* the rules are for GETs */
+  memset(buf, 0, FOBJ);
+  if (c->want == KAUN_OK) {
+    kaun_error_clear(&err);
+    int rc = kaun_object_read(o, 0, buf, FOBJ, &err);
+    if (rc) fprintf(stderr, "\n  %s read: %s\n", c->name, err.message);
+    CU_ASSERT_EQUAL(rc, KAUN_OK);
+    CU_ASSERT(memcmp(buf, data, FOBJ) == 0);
+  } else {
+    ASSERT_FAILS(kaun_object_read(o, 0, buf, FOBJ, &err), err, c->want, uri);
+    if (!strstr(err.message, c->says)) fprintf(stderr, "\n  %s: %s\n", c->name, err.message);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.message, c->says));
+  }
+  fault_checks++;
+  /* get: into the cache */
+  char path[4096] = "";
+  arm(c);
+  if (c->want == KAUN_OK) {
+    kaun_error_clear(&err);
+    int rc = kaun_object_fetch(o, NULL, path, sizeof path, &err);
+    if (rc) fprintf(stderr, "\n  %s get: %s\n", c->name, err.message);
+    CU_ASSERT_EQUAL(rc, KAUN_OK);
+    CU_ASSERT(file_is(path, data, FOBJ));
+    CU_ASSERT_EQUAL(cache_files(), before + 1);
+  } else {
+    ASSERT_FAILS(kaun_object_fetch(o, NULL, path, sizeof path, &err), err, c->want, uri);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.message, c->says));
+    CU_ASSERT_EQUAL(cache_files(), before); /* no entry, no temporary */
+  }
+  fault_checks++;
+  kaun_object_close(o);
+  /* cp: to a local file */
+  unlink(dest);
+  arm(c);
+  if (c->want == KAUN_OK) {
+    kaun_error_clear(&err);
+    int rc = kaun_storage_copy(ctx, uri, dest, NULL, &err);
+    if (rc) fprintf(stderr, "\n  %s cp: %s\n", c->name, err.message);
+    CU_ASSERT_EQUAL(rc, KAUN_OK);
+    CU_ASSERT(file_is(dest, data, FOBJ));
+  } else {
+    ASSERT_FAILS(kaun_storage_copy(ctx, uri, dest, NULL, &err), err, c->want, c->name);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.message, c->says));
+    CU_ASSERT_EQUAL(access(dest, F_OK), -1);
+  }
+  fault_checks++;
+  test_server_reset(&proxy);
+  free(buf);
+  free(data);
+}
+
+#define GET_RULE(effects) "[{\"path\": \"*\", \"method\": \"GET\", " effects "}]"
+
+/* Signed PUTs (one, and multipart) and GETs through the proxy: the
+ * verifying server checks every signature, so the proxy changed nothing. */
+/* Signed anew at every attempt (signature_max_age_s 0), against the server
+ * that checks signatures: a multipart upload (each part its own query), a
+ * paged listing (its query freed by the caller) and ranged reads all pass. */
+static void test_resign_every_attempt(void) {
+  kaun_context *ctx = ctx_new();
+  CU_ASSERT_PTR_NOT_NULL_FATAL(ctx);
+  kaun_error err = KAUN_ERROR_INIT;
+  size_t n = 5 * PART + 17; /* over multipart_threshold: 6 parts */
+  unsigned char *data = pattern(n, 9), *back = malloc(n);
+  ASSERT_OK(put_bytes(ctx, "svfresh://" BUCKET "/fresh/big.bin", data, n, &err), err);
+  for (int i = 0; i < 4; i++) {
+    char uri[128];
+    snprintf(uri, sizeof uri, "svfresh://" BUCKET "/fresh/f%d.bin", i);
+    ASSERT_OK(put_bytes(ctx, uri, data, 10, &err), err);
+  }
+  listing l = {.n = 0};
+  ASSERT_OK(kaun_storage_list(ctx, "svfresh://" BUCKET "/fresh", on_list, &l, &err), err);
+  CU_ASSERT_EQUAL(l.n, 5);
+  kaun_object *o;
+  ASSERT_OK(kaun_object_open(ctx, "svfresh://" BUCKET "/fresh/big.bin", &o, &err), err);
+  ASSERT_OK(kaun_object_read(o, 0, back, n, &err), err);
+  CU_ASSERT(memcmp(back, data, n) == 0);
+  kaun_object_close(o);
+  free(back);
+  free(data);
+  kaun_context_free(ctx);
+}
+
 /* An attempt that starts after signature_max_age_s is signed anew (S3
  * refuses signatures older than 15 minutes; parts of a long transfer and
  * retries start late): with 0, the retry a second later carries its own
@@ -1045,6 +1333,204 @@ static void test_resign_late_attempts(void) {
   CU_ASSERT_STRING_NOT_EQUAL(auths[0], auths[1]);
   kaun_object_close(o);
   test_server_reset(&web);
+  kaun_context_free(ctx);
+}
+
+static void test_proxy_passes_through(void) {
+  kaun_context *ctx = fault_ctx();
+  CU_ASSERT_PTR_NOT_NULL_FATAL(ctx);
+  kaun_error err = KAUN_ERROR_INIT;
+  size_t sizes[] = {1000, 7 * PART + 3};
+  for (int i = 0; i < 2; i++) {
+    unsigned char *data = pattern(sizes[i], 41 + (unsigned)i), *got;
+    char uri[128];
+    snprintf(uri, sizeof uri, "fp://" BUCKET "/through/%d.bin", i);
+    test_server_reset(&proxy);
+    ASSERT_OK(put_bytes(ctx, uri, data, sizes[i], &err), err);
+    /* one PUT; or create, 8 parts, complete */
+    CU_ASSERT_EQUAL(test_server_stat(&proxy, "requests"), i ? 10 : 1);
+    CU_ASSERT_EQUAL(get_bytes(ctx, uri, &got, &err), (long long)sizes[i]);
+    CU_ASSERT(got && memcmp(got, data, sizes[i]) == 0);
+    free(got);
+    CU_ASSERT_EQUAL(get_bytes(ctx, uri + 1, &got, &err), -1); /* "p://": no such scheme */
+    free(got);
+    snprintf(uri, sizeof uri, "sv://" BUCKET "/through/%d.bin", i); /* direct */
+    CU_ASSERT_EQUAL(get_bytes(ctx, uri, &got, &err), (long long)sizes[i]);
+    CU_ASSERT(got && memcmp(got, data, sizes[i]) == 0);
+    free(got);
+    free(data);
+  }
+  kaun_context_free(ctx);
+}
+
+/* Each fault on the wire: read, get and cp end with the right bytes after
+ * retries, or a clear error; never a wrong file in the cache or at the
+ * destination. */
+static void test_faults(void) {
+  static const fault_case cases[] = {
+      {"reset", "fp", GET_RULE("\"reset_after\": 1000"), KAUN_OK, ""},
+      {"reset-twice", "fp", GET_RULE("\"reset_after\": 30000, \"count\": 2"), KAUN_OK, ""},
+      {"truncated", "fp", GET_RULE("\"truncate_after\": 1000"), KAUN_OK, ""},
+      {"burst500", "fp", GET_RULE("\"status\": 500, \"count\": 2"), KAUN_OK, ""},
+      {"burst503", "fp", GET_RULE("\"status\": 503, \"count\": 3"), KAUN_OK, ""},
+      {"always500", "fp", GET_RULE("\"status\": 500, \"count\": -1"), KAUN_ETRANSIENT,
+       "500 Internal Server Error"},
+      {"slowdown", "fp", GET_RULE("\"s3_error\": \"SlowDown\", \"count\": 2"), KAUN_OK, ""},
+      {"always-slowdown", "fp", GET_RULE("\"s3_error\": \"SlowDown\", \"count\": -1"),
+       KAUN_ETRANSIENT, "slow down"},
+      {"internalerror", "fp", GET_RULE("\"s3_error\": \"InternalError\", \"s3_status\": 500"),
+       KAUN_OK, ""},
+      {"ignored-range", "fp", GET_RULE("\"ignore_range\": true, \"count\": -1"), KAUN_OK, ""},
+      {"shifted-once", "fp", GET_RULE("\"content_range_shift\": 7"), KAUN_OK, ""},
+      {"shifted", "fp", GET_RULE("\"content_range_shift\": 7, \"count\": -1"), KAUN_EIO,
+       "Content-Range"},
+      {"stall-once", "fpstall", GET_RULE("\"drip_bytes\": 1, \"drip_interval\": 1"), KAUN_OK, ""},
+      {"stalled", "fpstall", GET_RULE("\"drip_bytes\": 1, \"drip_interval\": 1, \"count\": -1"),
+       KAUN_ETRANSIENT, "stalled"},
+      {"slow-drip", "fpstall",
+       GET_RULE("\"drip_bytes\": 8192, \"drip_interval\": 0.02, \"count\": -1"), KAUN_OK, ""},
+  };
+  kaun_context *ctx = fault_ctx();
+  CU_ASSERT_PTR_NOT_NULL_FATAL(ctx);
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_fault_case(ctx, &cases[i]);
+  CU_ASSERT_EQUAL(fault_checks, 3 * (int)(sizeof cases / sizeof cases[0]));
+  fprintf(stderr, "\n  %d fault outcomes checked (%zu faults x read, get, cp)\n", fault_checks,
+          sizeof cases / sizeof cases[0]);
+  kaun_context_free(ctx);
+}
+
+/* 429 with Retry-After: 1 is waited for (within retry_max_ms), then read. */
+/* A body with one byte changed and every header right: a get (the whole
+ * object into the cache) checks it against the MD5 ETag and refuses it,
+ * naming the object, with nothing cached.  (A ranged read cannot: see
+ * docs/s3.md.) */
+static void test_fault_wrong_body(void) {
+  kaun_context *ctx = fault_ctx();
+  CU_ASSERT_PTR_NOT_NULL_FATAL(ctx);
+  kaun_error err = KAUN_ERROR_INIT;
+  unsigned char *data = pattern(FOBJ, 41);
+  ASSERT_OK(put_bytes(ctx, "sv://" BUCKET "/faults/wrongbody.bin", data, FOBJ, &err), err);
+  int before = cache_files();
+  kaun_object *o = NULL;
+  ASSERT_OK(kaun_object_open(ctx, "fp://" BUCKET "/faults/wrongbody.bin", &o, &err), err);
+  test_server_reset(&proxy);
+  test_server_faults(&proxy, GET_RULE("\"wrong_hash\": true, \"count\": -1"));
+  char path[4096] = "";
+  ASSERT_FAILS(kaun_object_fetch(o, NULL, path, sizeof path, &err), err, KAUN_ECHECKSUM,
+               "wrongbody.bin");
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "MD5"));
+  CU_ASSERT_EQUAL(cache_files(), before);
+  /* the same object, served right: fetched and checked */
+  test_server_reset(&proxy);
+  ASSERT_OK(kaun_object_fetch(o, NULL, path, sizeof path, &err), err);
+  CU_ASSERT(file_is(path, data, FOBJ));
+  kaun_object_close(o);
+  free(data);
+  kaun_context_free(ctx);
+}
+
+static void test_fault_retry_after(void) {
+  static const fault_case c = {"retry-after", "fpwait",
+                               GET_RULE("\"status\": 429, \"retry_after\": \"1\""), KAUN_OK, ""};
+  kaun_context *ctx = fault_ctx();
+  CU_ASSERT_PTR_NOT_NULL_FATAL(ctx);
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  run_fault_case(ctx, &c); /* three operations, one 429 each */
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  double s = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+  CU_ASSERT(s >= 2.7);
+  kaun_context_free(ctx);
+}
+
+/* 8 processes run `kaun get` on the same model at once, with a shared
+ * cache: all succeed with the same file, and each part of the object
+ * crosses the wire once (the proxy counts GETs and body bytes). */
+static void test_eight_processes_get(void) {
+  kaun_context *ctx = fault_ctx();
+  CU_ASSERT_PTR_NOT_NULL_FATAL(ctx);
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_flat *flat;
+  ASSERT_OK(kaun_flat_new(&flat, &err), err);
+  const uint64_t shape[] = {400, 250}; /* 400000 bytes of F32: 7 parts */
+  kaun_tensor *t;
+  ASSERT_OK(kaun_tensor_new(KAUN_DTYPE_F32, 2, shape, &t, &err), err);
+  float *v;
+  ASSERT_OK(kaun_tensor_data_mut(t, (void **)&v, &err), err);
+  for (int i = 0; i < 100000; i++) v[i] = (float)i * 0.5f;
+  ASSERT_OK(kaun_flat_add(flat, "w", t, &err), err);
+  char local[4400];
+  snprintf(local, sizeof local, "%s/conc.safetensors", work);
+  ASSERT_OK(kaun_safetensors_save(NULL, local, flat, &err), err);
+  kaun_flat_free(flat);
+  ASSERT_OK(kaun_storage_copy(ctx, local, "sv://" BUCKET "/conc/model.safetensors", NULL, &err),
+            err);
+  struct stat sb;
+  CU_ASSERT_EQUAL_FATAL(stat(local, &sb), 0);
+  long long size = (long long)sb.st_size, parts = (size + PART - 1) / PART;
+  /* slow enough (16 KiB every 20 ms a part) that the 8 overlap */
+  test_server_reset(&proxy);
+  test_server_faults(&proxy,
+                     "[{\"path\": \"*\", \"method\": \"GET\", \"drip_bytes\": 16384, "
+                     "\"drip_interval\": 0.02, \"count\": -1}, {\"path\": \"*\", "
+                     "\"record\": true, \"count\": -1}]");
+  const char *bin = getenv("KAUN_BIN");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(bin);
+  pid_t pids[8];
+  for (int i = 0; i < 8; i++) {
+    pids[i] = fork();
+    if (pids[i] == 0) {
+      int fd = open(in_work(i % 2 ? "get-odd.out" : "get-even.out"), O_WRONLY | O_CREAT | O_APPEND,
+                    0644);
+      if (fd >= 0) dup2(fd, 1);
+      execl(bin, bin, "--config", fault_config, "get", "fp://" BUCKET "/conc/model.safetensors",
+            (char *)NULL);
+      _exit(127);
+    }
+  }
+  int ok = 0;
+  for (int i = 0; i < 8; i++) {
+    int status;
+    waitpid(pids[i], &status, 0);
+    ok += WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  }
+  CU_ASSERT_EQUAL(ok, 8);
+  /* every process printed the same cache entry, which is the model */
+  char cmd[9000], out[4400] = "";
+  snprintf(cmd, sizeof cmd, "cat '%s' '%s' | sort -u", in_work("get-odd.out"),
+           in_work("get-even.out"));
+  FILE *p = popen(cmd, "r");
+  int lines = 0;
+  while (p && fgets(out, sizeof out, p)) lines++;
+  if (p) pclose(p);
+  CU_ASSERT_EQUAL(lines, 1);
+  out[strcspn(out, "\n")] = 0;
+  CU_ASSERT_PTR_NOT_NULL(strstr(out, "/fcache/kaun/s3/"));
+  snprintf(cmd, sizeof cmd, "cmp -s '%s' '%s'", out, local);
+  CU_ASSERT_EQUAL(run_cmd(cmd), 0);
+  /* one transfer: each part fetched once, the object's bytes sent once */
+  char seen[262144];
+  CU_ASSERT_EQUAL(test_server_control(&proxy, KAUN_HTTP_GET, "seen", NULL, seen, sizeof seen), 0);
+  int gets = 0, heads = 0;
+  for (const char *q = strstr(seen, "\"method\": \"GET\""); q;
+       q = strstr(q + 1, "\"method\": \"GET\""))
+    gets++;
+  for (const char *q = strstr(seen, "\"method\": \"HEAD\""); q;
+       q = strstr(q + 1, "\"method\": \"HEAD\""))
+    heads++;
+  fprintf(stderr, "\n  8 x kaun get: %d HEADs, %d GETs (%lld parts), %lld body bytes (%lld)\n",
+          heads, gets, parts, test_server_stat(&proxy, "bytes_sent"), size);
+  CU_ASSERT_EQUAL(gets, parts);
+  CU_ASSERT_EQUAL(test_server_stat(&proxy, "bytes_sent"), size);
+  char stats[65536];
+  CU_ASSERT_EQUAL(test_server_control(&proxy, KAUN_HTTP_GET, "stats", NULL, stats, sizeof stats),
+                  0);
+  /* per path too: all of it for the model's path */
+  const char *key = "\"path_bytes\": {\"/" BUCKET "/conc/model.safetensors\": ";
+  const char *per = strstr(stats, key);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(per);
+  CU_ASSERT_EQUAL(atoll(per + strlen(key)), size);
+  test_server_reset(&proxy);
   kaun_context_free(ctx);
 }
 
@@ -1100,6 +1586,9 @@ static int start_servers(void) {
           "\"secret_access_key\": \"S3RVER\", %s},\n"
           " \"sv\": {\"plugin\": \"s3\", \"endpoint\": \"http://127.0.0.1:%d\", \"access_key_id\": "
           "\"S3RVER\", \"secret_access_key\": \"S3RVER\", %s},\n"
+          " \"svfresh\": {\"plugin\": \"s3\", \"endpoint\": \"http://127.0.0.1:%d\", "
+          "\"access_key_id\": \"S3RVER\", \"secret_access_key\": \"S3RVER\", "
+          "\"signature_max_age_s\": 0, %s},\n"
           " \"badsecret\": {\"plugin\": \"s3\", \"endpoint\": \"http://127.0.0.1:%d\", "
           "\"access_key_id\": \"S3RVER\", \"secret_access_key\": \"not-the-secret\", %s},\n"
           " \"badkey\": {\"plugin\": \"s3\", \"endpoint\": \"http://127.0.0.1:%d\", "
@@ -1125,8 +1614,8 @@ static int start_servers(void) {
           "}, \"mirrors\": {\"origin://\": [\"sv://" BUCKET "/mirror/\", \"s3://" BUCKET
           "/origin/\"]}}\n",
           work, s3rver_port, common, verify_port, common, verify_port, common, verify_port, common,
-          free_port(), common, verify_port, common, web.url, errors_port, common, web.port, common,
-          web.url, common, web.url, common, web.url, common);
+          verify_port, common, free_port(), common, verify_port, common, web.url, errors_port,
+          common, web.port, common, web.url, common, web.url, common, web.url, common);
   fclose(f);
   const char *plugins = getenv("KAUN_BUILT_PLUGINS");
   if (plugins) setenv("KAUN_PLUGIN_PATH", plugins, 1);
@@ -1172,11 +1661,20 @@ int main(void) {
               test_credentials_env_and_files);
   CU_add_test(s, "on the wire: resume, ranges, ETag, retries, token, anonymous", test_wire);
   CU_add_test(s, "a late attempt is signed anew", test_resign_late_attempts);
+  CU_add_test(s, "every attempt signed anew: multipart, paged list, reads (SigV4 checked)",
+              test_resign_every_attempt);
   CU_add_test(s, "awscli and s3cmd read what kaun wrote, and the reverse", test_cross_clients);
   CU_add_test(s, "a checkpoint saved to S3 and loaded back", test_checkpoint);
+  CU_add_test(s, "a sharded save: the index stored last, read back, canceled", test_sharded_save);
   CU_add_test(s, "a tarball in a bucket: members read and listed", test_tar_in_s3);
   CU_add_test(s, "fetch into the cache", test_fetch);
   CU_add_test(s, "S3 as a mirror: a hit, a miss that falls back", test_mirror);
+  CU_pSuite fs = CU_add_suite("s3 faults (tests/servers/faultproxy.py)", faults_init, faults_clean);
+  CU_add_test(fs, "the proxy passes signed requests on unchanged", test_proxy_passes_through);
+  CU_add_test(fs, "each fault: the right bytes after retries, or a clear error", test_faults);
+  CU_add_test(fs, "429 with Retry-After is waited for", test_fault_retry_after);
+  CU_add_test(fs, "a wrong body: get refuses it against the MD5 ETag", test_fault_wrong_body);
+  CU_add_test(fs, "8 processes x kaun get: one transfer per part", test_eight_processes_get);
   int rc = check_run_all(); /* a suite whose servers did not start fails */
   stop_servers();
   return rc;

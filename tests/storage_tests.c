@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "testserver.h"
 
 static char tmp_root[4096];
 
@@ -1177,6 +1178,73 @@ static void test_plugin_scheme_names(void) {
   CU_ASSERT_FALSE(mapped_under(tmp("dots")));
 }
 
+typedef struct model_job {
+  kaun_context *ctx;
+  const char *uri;
+  float want;
+  int loads, failures;
+  char message[KAUN_ERROR_MESSAGE_MAX];
+} model_job;
+
+static void *load_model_loop(void *arg) {
+  model_job *job = arg;
+  for (int i = 0; i < 12; i++) {
+    kaun_error err = KAUN_ERROR_INIT;
+    kaun_flat *flat = NULL;
+    int rc = kaun_checkpoint_load_flat(job->ctx, job->uri, i % 2 ? KAUN_LOAD_COPY : 0, &flat, &err);
+    job->loads++;
+    if (rc != KAUN_OK || first_of(flat, "w") != job->want || first_of(flat, "b") != -job->want) {
+      job->failures++;
+      snprintf(job->message, sizeof job->message, "%s", rc ? err.message : "wrong values");
+    }
+    kaun_flat_free(flat);
+  }
+  return NULL;
+}
+
+/* Four threads load four different models through one context, each from
+ * another backend: a file root (zero-copy), a plugin (testmem), http://
+ * (tests/servers/httpd.py) and a tar member read by range over http.
+ * Backends are created under the race; scripts/dev.sh tsan runs this under
+ * ThreadSanitizer. */
+static void test_threads_four_models(void) {
+  set_plugin_path();
+  mkdir(tmp("web"), 0755);
+  kaun_context *ctx = mixed_context();
+  save_model(ctx, "team://four/t0.safetensors", 10);
+  save_model(ctx, "archive://t1.safetensors", 20);
+  save_model(NULL, tmp("web/t2.safetensors"), 30);
+  save_model(NULL, tmp("web/t3.safetensors"), 40);
+  kaun_context_free(ctx);
+  char cmd[8600];
+  snprintf(cmd, sizeof cmd, "tar cf '%s' -C '%s' t3.safetensors", tmp("web/bundle.tar"),
+           tmp("web"));
+  CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+  test_server web;
+  CU_ASSERT_EQUAL_FATAL(test_server_start(&web, tmp("web"), tmp("web.port")), 0);
+  test_server_reset(&web);
+  test_server_faults(&web, "{\"path\": \"*\", \"delay\": 0.002, \"count\": -1}"); /* overlap */
+  char u2[128], u3[160];
+  snprintf(u2, sizeof u2, "%s/t2.safetensors", web.url);
+  snprintf(u3, sizeof u3, "tar://t3.safetensors::%s/bundle.tar", web.url);
+  ctx = mixed_context(); /* fresh: no backend instance exists yet */
+  model_job jobs[4] = {{ctx, "team://four/t0.safetensors", 10, 0, 0, ""},
+                       {ctx, "archive://t1.safetensors", 20, 0, 0, ""},
+                       {ctx, u2, 30, 0, 0, ""},
+                       {ctx, u3, 40, 0, 0, ""}};
+  pthread_t th[4];
+  for (int i = 0; i < 4; i++) pthread_create(&th[i], NULL, load_model_loop, &jobs[i]);
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    if (jobs[i].failures) fprintf(stderr, "\n  %s: %s\n", jobs[i].uri, jobs[i].message);
+    CU_ASSERT_EQUAL(jobs[i].failures, 0);
+    CU_ASSERT_EQUAL(jobs[i].loads, 12);
+  }
+  kaun_context_free(ctx);
+  CU_ASSERT(test_server_stat(&web, "requests") >= 24); /* both http models were read there */
+  test_server_stop(&web);
+}
+
 int main(void) {
   const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
   snprintf(tmp_root, sizeof tmp_root, "%s/kaun-storage-XXXXXX", base);
@@ -1213,6 +1281,7 @@ int main(void) {
   CU_add_test(s, "a relative KAUN_PLUGIN_PATH entry is refused", test_plugin_path_env_relative);
   CU_add_test(s, "plugins others could change are refused before dlopen", test_plugin_trust);
   CU_add_test(s, "a scheme no plugin can be named selects no file", test_plugin_scheme_names);
+  CU_add_test(s, "four threads, four models, four backends, one context", test_threads_four_models);
   int rc = check_run_all();
   check_remove_tree(tmp_root);
   return rc;

@@ -56,6 +56,17 @@ typedef struct kaun_hf_options {
 #define KAUN_HF_OPTIONS_INIT \
   { .struct_size = sizeof(kaun_hf_options) }
 
+/* Fills `out` (from KAUN_HF_OPTIONS_INIT) with the options of the Hub
+ * backend instance `scheme` (NULL: "hf") in `ctx` — endpoint, token,
+ * revision, cache_dir, repo_type, offline, retries, lock wait, part_size,
+ * connections — as the hf:// backend uses them, and out->ctx = ctx: so a
+ * download made through this API lands where loads of hf:// URIs look.
+ * Strings point into the context (valid until it is freed).  When the
+ * config has no such backend and no hf plugin can be found, the
+ * defaults.  Errors: those of a backend whose options are wrong. */
+KAUN_API int kaun_hf_options_from_context(kaun_context *ctx, const char *scheme,
+                                          kaun_hf_options *out, kaun_error *err);
+
 /* What a download resolved to. */
 typedef struct kaun_hf_file {
   char path[4096];  /* ROOT/models--ORG--NAME/snapshots/COMMIT/FILE (a symlink) */

@@ -22,8 +22,8 @@
  * of its body is resumed with a Range for the bytes still missing (with
  * If-Match on the first answer's strong ETag); that counts as an attempt.
  * A request gives up after max_attempts attempts in a row that brought no
- * new body bytes (a stalled one counts as none): one that brought some
- * starts the count again, so a long
+ * progress (64 KiB of new body bytes, or the rest of the request; a
+ * stalled one counts as none): one that brought some starts the count again, so a long
  * download over a link that drops now and then goes on (at most 1000
  * attempts in all).
  *
@@ -194,6 +194,13 @@ typedef struct kaun_http_request {
   int (*prepare)(void *prepare_user, const char *const **headers, const char **authorization,
                  kaun_error *err);
   void *prepare_user;
+
+  /* GET with a range: nonzero = only the exact range will do.  An answer
+   * that would be cut down (a 200 with the whole object, a 206 around the
+   * range) fails at once with KAUN_ENOTSUP, before its body is read: for
+   * a download in parallel parts, where every part answered whole would
+   * move the object once per part. */
+  int strict_range;
 } kaun_http_request;
 
 #define KAUN_HTTP_REQUEST_INIT \

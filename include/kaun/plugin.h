@@ -59,6 +59,14 @@ KAUN_API const char *kaun_options_get(const kaun_options *opts, const char *name
 KAUN_API int64_t kaun_options_get_int(const kaun_options *opts, const char *name, int64_t fallback);
 KAUN_API int kaun_options_get_bool(const kaun_options *opts, const char *name, int fallback);
 
+/* The options of the backend instance answering to `scheme` in `ctx`
+ * (created on first use, as a URI would), for code that does the
+ * backend's work outside its plugin (the CLI's Hub commands).  Valid until
+ * the context is freed.  Errors: as opening a URI of that scheme
+ * (KAUN_ECONFIG for a scheme no config entry or plugin answers). */
+KAUN_API int kaun_context_backend_options(kaun_context *ctx, const char *scheme,
+                                          const kaun_options **out, kaun_error *err);
+
 /* ---- capabilities ------------------------------------------------------------- */
 
 enum {

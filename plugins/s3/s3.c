@@ -405,9 +405,10 @@ typedef struct signed_req {
   char *token_h;
   const char *headers[8];
   char auth[1024];
-  /* to sign it again (borrowed: they outlive the request) */
+  /* to sign it again: copies (the caller's strings may be gone by then) */
   const backend *be;
-  const char *method, *bucket, *key, *query, *payload_hash, *if_match, *content_type;
+  const char *method; /* a literal */
+  char *bucket, *key, *query, *payload_hash, *if_match, *content_type;
   time_t signed_at;
 } signed_req;
 
@@ -415,6 +416,19 @@ static void signed_req_free(signed_req *s) {
   free(s->url);
   free_secret(s->token_h);
   memset(s->auth, 0, sizeof s->auth);
+  char **copies[] = {&s->bucket,       &s->key,      &s->query,
+                     &s->payload_hash, &s->if_match, &s->content_type};
+  for (size_t i = 0; i < sizeof copies / sizeof *copies; i++) {
+    free(*copies[i]);
+    *copies[i] = NULL;
+  }
+  s->url = s->token_h = NULL;
+}
+
+/* A copy of `text` in `*out` (NULL stays NULL); false when out of memory. */
+static bool keep(const char *text, char **out) {
+  *out = text ? strdup(text) : NULL;
+  return !text || *out;
 }
 
 /* Signs a request on BUCKET/KEY (key NULL: the bucket itself) with the
@@ -425,17 +439,15 @@ static int sign_request(const backend *be, const char *method, const char *bucke
   memset(s, 0, sizeof *s);
   s->be = be;
   s->method = method;
-  s->bucket = bucket;
-  s->key = key;
-  s->query = query;
-  s->payload_hash = payload_hash;
-  s->if_match = if_match;
-  s->content_type = content_type;
   s->signed_at = time(NULL);
-  char *ekey = s3_uri_encode(key ? key : "", 1);
-  char *ebucket = s3_uri_encode(bucket, 0);
-  char host[300], *path = NULL;
+  char *ekey = NULL, *ebucket = NULL, host[300], *path = NULL;
   int rc = KAUN_OK;
+  if (!keep(bucket, &s->bucket) || !keep(key, &s->key) || !keep(query, &s->query) ||
+      !keep(payload_hash, &s->payload_hash) || !keep(if_match, &s->if_match) ||
+      !keep(content_type, &s->content_type))
+    goto oom;
+  ekey = s3_uri_encode(key ? key : "", 1);
+  ebucket = s3_uri_encode(bucket, 0);
   if (!ekey || !ebucket) goto oom;
   size_t plen = strlen(ekey) + strlen(ebucket) + 4;
   if (!(path = malloc(plen))) goto oom;
@@ -514,13 +526,13 @@ static int resign(void *user, const char *const **headers, const char **authoriz
   signed_req *s = user;
   const backend *be = s->be;
   if (be->anonymous || time(NULL) - s->signed_at < be->signature_max_age_s) return KAUN_OK;
-  char *url = s->url;
-  s->url = NULL;
-  signed_req_free(s);
-  int rc = sign_request(be, s->method, s->bucket, s->key, s->query, s->payload_hash, s->if_match,
-                        s->content_type, s, err);
+  signed_req old = *s; /* its copies are what the new signature is made of */
+  int rc = sign_request(be, old.method, old.bucket, old.key, old.query, old.payload_hash,
+                        old.if_match, old.content_type, s, err);
   free(s->url);
-  s->url = url;
+  s->url = old.url; /* the same text; the request holds this one */
+  old.url = NULL;
+  signed_req_free(&old);
   *headers = s->headers;
   *authorization = s->auth[0] ? s->auth : NULL;
   return rc;
@@ -959,7 +971,10 @@ static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
   signed_req s;
   int rc = sign_request(be, "GET", o->bucket, o->key, NULL, S3_EMPTY_SHA256, pin, NULL, &s, err);
   if (rc) return rc;
-  size_t n = (size_t)((o->size + be->part_size - 1) / be->part_size);
+  /* the size is a header's word: at most 10000 requests, whatever it says */
+  uint64_t part = be->part_size;
+  if (o->size / part >= 10000) part = (o->size / 10000 + ((uint64_t)1 << 20)) >> 20 << 20;
+  size_t n = (size_t)((o->size + part - 1) / part);
   kaun_http_request *reqs = calloc(n, sizeof *reqs);
   kaun_http_response **resps = calloc(n, sizeof *resps);
   int *results = calloc(n, sizeof *results);
@@ -969,10 +984,11 @@ static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
     goto done;
   }
   for (size_t i = 0; i < n; i++) {
-    uint64_t off = (uint64_t)i * be->part_size;
+    uint64_t off = (uint64_t)i * part;
     fill_request(&reqs[i], KAUN_HTTP_GET, &s, f->io, o->uri);
     reqs[i].range_offset = off;
-    reqs[i].range_length = o->size - off < be->part_size ? o->size - off : be->part_size;
+    reqs[i].range_length = o->size - off < part ? o->size - off : part;
+    reqs[i].strict_range = 1; /* a part answered whole would move the object once per part */
     parts[i].writer = w;
     parts[i].offset = off;
     reqs[i].body_to = KAUN_HTTP_BODY_CALLBACK;
@@ -981,6 +997,20 @@ static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
   }
   rc = kaun_http_perform_many(be->http, reqs, n, be->concurrency, KAUN_HTTP_FAIL_FAST, resps,
                               results, NULL, err);
+  if (rc == KAUN_ENOTSUP) { /* ranges not answered as asked: the object in one GET */
+    kaun_cache_part whole = {w, 0};
+    for (size_t i = 0; i < n; i++) {
+      kaun_http_response_free(resps[i]);
+      resps[i] = NULL;
+      results[i] = KAUN_OK;
+    }
+    fill_request(&reqs[0], KAUN_HTTP_GET, &s, f->io, o->uri);
+    reqs[0].body_to = KAUN_HTTP_BODY_CALLBACK;
+    reqs[0].write_fn = kaun_cache_writer_part_sink;
+    reqs[0].write_user = &whole;
+    rc = results[0] = kaun_http_perform(be->http, &reqs[0], &resps[0], err);
+    n = 1;
+  }
   if (rc) {
     const kaun_http_response *bad = NULL;
     for (size_t i = 0; i < n && !bad; i++)

@@ -49,6 +49,8 @@ httpd.py's effects ("status" with "retry_after", "reset_after",
 "record") accept:
   "error_code": "X"      with "status": an X-Error-Code header
   "wrong_hash": true     the body's first byte is changed
+  "etag": "\"...\""       the CDN's ETag for the blob (an If-Match that names
+                         another one is answered 412)
   "no_commit": true      no X-Repo-Commit
   "size_zero": true      X-Linked-Size / Content-Length 0 in the metadata
   "no_linked": true      an LFS redirect without X-Linked-Etag and X-Linked-Size
@@ -173,6 +175,12 @@ class HubHandler(httpd.Handler):
         return self.serve_blob(method, full, fx, [("ETag", '"%s"' % sha)])
 
     def serve_blob(self, method, full, fx, meta):
+        if fx.get("etag"):  # another version's ETag (If-Match compares with it)
+            meta = [(k, v) for k, v in meta if k != "ETag"] + [("ETag", fx["etag"])]
+        etag = dict(meta).get("ETag")
+        im = self.headers.get("If-Match")
+        if im and etag and im.strip() != "*" and etag not in [t.strip() for t in im.split(",")]:
+            return self.reply(412, b"precondition failed\n", meta)
         with open(full, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if fx.get("wrong_hash"):  # the body's first byte changed, sent in 1 MiB pieces
