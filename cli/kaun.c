@@ -1013,8 +1013,16 @@ static int cmd_cache(int argc, char **argv) {
   int rc = kaun_hf_options_from_context(ctx, "hf", &ho, &err);
   if (!rc) rc = kaun_hf_cache_dir(&ho, dir, sizeof dir, &err);
   if (!rc && strcmp(argv[0], "rm") == 0) {
+    char folder[8400];
+    int len = snprintf(folder, sizeof folder, "%s/models--", dir);
+    for (const char *p = n == 2 ? argv[1] : ""; *p && len < (int)sizeof folder - 3; p++)
+      len += *p == '/' ? snprintf(folder + len, sizeof folder - (size_t)len, "--")
+                       : snprintf(folder + len, sizeof folder - (size_t)len, "%c", *p);
+    struct stat sb;
+    bool there = n != 2 || stat(folder, &sb) == 0;
     rc = kaun_hf_clear_cache(n == 2 ? argv[1] : NULL, &ho, &err);
-    if (!rc) printf("removed %s from %s\n", n == 2 ? argv[1] : "everything", dir);
+    if (!rc && there) printf("removed %s from %s\n", n == 2 ? argv[1] : "everything", dir);
+    if (!rc && !there) printf("nothing to remove: %s is not in %s\n", argv[1], dir);
   } else if (!rc) {
     DIR *d = opendir(dir);
     printf("# %s\n", dir);

@@ -763,6 +763,7 @@ static int resolve(call *c, kaun_hf_file *out, kaun_error *err) {
     long wait = c->o && c->o->lock_timeout_ms ? c->o->lock_timeout_ms : KAUN_CACHE_LOCK_WAIT_MS;
     char uri[600];
     snprintf(uri, sizeof uri, "hf://%s@%s/%s", c->repo, c->rev, c->file);
+    kaun_io_expect(c->io, m.size); /* a progress bar knows the total */
     rc = kaun_cache_get_or_fill(blob, lock, m.size, kind,
                                 kind == KAUN_CACHE_HASH_NONE ? NULL : m.etag, wait, fill, &job,
                                 c->io, uri, err);
@@ -1353,7 +1354,10 @@ int kaun_hf_list_files(const char *repo_id, const kaun_hf_options *given, char *
       long status = err ? err->http_status : 0;
       snprintf(why, sizeof why, "%s", err ? err->message : "");
       kaun_error_set(err, rc, "hf: cannot list %s@%s: %s%s", repo_id, c.rev, why,
-                     rc == KAUN_EAUTH ? " (a private or gated repo: give a token, HF_TOKEN)" : "");
+                     rc != KAUN_EAUTH ? ""
+                     : c.auth[0]      ? " (the token was rejected, or it does not open this "
+                                        "private or gated repo: check it)"
+                                      : " (a private or gated repo: give a token, HF_TOKEN)");
       if (err) err->http_status = status;
     }
     size_t len = 0;

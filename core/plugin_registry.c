@@ -79,9 +79,11 @@ int kaun__plugin_check(const kaun_plugin *d, size_t reported_size, const char *p
   /* a 1.1 plugin may give read_io alone: the core only calls read when
    * there is no read_io */
   bool has_read_io = d->abi_minor >= 1 && d->struct_size >= KAUN_PLUGIN_SIZE_1_1 && d->read_io;
+  /* and a 1.2 plugin open_io alone */
+  bool has_open_io = d->abi_minor >= 2 && d->struct_size >= KAUN_PLUGIN_SIZE_1_2 && d->open_io;
   const char *missing = !d->create                 ? "create"
                         : !d->destroy              ? "destroy"
-                        : !d->open                 ? "open"
+                        : !d->open && !has_open_io ? "open (or, from ABI 1.2, open_io)"
                         : !d->close                ? "close"
                         : !d->stat                 ? "stat"
                         : !d->read && !has_read_io ? "read (or, from ABI 1.1, read_io)"

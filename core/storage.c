@@ -350,7 +350,7 @@ static int find_config(const char *explicit_path, char *path, size_t size, const
   const char *env = getenv("KAUN_CONFIG");
   if (explicit_path) {
     snprintf(path, size, "%s", explicit_path);
-    *origin = "given by the program";
+    *origin = "--config, or the program";
   } else if (env && *env) {
     if (!file_exists(env))
       return kaun__error_set(err, KAUN_ENOENT, "KAUN_CONFIG names '%s', which does not exist", env);
@@ -512,7 +512,7 @@ int kaun_context_describe(const kaun_context *ctx, char **out, kaun_error *err) 
   kaun__strbuf sb = {0};
   const kaun__config *c = &ctx->cfg;
   if (c->path)
-    kaun__strbuf_printf(&sb, "config_file = %s\t(found via %s)\n", c->path, c->origin);
+    kaun__strbuf_printf(&sb, "config_file = %s\t(from %s)\n", c->path, c->origin);
   else
     kaun__strbuf_puts(&sb, "config_file = (none: defaults)\n");
   for (size_t i = 0; i < ctx->ndirs; i++)

@@ -177,8 +177,8 @@ typedef struct kaun_plugin {
    * (the Hub downloads into its cache) reports those bytes with
    * kaun_io_add and stops with KAUN_ECANCELED when it says so.  `io` is
    * the caller's (kaun_object_open_io), else one reporting to the
-   * context's progress callback, else NULL.  Optional: without it the
-   * core calls open. */
+   * context's progress callback, else NULL.  With it, open may be NULL
+   * (the core calls only open_io); without it the core calls open. */
   int (*open_io)(void *backend, const char *path, kaun_object *inner, kaun_io *io, void **out,
                  kaun_error *err);
 } kaun_plugin;
