@@ -112,7 +112,7 @@ int kaun_checkpoint_load_flat_ex(kaun_context *ctx, const char *uri, const kaun_
                                  kaun_flat **out, kaun_error *err) {
   *out = NULL;
   kaun_reader *r;
-  int rc = kaun_reader_open(ctx, uri, &r, err);
+  int rc = kaun_reader_open_io(ctx, uri, opts ? opts->io : NULL, &r, err);
   if (rc) return rc;
   size_t n = kaun_reader_count(r);
   /* names and metadata with their lengths: they may hold NUL bytes */
@@ -230,7 +230,7 @@ int kaun_checkpoint_load_ex(kaun_context *ctx, const char *path, const kaun_ptre
     return rc;
   }
   kaun_reader *r;
-  if ((rc = kaun_reader_open(ctx, path, &r, err))) {
+  if ((rc = kaun_reader_open_io(ctx, path, opts ? opts->io : NULL, &r, err))) {
     kaun_flat_free(tc.leaves);
     return rc;
   }

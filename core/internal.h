@@ -34,6 +34,11 @@ void kaun__error_prefix(kaun_error *err, const char *fmt, ...) KAUN_PRINTF(2, 3)
 const char *kaun__names_closest(const char *want, const char *const *mapped,
                                 const char *const *orig, size_t n, char *buf, size_t size);
 
+/* Makes `io` the one the opens of this thread report to (what a
+ * backend transfers while it opens, ABI 1.2 open_io); returns the one it
+ * replaces, to be put back.  NULL: the context's progress, as usual. */
+kaun_io *kaun__opening_io_swap(kaun_io *io);
+
 /* Whether the config of `ctx` has backends.NAME. */
 bool kaun__context_has_backend(const kaun_context *ctx, const char *name);
 

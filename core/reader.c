@@ -496,6 +496,14 @@ static int reader_open(kaun_reader *r, const char *uri, kaun_error *err) {
   return rc;
 }
 
+int kaun_reader_open_io(kaun_context *ctx, const char *uri, kaun_io *io, kaun_reader **out,
+                        kaun_error *err) {
+  kaun_io *outer = io ? kaun__opening_io_swap(io) : NULL;
+  int rc = kaun_reader_open(ctx, uri, out, err);
+  if (io) kaun__opening_io_swap(outer);
+  return rc;
+}
+
 int kaun_reader_open(kaun_context *ctx, const char *uri, kaun_reader **out, kaun_error *err) {
   *out = NULL;
   kaun_reader *r = calloc(1, sizeof *r);

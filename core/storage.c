@@ -1005,6 +1005,12 @@ int kaun_object_open_io(kaun_context *ctx, const char *uri, kaun_io *io, kaun_ob
   return rc;
 }
 
+kaun_io *kaun__opening_io_swap(kaun_io *io) {
+  kaun_io *old = opening_io;
+  opening_io = io;
+  return old;
+}
+
 int kaun_object_open(kaun_context *ctx, const char *uri, kaun_object **out, kaun_error *err) {
   return kaun_object_open_io(ctx, uri, NULL, out, err);
 }

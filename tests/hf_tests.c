@@ -1067,6 +1067,35 @@ static void test_backend_open_progress(void) {
   test_server_reset(&server);
 }
 
+/* A load's io (kaun_load_options.io) sees the Hub download its open makes,
+ * and canceling it stops that download, leaving nothing cached. */
+static void test_load_io_reaches_download(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx = hub_context(new_cache(), "");
+  seen_progress sp = {0, 0, 0};
+  kaun_io *io;
+  ASSERT_OK(kaun_io_new(on_progress, &sp, &io, &err), err);
+  kaun_load_options o = {.struct_size = sizeof o, .io = io};
+  kaun_flat *flat = NULL;
+  ASSERT_OK(kaun_checkpoint_load_flat_ex(ctx, "hf://org/model", &o, &flat, &err), err);
+  struct stat sb;
+  CU_ASSERT_EQUAL(stat(at_path("%s/repos/org/model/%s/model.safetensors", root, COMMIT_A), &sb), 0);
+  CU_ASSERT(sp.done >= (uint64_t)sb.st_size); /* the download, then the reads */
+  kaun_flat_free(flat);
+  kaun_io_free(io);
+  kaun_context_free(ctx);
+  const char *cache = new_cache();
+  ctx = hub_context(cache, "");
+  ASSERT_OK(kaun_io_new(NULL, NULL, &io, &err), err);
+  kaun_io_cancel(io);
+  o.io = io;
+  ASSERT_FAILS(kaun_checkpoint_load_flat_ex(ctx, "hf://org/model", &o, &flat, &err), err,
+               KAUN_ECANCELED, "org/model");
+  CU_ASSERT_EQUAL(files_under(cache, "-path '*blobs*'"), 0);
+  kaun_io_free(io);
+  kaun_context_free(ctx);
+}
+
 static void test_api_loads(void) {
   kaun_error err = KAUN_ERROR_INIT;
   kaun_hf_options o = opts(new_cache(), NULL);
@@ -1371,6 +1400,7 @@ int main(void) {
               test_parallel_parts);
   CU_add_test(s, "the backend's download while it opens: progress and cancel",
               test_backend_open_progress);
+  CU_add_test(s, "a load's io reaches the download its open makes", test_load_io_reaches_download);
   CU_add_test(s, "kaun_hf_load_config, kaun_hf_load_weights", test_api_loads);
   CU_add_test(s, "Hub names mapped onto a template", test_name_mapping);
   CU_add_test(s, "hf:// backend: models, shards at one commit, offline", test_backend);

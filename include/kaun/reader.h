@@ -75,6 +75,12 @@ typedef struct kaun_range {
  * index_shard_uris (shards are files beside the index by default). */
 KAUN_API int kaun_reader_open(kaun_context *ctx, const char *uri, kaun_reader **out,
                               kaun_error *err);
+/* As kaun_reader_open, reporting to `io` (may be NULL) what backends
+ * transfer while they open the files (the Hub downloads them into its
+ * cache) and stopping with KAUN_ECANCELED when `io` is canceled. */
+KAUN_API int kaun_reader_open_io(kaun_context *ctx, const char *uri, kaun_io *io, kaun_reader **out,
+                                 kaun_error *err);
+
 /* Closes it.  Accepts NULL. */
 KAUN_API void kaun_reader_close(kaun_reader *r);
 
