@@ -482,14 +482,23 @@ static int reader_open(kaun_reader *r, const char *uri, kaun_error *err) {
     rc = kaun__error_nomem(err, "opening a checkpoint");
   } else if ((rc = kaun_object_open(ctx, single, &obj, err)) == KAUN_OK) {
     rc = open_single(r, single, obj, err);
-  } else if (rc == KAUN_ENOENT && (rc = kaun_object_open(ctx, index, &obj, err)) == KAUN_OK) {
-    rc = open_index(r, index, obj, err);
-  } else if (rc == KAUN_ENOENT) {
-    if (first.code == KAUN_EISDIR)
-      rc = kaun__error_set(err, KAUN_ENOENT,
-                           "'%s' is a directory without " SINGLE_NAME " or " INDEX_NAME, uri);
-    else if (err)
-      *err = first; /* nothing there at all: say so as the backend did */
+  } else if (rc != KAUN_ECANCELED) {
+    /* no single file, or none that could be reached (mirrors: a bucket
+     * without it, then a Hub that is down): the index may still be there */
+    kaun_error single_err = err ? *err : (kaun_error)KAUN_ERROR_INIT;
+    int single_rc = rc;
+    if ((rc = kaun_object_open(ctx, index, &obj, err)) == KAUN_OK) {
+      rc = open_index(r, index, obj, err);
+    } else if (rc == KAUN_ENOENT && single_rc == KAUN_ENOENT) { /* neither is there */
+      if (first.code == KAUN_EISDIR)
+        rc = kaun__error_set(err, KAUN_ENOENT,
+                             "'%s' is a directory without " SINGLE_NAME " or " INDEX_NAME, uri);
+      else if (err)
+        *err = first;               /* nothing there at all: say so as the backend did */
+    } else if (rc == KAUN_ENOENT) { /* no index: what kept the single file away is the news */
+      rc = single_rc;
+      if (err) *err = single_err;
+    }
   }
   free(single);
   free(index);

@@ -173,11 +173,14 @@ run $KS get s3://models/resharded/model.safetensors.index.json; expect_status 0 
 grep -q '"total_size": 4305' "$out" && ok || bad "the re-saved index's total_size"
 run $KS ls s3://models/resharded/
 [ "$(printf '%s\n' "$out" | sort)" = "$(printf '%s\n' "$copied" | sort)" ] && ok || bad "the re-saved shards hold the model"
-# a repo whose shard is missing: the error names it, nothing reaches the bucket (the index's
-# URI: through the repo's, the reader's folder search reports the index as absent)
+# a repo whose shard is missing: the error names it (KAUN_EINDEX: the index names a shard
+# the repo lacks), through the index's URI and the repo's; nothing reaches the bucket
 run $KS cp hf://org/broken/model.safetensors.index.json s3://models/hub/org/broken/
 expect_status 1 "cp of a repo missing a shard"
 expect_err_contains "model-00004-of-00006.safetensors" "the missing shard is named"
+run $KS cp hf://org/broken s3://models/hub/org/broken/
+expect_status 1 "cp of a repo missing a shard, by the repo's URI"
+expect_err_contains "model-00004-of-00006.safetensors" "the missing shard is named, by the repo's URI"
 grep -q 'Stored object "hub/org/broken/' "$TEST_TMP/s3rver.log" && bad "a failed copy stored objects" || ok
 # --all: every file of the repo (config.json too), at one commit, the index stored last
 run $KS cp --all hf://org/sharded s3://models/all/org/sharded/; expect_status 0 "cp --all of a Hub repo"
@@ -195,5 +198,12 @@ expect_err_contains "names a file, not a repo" "cp --all of a file says why"
 kill $server 2>/dev/null; wait $server 2>/dev/null
 run $KAUN --config "$TEST_TMP/mirror.json" load hf://org/sharded; expect_status 0 "load through the mirror"
 expect_out_contains "tensors     36" "the mirror serves the whole model"
+# the config docs/s3.md suggests (the bucket, then the Hub): with the Hub down, the
+# single file's miss in the bucket and the Hub's failure do not hide the index
+printf '{"cache_dir": "%s/cache3", "backends": {%s}, "mirrors": {"hf://": ["s3://models/hub/", "hf://"]}}\n' \
+  "$TEST_TMP" "$s3conf" >"$TEST_TMP/mirror2.json"
+run env HF_ENDPOINT="$HF_ENDPOINT" $KAUN --config "$TEST_TMP/mirror2.json" load hf://org/sharded
+expect_status 0 "load through bucket-then-Hub mirrors with the Hub down"
+expect_out_contains "tensors     36" "the bucket serves the whole model with the Hub down"
 
 finish

@@ -276,6 +276,9 @@ static int prefetch_shards(backend *be, const char *repo, const char *rev, const
       options_for(be, p->commit, &ho);
       ho.io = io;
       rc = kaun_hf_download_files(repo, (const char *const *)paths, p->n, &ho, files, err);
+      /* a shard the index names that is not in the repo: a bad index, not
+       * a missing one (a reader would look for something else) */
+      if (rc == KAUN_ENOENT) rc = KAUN_EINDEX;
       if (rc && err) {
         char why[KAUN_ERROR_MESSAGE_MAX];
         snprintf(why, sizeof why, "%s", err->message);
