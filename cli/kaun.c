@@ -477,14 +477,17 @@ static int cp_option(const char *opt, const char *value, void *ctx) {
   return 0;
 }
 
-/* A copy that writes a folder (shards and an index) into a local path that
- * is not there yet makes it first, as save_pretrained does; other
- * backends need no folders made. */
+static void make_parents(const char *dst);
+
+/* A copy that writes a folder (shards and an index, or DST/ for one file)
+ * into a local path that is not there yet makes it first, with its
+ * parents, as save_pretrained does; other backends need no folders made. */
 static int make_local_folder(const char *dst, kaun_error *err) {
   const char *path = strncmp(dst, "file://", 7) == 0 ? dst + 7 : strstr(dst, "://") ? NULL : dst;
   struct stat sb;
   if (!path || stat(path, &sb) == 0 || errno != ENOENT) return KAUN_OK;
-  if (mkdir(path, 0777) != 0)
+  make_parents(path);
+  if (mkdir(path, 0777) != 0 && errno != EEXIST)
     return kaun_error_set(err, errno == ENOENT ? KAUN_ENOENT : KAUN_EIO,
                           "cannot make the folder '%s': %s", path, strerror(errno));
   return KAUN_OK;
@@ -627,7 +630,7 @@ static int cmd_cp(int argc, char **argv) {
   if (!rc) rc = kaun_reader_open(ctx, base ? base : argv[0], &r, &err);
   const char *dst = argv[1];
   size_t dlen = strlen(dst);
-  bool to_folder = o.all || o.max_shard_size ||
+  bool to_folder = o.all || o.max_shard_size || (dlen && dst[dlen - 1] == '/') ||
                    (!rc && kaun_reader_is_sharded(r) &&
                     !(dlen >= 12 && strcmp(dst + dlen - 12, ".safetensors") == 0));
   if (!rc && to_folder) rc = make_local_folder(dst, &err);

@@ -391,11 +391,11 @@ run "$KAUN" cp --dtype F16 --max-shard-size 100 "$P" "$S/f16"; expect_status 0 "
 grep -q '"total_size": 144' "$S/f16/model.safetensors.index.json" && ok || bad "F16 shards' total_size"
 [ -e "$S/f16/model-00002-of-00002.safetensors" ] && ok || bad "F16 halves the shards: $(ls "$S/f16")"
 run "$KAUN" ls "$S/f16"; expect_out_contains "$(printf 'embed\tF16\t[8,4]\t64')" "the shards are cast"
-# DST must be a folder; a missing parent is named
+# DST must be a folder (made with its parents); one that cannot be made is named
 run "$KAUN" cp --max-shard-size 100 "$P" "$S/x.safetensors"; expect_status 1 "--max-shard-size into a file name"
 expect_err_contains "x.safetensors" "--max-shard-size into a file name names it"
-run "$KAUN" cp --max-shard-size 100 "$P" "$S/none/sub"; expect_status 1 "--max-shard-size under a missing folder"
-expect_err_contains "none/sub" "a folder that cannot be made is named"
+run "$KAUN" cp --max-shard-size 100 "$P" "$P/sub"; expect_status 3 "--max-shard-size under a file"
+expect_err_contains "$P/sub" "a folder that cannot be made is named"
 
 # --- a sharded model: every shard and the index, byte for byte, into a folder ---
 run "$KAUN" cp "$FIX/fluxml_sharded" "$S/flux"; expect_status 0 "cp of a sharded model"
@@ -429,5 +429,15 @@ rm "$S/src/model-00002-of-00003.safetensors"
 run "$KAUN" cp "$S/src" "$S/src-copy"; expect_status 1 "cp of a model with a missing shard"
 expect_err_contains "model-00002-of-00003.safetensors" "the missing shard is named"
 [ ! -e "$S/src-copy" ] && ok || bad "a copy of a model with a missing shard made $S/src-copy"
+
+# a DST ending in '/' is a folder, made with its parents
+run "$KAUN" cp "$TEST_TMP/params.safetensors" "$TEST_TMP/newdir/"; expect_status 0 "cp FILE DIR/"
+expect_same_file "$TEST_TMP/params.safetensors" "$TEST_TMP/newdir/model.safetensors" "cp FILE DIR/ writes DIR/model.safetensors"
+run "$KAUN" cp --dtype F16 "$TEST_TMP/params.safetensors" "$TEST_TMP/nested/deeper/dir/"
+expect_status 0 "cp --dtype into nested new folders"
+[ -f "$TEST_TMP/nested/deeper/dir/model.safetensors" ] && ok || bad "cp made nested/deeper/dir/model.safetensors"
+run "$KAUN" cp --max-shard-size 100 "$TEST_TMP/params.safetensors" "$TEST_TMP/a/b/c"
+expect_status 0 "cp --max-shard-size into nested new folders"
+[ -f "$TEST_TMP/a/b/c/model.safetensors.index.json" ] && ok || bad "cp --max-shard-size made a/b/c's index"
 
 finish
