@@ -44,7 +44,8 @@ typedef struct file_names {
   size_t n;
   const char **orig; /* borrowed from the reader */
   char **mapped;     /* NULL without a map */
-  size_t *sorted;    /* indexes, by mapped name */
+  size_t *sorted;    /* indexes, by mapped name: names without NUL bytes only */
+  size_t nsorted;
 } file_names;
 
 static void free_names(file_names *f) {
@@ -75,12 +76,15 @@ static int file_names_of(kaun_reader *r, const kaun_name_map *map, file_names *f
     kaun_reader_tensor t;
     kaun_reader_info(r, i, &t);
     f->orig[i] = t.name;
-    f->sorted[i] = i;
-    if (map && !(f->mapped[i] = kaun_name_map_apply(map, t.name)))
+    /* a name with a NUL byte is no template path: it maps to nothing (a
+     * map works on whole C strings and would cut it) */
+    bool whole = strlen(t.name) == kaun_reader_name_length(r, i);
+    if (whole) f->sorted[f->nsorted++] = i;
+    if (map && !(f->mapped[i] = kaun_name_map_apply(map, whole ? t.name : "")))
       return kaun__error_nomem(err, "name map");
   }
   sorting = f;
-  qsort(f->sorted, f->n, sizeof *f->sorted, cmp_mapped);
+  qsort(f->sorted, f->nsorted, sizeof *f->sorted, cmp_mapped);
   sorting = NULL;
   return KAUN_OK;
 }
@@ -88,7 +92,7 @@ static int file_names_of(kaun_reader *r, const kaun_name_map *map, file_names *f
 /* The file tensor whose mapped name is `want`: its index, -1 when none,
  * -2 (with `err` set) when the map sends two names there. */
 static long find_mapped(const file_names *f, const char *uri, const char *want, kaun_error *err) {
-  size_t lo = 0, hi = f->n;
+  size_t lo = 0, hi = f->nsorted;
   while (lo < hi) {
     size_t mid = lo + (hi - lo) / 2;
     if (strcmp(mapped_name(f, f->sorted[mid]), want) < 0)
@@ -96,8 +100,8 @@ static long find_mapped(const file_names *f, const char *uri, const char *want, 
     else
       hi = mid;
   }
-  if (lo == f->n || strcmp(mapped_name(f, f->sorted[lo]), want) != 0) return -1;
-  if (lo + 1 < f->n && strcmp(mapped_name(f, f->sorted[lo + 1]), want) == 0) {
+  if (lo == f->nsorted || strcmp(mapped_name(f, f->sorted[lo]), want) != 0) return -1;
+  if (lo + 1 < f->nsorted && strcmp(mapped_name(f, f->sorted[lo + 1]), want) == 0) {
     size_t a = f->sorted[lo], b = f->sorted[lo + 1];
     kaun__error_set(err, KAUN_EINVAL,
                     "%s: the name map sends both '%s' and '%s' to the template's '%s': make the "
@@ -120,6 +124,7 @@ int kaun_checkpoint_load_flat_ex(kaun_context *ctx, const char *uri, const kaun_
   size_t *lens = calloc(n + 1, sizeof *lens);
   kaun_tensor **tensors = calloc(n + 1, sizeof *tensors);
   kaun_flat *flat = NULL;
+  file_names files = {0, NULL, NULL, NULL, 0};
   if (!names || !lens || !tensors) {
     rc = kaun__error_nomem(err, "loading a checkpoint");
     goto done;
@@ -130,18 +135,28 @@ int kaun_checkpoint_load_flat_ex(kaun_context *ctx, const char *uri, const kaun_
     names[i] = t.name;
     lens[i] = kaun_reader_name_length(r, i);
   }
+  const kaun_name_map *map = opts_names(opts);
+  if (map) { /* the names it makes must differ: checked before anything is read */
+    if ((rc = file_names_of(r, map, &files, err))) goto done;
+    for (size_t k = 0; k + 1 < files.nsorted; k++) {
+      size_t a = files.sorted[k], b = files.sorted[k + 1];
+      if (strcmp(files.mapped[a], files.mapped[b]) == 0) {
+        rc = kaun__error_set(err, KAUN_EINVAL,
+                             "%s: the name map sends both '%s' and '%s' to '%s': make the rules "
+                             "tell them apart",
+                             uri, files.orig[a < b ? a : b], files.orig[a < b ? b : a],
+                             files.mapped[a]);
+        goto done;
+      }
+    }
+  }
   if ((rc = kaun_reader_get_many_n(r, n, names, lens, NULL, opts, tensors, err))) goto done;
   if ((rc = kaun_flat_new(&flat, err))) goto done;
-  const kaun_name_map *map = opts_names(opts);
   for (size_t i = 0; i < n && !rc; i++) {
-    if (map) {
-      char *m = kaun_name_map_apply(map, names[i]);
-      rc = m ? kaun_flat_add_n(flat, m, strlen(m), tensors[i], err)
-             : kaun__error_nomem(err, "name map");
-      free(m);
-    } else {
+    if (map && strlen(names[i]) == lens[i]) /* a name with a NUL byte stays as it is */
+      rc = kaun_flat_add_n(flat, files.mapped[i], strlen(files.mapped[i]), tensors[i], err);
+    else
       rc = kaun_flat_add_n(flat, names[i], lens[i], tensors[i], err);
-    }
     tensors[i] = NULL;
   }
   if (!rc) rc = kaun__reader_copy_metadata(r, flat, err);
@@ -150,6 +165,7 @@ done:
   free(tensors);
   free(names);
   free(lens);
+  free_names(&files);
   kaun_reader_close(r);
   if (rc) {
     kaun_flat_free(flat);
@@ -234,7 +250,7 @@ int kaun_checkpoint_load_ex(kaun_context *ctx, const char *path, const kaun_ptre
     kaun_flat_free(tc.leaves);
     return rc;
   }
-  file_names files = {0, NULL, NULL, NULL};
+  file_names files = {0, NULL, NULL, NULL, 0};
   size_t n = kaun_flat_count(tc.leaves);
   const char **names = calloc(n + 1, sizeof *names);
   kaun_dtype *dtypes = calloc(n + 1, sizeof *dtypes);
@@ -267,18 +283,27 @@ int kaun_checkpoint_load_ex(kaun_context *ctx, const char *path, const kaun_ptre
     if (in.ndim != kaun_tensor_ndim(want) ||
         memcmp(in.shape, kaun_tensor_shape(want), in.ndim * sizeof(uint64_t)) != 0) {
       char a[128], b[128];
+      bool renamed = strcmp(in.name, name) != 0;
       rc = kaun__error_set(
-          err, KAUN_ESHAPE, "%s: tensor '%s' has shape %s in the file but %s in the template",
-          in.uri, name, kaun_shape_format(in.ndim, in.shape, a, sizeof a),
+          err, KAUN_ESHAPE, "%s: tensor '%s'%s%s%s has shape %s in the file but %s in the template",
+          in.uri, name, renamed ? " (the file's '" : "", renamed ? in.name : "",
+          renamed ? "')" : "", kaun_shape_format(in.ndim, in.shape, a, sizeof a),
           kaun_shape_format(kaun_tensor_ndim(want), kaun_tensor_shape(want), b, sizeof b));
       goto done;
     }
   }
   if (missing) {
     char near[700], more[64] = "";
-    kaun__names_closest(first_missing,
-                        files.mapped ? (const char *const *)files.mapped : files.orig, files.orig,
-                        files.n, near, sizeof near);
+    const char **cand = calloc(2 * files.nsorted + 1, sizeof *cand);
+    for (size_t k = 0; cand && k < files.nsorted; k++) {
+      cand[k] = mapped_name(&files, files.sorted[k]);
+      cand[files.nsorted + k] = files.orig[files.sorted[k]];
+    }
+    near[0] = '\0';
+    if (cand)
+      kaun__names_closest(first_missing, cand, cand + files.nsorted, files.nsorted, near,
+                          sizeof near);
+    free(cand);
     if (missing > 1) snprintf(more, sizeof more, " (and %zu more are missing)", missing - 1);
     if (map)
       rc = kaun__error_set(err, KAUN_EKEY,

@@ -75,7 +75,17 @@ static size_t distance(const char *a, const char *b) {
 const char *kaun__names_closest(const char *want, const char *const *mapped,
                                 const char *const *orig, size_t n, char *buf, size_t size) {
   size_t best[3] = {SIZE_MAX, SIZE_MAX, SIZE_MAX}, who[3] = {0, 0, 0};
+  /* bounded work, whatever a file holds: names that cannot beat the third
+   * best (their lengths differ by more) are skipped, and the search stops
+   * after about 50 million cells of the distance table */
+  size_t la = strlen(want);
+  uint64_t budget = 50000000;
   for (size_t i = 0; i < n; i++) {
+    size_t lb = strlen(mapped[i]), lower = la > lb ? la - lb : lb - la;
+    if (lower >= best[2]) continue;
+    uint64_t cells = (uint64_t)(la < 512 ? la + 1 : 1) * (lb < 512 ? lb + 1 : 1);
+    if (cells > budget) break;
+    budget -= cells;
     size_t d = distance(want, mapped[i]);
     for (int k = 0; k < 3; k++)
       if (d < best[k]) {

@@ -199,6 +199,56 @@ static void test_template_with_name_map(void) {
   kaun_ptree_free(like);
 }
 
+/* Names with a NUL byte map to nothing (never cut at the NUL); a flat load
+ * whose map sends two names to one is refused naming both; a shape error
+ * under a map names the file's name too. */
+static void test_name_map_edges(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  const uint64_t s4[] = {4}, s2[] = {2};
+  kaun_flat *file;
+  ASSERT_OK(kaun_flat_new(&file, &err), err);
+  ASSERT_OK(kaun_flat_add_n(file, "bert.w\0evil", 11, filled(KAUN_DTYPE_F32, 1, s4, 100), &err),
+            err);
+  ASSERT_OK(kaun_flat_add(file, "bert.w", filled(KAUN_DTYPE_F32, 1, s4, 1), &err), err);
+  ASSERT_OK(kaun_flat_add(file, "other.w", filled(KAUN_DTYPE_F32, 1, s4, 7), &err), err);
+  const char *path = tmp_path("nul-names.safetensors");
+  ASSERT_OK(kaun_safetensors_save(NULL, path, file, &err), err);
+  kaun_flat_free(file);
+  kaun_name_map strip = {sizeof strip, "bert.", NULL, NULL, 0};
+  kaun_load_options o = {.struct_size = sizeof o, .names = &strip};
+  /* the template's "w" is bert.w, not the name with a NUL */
+  kaun_ptree *like, *out;
+  ASSERT_OK(kaun_ptree_new_record(&like, &err), err);
+  ASSERT_OK(kaun_ptree_set(like, "w", filled(KAUN_DTYPE_F32, 1, s4, 0), &err), err);
+  ASSERT_OK(kaun_checkpoint_load_ex(NULL, path, like, &o, &out, &err), err);
+  CU_ASSERT_EQUAL(((const float *)kaun_tensor_data(at(out, "w")))[0], 1.0f);
+  kaun_ptree_free(out);
+  kaun_ptree_free(like);
+  /* a flat load keeps the NUL name whole */
+  kaun_flat *flat;
+  ASSERT_OK(kaun_checkpoint_load_flat_ex(NULL, path, &o, &flat, &err), err);
+  CU_ASSERT_EQUAL(kaun_flat_count(flat), 3);
+  bool whole = false;
+  for (size_t i = 0; i < kaun_flat_count(flat); i++)
+    whole |= kaun_flat_name_length(flat, i) == 11 &&
+             memcmp(kaun_flat_name(flat, i), "bert.w\0evil", 11) == 0;
+  CU_ASSERT_TRUE(whole);
+  kaun_flat_free(flat);
+  /* two names mapped to one: the flat load says which */
+  const kaun_rename both[] = {{"other.", "bert."}};
+  kaun_name_map clash = {sizeof clash, NULL, NULL, both, 1};
+  o.names = &clash;
+  ASSERT_FAILS(kaun_checkpoint_load_flat_ex(NULL, path, &o, &flat, &err), err, KAUN_EINVAL,
+               "sends both 'bert.w' and 'other.w' to 'bert.w'");
+  /* a shape that differs, under a map: both names */
+  o.names = &strip;
+  ASSERT_OK(kaun_ptree_new_record(&like, &err), err);
+  ASSERT_OK(kaun_ptree_set(like, "w", filled(KAUN_DTYPE_F32, 1, s2, 0), &err), err);
+  ASSERT_FAILS(kaun_checkpoint_load_ex(NULL, path, like, &o, &out, &err), err, KAUN_ESHAPE,
+               "tensor 'w' (the file's 'bert.w') has shape [4]");
+  kaun_ptree_free(like);
+}
+
 /* Params and optimizer state go to two files; a training run resumes from
  * them and its updates never touch the files. */
 static void test_params_and_state_resume(void) {
@@ -441,6 +491,7 @@ void register_checkpoint_tests(void) {
       {"templates cast dtypes and ignore extra tensors", test_template_casts_and_ignores_extras},
       {"missing keys, shape mismatches and bad casts", test_template_errors},
       {"a name map fills a template with other names", test_template_with_name_map},
+      {"name maps: NUL names, clashes in flat loads, shapes", test_name_map_edges},
       {"params and state in two files, then resume", test_params_and_state_resume},
       {"views outlive the load that made them", test_views_outlive_their_load},
       {"unaligned data is copied, not viewed", test_unaligned_data_is_copied},
