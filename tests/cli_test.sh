@@ -412,9 +412,12 @@ mkdir -p "$S/withcfg"
 cp "$FIX"/fluxml_sharded/* "$S/withcfg/"
 printf '{"hidden_size": 4}\n' >"$S/withcfg/config.json"
 printf 'tokens\n' >"$S/withcfg/tokenizer.json"
+mkdir -p "$S/withcfg/sub/deeper"
+printf 'notes\n' >"$S/withcfg/sub/deeper/notes.txt"
 run "$KAUN" cp --all "$S/withcfg" "$S/withcfg-copy"; expect_status 0 "cp --all of a folder"
-for f in "$S"/withcfg/*; do expect_same_file "$f" "$S/withcfg-copy/${f##*/}" "cp --all"; done
-[ "$(ls "$S/withcfg-copy" | wc -l)" -eq 9 ] && ok || bad "cp --all wrote: $(ls "$S/withcfg-copy")"
+for f in "$S"/withcfg/*; do [ -f "$f" ] && expect_same_file "$f" "$S/withcfg-copy/${f##*/}" "cp --all"; done
+expect_same_file "$S/withcfg/sub/deeper/notes.txt" "$S/withcfg-copy/sub/deeper/notes.txt" "cp --all copies subfolders"
+[ "$(ls "$S/withcfg-copy" | wc -l)" -eq 10 ] && ok || bad "cp --all wrote: $(ls "$S/withcfg-copy")"
 run "$KAUN" cp --all "$P" "$S/all-of-a-file"; expect_status 1 "cp --all of a file"
 expect_err_contains "params.safetensors" "cp --all of a file names it"
 # a shard that cannot be stored: no index, the copied shards removed, the shard named
