@@ -862,7 +862,9 @@ int kaun_cache_writer_commit(kaun_cache_writer *w, kaun_error *err) {
     }
     if (!rc && strcmp(got, w->expected_hex) != 0)
       rc = kaun__error_set(err, KAUN_ECHECKSUM,
-                           "cache entry '%s' fails its %s check: expected %s, got %s",
+                           "the bytes received for '%s' fail their %s check (expected %s, got "
+                           "%s): nothing was cached; retry, and if it happens again the source "
+                           "holds other bytes than it says",
                            w->final_path, hash_name(w->kind), w->expected_hex, got);
   }
   stop_follower(w); /* before its file is closed, whatever failed above */

@@ -361,7 +361,7 @@ static int save_sharded(kaun_context *ctx, const char *uri, save_input *in, uint
   if (kaun__ends_with(uri, ".safetensors") || kaun__ends_with(uri, ".json"))
     return kaun__error_set(err, KAUN_EINVAL,
                            "cannot save '%s' in shards: a sharded save writes into a folder, and "
-                           "this names a file",
+                           "this names a file (give the folder, e.g. without the file name)",
                            uri);
   size_t *first = calloc(in->n + 2, sizeof *first);
   if (!first) return kaun__error_nomem(err, "saving in shards");

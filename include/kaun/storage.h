@@ -141,8 +141,6 @@ KAUN_API int kaun_object_read_io(kaun_object *obj, uint64_t offset, void *dst, s
 KAUN_API int kaun_object_map_range(kaun_object *obj, uint64_t offset, uint64_t len,
                                    kaun_buffer **out, kaun_error *err);
 
-/* The transfer hints for this object: bytes per read and reads in
- * flight (the context's overrides, else the backend's, else defaults). */
 /* As kaun_object_open, reporting to `io` (may be NULL) what the backend
  * transfers while it opens (the Hub downloads the file into its cache)
  * and stopping with KAUN_ECANCELED when `io` is canceled.  Without an io,
@@ -151,6 +149,8 @@ KAUN_API int kaun_object_map_range(kaun_object *obj, uint64_t offset, uint64_t l
 KAUN_API int kaun_object_open_io(kaun_context *ctx, const char *uri, kaun_io *io, kaun_object **out,
                                  kaun_error *err);
 
+/* The transfer hints for this object: bytes per read and reads in
+ * flight (the context's overrides, else the backend's, else defaults). */
 KAUN_API void kaun_object_hints(const kaun_object *obj, uint64_t *chunk_size, unsigned *inflight);
 
 /* A local file holding the object's bytes: its own path when it is one
