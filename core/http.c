@@ -30,7 +30,7 @@
 #define DEFAULT_INFLIGHT 8u
 #define DEFAULT_ALLOC_MAX ((size_t)64 << 20)
 #define MAX_REDIRECTS 10u
-#define MAX_TOTAL_ATTEMPTS 1000u         /* even when every try brings new bytes */
+#define MAX_TOTAL_ATTEMPTS 1000u          /* even when every try brings new bytes */
 #define PROGRESS_MIN ((uint64_t)64 << 10) /* what a try must bring to count as progress */
 #define ERRBODY_MAX 16384u
 #define POLL_MS 50L
@@ -1127,6 +1127,10 @@ static bool build_headers(job *j) {
 
 /* Starts one attempt on `a`.  Returns false (job done) when it cannot. */
 static bool attempt_start(kaun_http *h, agent *a, job *j, int64_t now) {
+  if (kaun_io_canceled(j->req.io)) { /* canceled before it started: no request at all */
+    job_fail(j, KAUN_ECANCELED, 0, NULL, "canceled");
+    return false;
+  }
   if (j->req.prepare) { /* fresh headers for this attempt (a signature) */
     kaun_error e = KAUN_ERROR_INIT;
     int rc = j->req.prepare(j->req.prepare_user, &j->req.headers, &j->req.authorization, &e);

@@ -1061,6 +1061,10 @@ static void test_cancel_from_progress(void) {
   CU_ASSERT(now_s() - t0 < 1.0);
   CU_ASSERT(log.done >= 65536 && log.done < FILE_SIZE);
   CU_ASSERT_EQUAL(hits(&srv_a, "/data.bin"), 1);
+  /* an io canceled before the request: no request is sent at all */
+  reset(&srv_a);
+  ASSERT_FAILS(kaun_http_perform(client, &r, NULL, &err), err, KAUN_ECANCELED, "canceled");
+  CU_ASSERT_EQUAL(hits(&srv_a, "/data.bin"), 0);
   kaun_io_free(io);
 }
 
