@@ -1136,8 +1136,10 @@ static int faults_init(void) {
           "\"retry_base_ms\": 10, \"retry_max_ms\": 3000},\n"
           " \"fpstall\": {\"plugin\": \"s3\", \"endpoint\": \"%s\", %s, \"max_attempts\": 3, "
           "\"retry_base_ms\": 10, \"retry_max_ms\": 50, \"stall_ms\": 300},\n"
+          " \"fpnomd5\": {\"plugin\": \"s3\", \"endpoint\": \"%s\", %s, \"etag_md5\": false},\n"
           " \"sv\": {\"plugin\": \"s3\", \"endpoint\": \"http://127.0.0.1:%d\", %s}\n}}\n",
-          work, proxy.url, common, proxy.url, common, proxy.url, common, verify_port, common);
+          work, proxy.url, common, proxy.url, common, proxy.url, common, proxy.url, common,
+          verify_port, common);
   fclose(f);
   return 0;
 }
@@ -1419,11 +1421,20 @@ static void test_fault_wrong_body(void) {
   ASSERT_FAILS(kaun_object_fetch(o, NULL, path, sizeof path, &err), err, KAUN_ECHECKSUM,
                "wrongbody.bin");
   CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "MD5"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "backends.fp.etag_md5: false"));
   CU_ASSERT_EQUAL(cache_files(), before);
   /* the same object, served right: fetched and checked */
   test_server_reset(&proxy);
   ASSERT_OK(kaun_object_fetch(o, NULL, path, sizeof path, &err), err);
   CU_ASSERT(file_is(path, data, FOBJ));
+  kaun_object_close(o);
+  /* etag_md5: false (a store whose ETags are not MD5s): only the size is checked */
+  ASSERT_OK(put_bytes(ctx, "sv://" BUCKET "/faults/nomd5.bin", data, FOBJ, &err), err);
+  ASSERT_OK(kaun_object_open(ctx, "fpnomd5://" BUCKET "/faults/nomd5.bin", &o, &err), err);
+  test_server_faults(&proxy, GET_RULE("\"wrong_hash\": true, \"count\": -1"));
+  ASSERT_OK(kaun_object_fetch(o, NULL, path, sizeof path, &err), err);
+  CU_ASSERT_FALSE(file_is(path, data, FOBJ)); /* what the option gives up */
+  test_server_reset(&proxy);
   kaun_object_close(o);
   free(data);
   kaun_context_free(ctx);

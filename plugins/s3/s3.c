@@ -44,6 +44,7 @@ typedef struct backend {
   unsigned concurrency;
   unsigned list_page;
   long signature_max_age_s; /* a signature older than this is made anew */
+  int etag_md5;             /* a single-part ETag is the bytes' MD5: check it */
   kaun_http *http;
   kaun_context *ctx; /* for the cache root */
 } backend;
@@ -85,6 +86,9 @@ static const kaun_option_spec options[] = {
     {"multipart_threshold", KAUN_OPTION_INT, "67108864", 0, 0,
      "objects larger than this are uploaded in parts"},
     {"list_page_size", KAUN_OPTION_INT, "1000", 0, 0, "keys asked for per ListObjectsV2 page"},
+    {"etag_md5", KAUN_OPTION_BOOL, "true", 0, 0,
+     "check downloads against a single-part ETag as the bytes' MD5 (false for stores whose "
+     "ETags are not: encrypted MinIO)"},
     {"signature_max_age_s", KAUN_OPTION_INT, "300", 0, 0,
      "a request's signature is made anew for an attempt that starts later than this (S3 "
      "refuses signatures older than 15 minutes)"},
@@ -355,6 +359,7 @@ static int s3_create(kaun_context *ctx, const char *instance, const kaun_options
   be->part_size = (uint64_t)part;
   be->concurrency = (unsigned)conc;
   be->signature_max_age_s = (long)age;
+  be->etag_md5 = kaun_options_get_bool(opts, "etag_md5", 1);
   be->multipart_threshold = (uint64_t)thr;
   be->list_page = (unsigned)page;
   be->anonymous = kaun_options_get_bool(opts, "anonymous", 0);
@@ -817,7 +822,7 @@ static int head_object(object *o, kaun_error *err) {
   bool hex32 = strlen(plain) == 32 && strncmp(o->etag, "W/", 2) != 0;
   for (size_t i = 0; hex32 && i < 32; i++) hex32 = isxdigit((unsigned char)plain[i]) != 0;
   o->md5[0] = '\0';
-  if (hex32 && !(sse && strncmp(sse, "aws:kms", 7) == 0) &&
+  if (hex32 && be->etag_md5 && !(sse && strncmp(sse, "aws:kms", 7) == 0) &&
       !kaun_http_response_header(resp, "x-amz-server-side-encryption-customer-algorithm"))
     snprintf(o->md5, sizeof o->md5, "%.32s", plain);
   if (lm) {
@@ -1048,6 +1053,15 @@ static int s3_fetch_io(void *ob, char *path_out, size_t path_size, kaun_io *io, 
   rc = kaun_cache_get_or_fill(
       final_path, lock_path, o->size, o->md5[0] ? KAUN_CACHE_HASH_MD5 : KAUN_CACHE_HASH_NONE,
       o->md5[0] ? o->md5 : NULL, KAUN_CACHE_LOCK_WAIT_MS, fill, &f, io, o->uri, err);
+  if (rc == KAUN_ECHECKSUM &&
+      err) { /* say how to turn it off for stores whose ETags are not MD5s */
+    char why[KAUN_ERROR_MESSAGE_MAX];
+    snprintf(why, sizeof why, "%s", err->message);
+    kaun_error_set(err, rc,
+                   "%s (the ETag of a single-part S3 object is its MD5; a store whose ETags are "
+                   "not, such as encrypted MinIO, needs backends.%s.etag_md5: false)",
+                   why, o->be->name);
+  }
   if (!rc) memcpy(path_out, final_path, strlen(final_path) + 1);
   return rc;
 }
