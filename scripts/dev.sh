@@ -3,11 +3,13 @@
 #
 #   scripts/dev.sh demo    install what is missing, build, run the built-in example
 #   scripts/dev.sh test    install what is missing, build, run every test: the
-#                          normal build, an ASan+UBSan build, the format check
-#                          and make distcheck
-#   scripts/dev.sh deps | build | check | asan | valgrind | format-check | distcheck | bench
-#   scripts/dev.sh fuzz [SECONDS] [TARGET]   libFuzzer, SECONDS (default 60) on each
-#                          target: safetensors (headers), uri, config, index (needs clang)
+#                          normal build, an ASan+UBSan build, a TSan build of the
+#                          concurrency tests, a fuzz smoke, the format check and
+#                          make distcheck
+#   scripts/dev.sh deps | build | check | asan | tsan | fuzz-smoke | valgrind | format-check | distcheck | bench
+#   scripts/dev.sh fuzz [SECONDS] [TARGET]   libFuzzer (needs clang), SECONDS (default 60) on
+#                          each target: safetensors, uri, config, index, loader, hub_headers,
+#                          s3_xml, tar_names (also: make fuzz FUZZ_SECONDS=N [FUZZ_TARGET=T])
 set -eu
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,7 +17,7 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 
 DEBIAN_PACKAGES="build-essential autoconf automake libtool pkg-config \
   libcunit1-dev libssl-dev libcurl4-openssl-dev libarchive-dev libjson-c-dev \
-  clang-format python3 nodejs awscli s3cmd valgrind"
+  clang-format python3 nodejs awscli s3cmd valgrind clang"
 
 deps() {
   deps_debian
@@ -91,6 +93,32 @@ asan() {
   grep -h -E 'passed, [0-9]+ failed' build-asan/tests/*.log
 }
 
+# The suites whose tests run threads (a context, a reader, an HTTP client or
+# the cache shared by threads; the Hub's parallel downloads; links swapped
+# under loads) and forked processes, under ThreadSanitizer: a report fails.
+TSAN_SUITES="tests/storage_tests tests/cache_tests tests/http_tests tests/confine_tests \
+  tests/reader_tests tests/hf_tests tests/tar_tests"
+
+tsan() {
+  deps
+  bootstrap
+  mkdir -p build-tsan
+  if [ ! -f build-tsan/Makefile ]; then
+    (cd build-tsan && ../configure --enable-werror --quiet \
+      CFLAGS="-O1 -g -fsanitize=thread" LDFLAGS="-fsanitize=thread")
+  fi
+  echo "==> the concurrency tests under ThreadSanitizer (build-tsan/)"
+  rm -f build-tsan/tests/*.log
+  TSAN_OPTIONS=second_deadlock_stack=1 \
+    make -C build-tsan -j"$JOBS" check TESTS="$TSAN_SUITES" >/dev/null 2>&1 ||
+    { cat build-tsan/tests/*.log; echo "ThreadSanitizer build failed" >&2; exit 1; }
+  if grep -l "WARNING: ThreadSanitizer" build-tsan/tests/*.log; then
+    echo "ThreadSanitizer reports found" >&2
+    exit 1
+  fi
+  grep -h -E "^ +tests " build-tsan/tests/*_tests.log || true
+}
+
 check_valgrind() {
   build
   echo "==> the C suites under valgrind memcheck (no definite leaks, no memory errors)"
@@ -115,17 +143,17 @@ distcheck() {
   make -C build distcheck >/dev/null 2>&1 || { echo "make distcheck failed; rerun 'make -C build distcheck'" >&2; exit 1; }
 }
 
-FUZZ_TARGETS="safetensors uri config index"
+FUZZ_TARGETS="safetensors uri config index loader hub_headers s3_xml tar_names"
 
-# Seeds for a target's corpus: a few valid inputs to start from.
+# Seeds for a target's corpus (folder $2): a few valid and hostile inputs.
 fuzz_seeds() {
-  c=build-fuzz/corpus-$1
+  c=$2
   [ -n "$(ls "$c" 2>/dev/null)" ] && return 0
   mkdir -p "$c"
   case $1 in
-    safetensors)
+    safetensors | loader)
       fix="${KAUN_FIXTURES:-$ROOT/../shared/fixtures}/safetensors"
-      [ -d "$fix" ] && find "$fix" -name '*.safetensors' -exec cp {} "$c/" \;
+      [ -d "$fix" ] && find "$fix" -name '*.safetensors' -size -64k -exec cp {} "$c/" \;
       h='{"__metadata__":{"k\u0000":"v"},"a\u0000b":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}'
       while [ $((${#h} % 8)) -ne 0 ]; do h="$h "; done
       { printf "\\$(printf %03o ${#h})\\0\\0\\0\\0\\0\\0\\0"; printf '%sabcd' "$h"; } >"$c/nul-name" ;;
@@ -140,54 +168,142 @@ fuzz_seeds() {
     index)
       printf '{"metadata": {"total_size": 5}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b\\u0000c": "model-00001-of-00002.safetensors", "b\\u0000d": "model-00001-of-00002.safetensors", "__metadata__\\u0000": "model-00002-of-00002.safetensors", "e.weight": "model-00002-of-00002.safetensors"}}\n' >"$c/all"
       printf '{"weight_map": {"e.weight": "./sub/../model-00002-of-00002.safetensors"}}' >"$c/dots" ;;
+    hub_headers)
+      commit=0123456789abcdef0123456789abcdef01234567
+      sha=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+      printf '200\nX-Repo-Commit: %s\nETag: "%s"\nContent-Length: 12\n' "$commit" "$sha" >"$c/plain"
+      printf '302\nX-Repo-Commit: %s\nX-Linked-Etag: "%s"\nX-Linked-Size: 1024\nETag: W/"abc"\nLocation: https://cdn.example/blob?X-Amz-Signature=1\n' \
+        "$commit" "$sha" >"$c/lfs"
+      printf '307\nX-Repo-Commit: %s\nETag: "9ac3"\nLocation: /api/resolve-cache/models/org/m/%s/f\r\n:url https://user:pw@hub.example/org/m/resolve/main/f?x=1\n' \
+        "$commit" "$commit" >"$c/relative"
+      printf '200\nX-Repo-Commit: %s\nETag: e69de29bb2d1d6434b8b29ae775ad8c2e48c5391\nX-Linked-Size: 0\n' "$commit" >"$c/empty" ;;
+    s3_xml)
+      printf '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchKey</Code><Message>The specified key does not exist &amp; &lt;never&gt; did &#233; &#x1F600;</Message><Key>a/b</Key><RequestId>4442587FB7D0A2F9</RequestId></Error>' >"$c/error"
+      printf '<Error><Code>PermanentRedirect</Code><Message>wrong region</Message><Endpoint>b.s3.eu-west-1.amazonaws.com</Endpoint></Error>' >"$c/redirect"
+      printf '<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>bucket</Name><Prefix>dir/</Prefix><KeyCount>2</KeyCount><MaxKeys>2</MaxKeys><IsTruncated>true</IsTruncated><NextContinuationToken>1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM=</NextContinuationToken><Contents><Key>dir/a.safetensors</Key><LastModified>2026-11-29T00:00:00.000Z</LastModified><ETag>&quot;9b2cf535f27731c974343645a3985328&quot;</ETag><Size>1024</Size></Contents><Contents><Key>dir/sub/b&amp;c.json</Key><Size>18446744073709551615</Size></Contents><Contents><Key>dir/</Key><Size>0</Size></Contents></ListBucketResult>' >"$c/list"
+      printf '<ListBucketResult><IsTruncated>true</IsTruncated><Contents><Key>other/x</Key><Size>1</Size></Contents></ListBucketResult>' >"$c/list-no-token"
+      printf '<?xml version="1.0" encoding="UTF-8"?>\n<InitiateMultipartUploadResult><Bucket>bucket</Bucket><Key>k</Key><UploadId>VXBsb2FkIElEIGZvciA2aWWpbmcncyBteS1tb3ZpZS5tMnRzIHVwbG9hZA&#x2D;&#45;</UploadId></InitiateMultipartUploadResult>' >"$c/multipart" ;;
+    tar_names)
+      python3 "$ROOT/tests/fuzz/tar_seeds.py" "$c" ;;
   esac
+}
+
+# Builds the library once with clang, instrumented for coverage (objects
+# kept in build-fuzz/obj/ and rebuilt only when a source or header is
+# newer), then the targets named in $1 (each rebuilt when stale).
+fuzz_build() {
+  command -v clang >/dev/null || { echo "fuzz needs clang (apt-get install clang)" >&2; exit 1; }
+  mkdir -p build-fuzz/obj
+  # no installed plugin is ever loaded
+  flags="-g -O1 -std=c11 -D_GNU_SOURCE -DKAUN_BUILDING_LIBRARY -Iinclude \
+    -DKAUN_PLUGINDIR=\"/nonexistent/kaun-fuzz-plugins\" -fsanitize=address,undefined \
+    -fno-sanitize-recover=all $(pkg-config --cflags json-c libarchive 2>/dev/null || true)"
+  headers="include/kaun.h include/kaun/*.h core/*.h"
+  stale=""
+  for src in core/*.c plugins/file/file.c; do
+    o=build-fuzz/obj/$(echo "$src" | tr / _).o
+    fuzz_stale "$o" "$src" $headers && stale="$stale $src"
+  done
+  if [ -n "$stale" ]; then
+    echo "==> building the library for libFuzzer (build-fuzz/obj)"
+    for src in $stale; do printf '%s\n' "$src"; done | xargs -P "$JOBS" -I{} sh -c '
+      o=build-fuzz/obj/$(echo "$1" | tr / _).o
+      clang $2 -fsanitize=fuzzer-no-link -c "$1" -o "$o.tmp" && mv "$o.tmp" "$o"' sh {} "$flags"
+  fi
+  for t in $1; do
+    fuzz_stale "build-fuzz/fuzz_$t" "tests/fuzz/fuzz_$t.c" build-fuzz/obj/*.o $headers \
+      plugins/s3/*.[ch] plugins/tar/tar.c || continue
+    echo "==> building build-fuzz/fuzz_$t"
+    libs="-lcrypto -lcurl -ljson-c -lpthread -lm -ldl"
+    [ "$t" = tar_names ] && libs="-larchive $libs"
+    clang $flags -fsanitize=fuzzer "tests/fuzz/fuzz_$t.c" build-fuzz/obj/*.o $libs \
+      -o "build-fuzz/fuzz_$t"
+  done
+}
+
+# Whether $1 is missing or older than any of the other files.
+fuzz_stale() {
+  o=$1
+  shift
+  [ -f "$o" ] || return 0
+  for f in "$@"; do [ "$f" -nt "$o" ] && return 0; done
+  return 1
+}
+
+# Runs target $1 for $2 seconds on corpus folder $3; a crash is kept as
+# build-fuzz/crash-TARGET-*.  Returns nonzero on a finding.
+fuzz_one() {
+  status=0
+  ASAN_OPTIONS=detect_leaks=1 nice -n "${FUZZ_NICE:-0}" "build-fuzz/fuzz_$1" \
+    -max_total_time="$2" -max_len=65536 -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
+    -dict=tests/fuzz/kaun.dict -artifact_prefix="build-fuzz/crash-$1-" "$3" \
+    >"build-fuzz/$1.log" 2>&1 || status=$?
+  if [ "$status" -ne 0 ]; then
+    grep -E '^(==[0-9]+==ERROR|SUMMARY|Test unit written|artifact_prefix)' "build-fuzz/$1.log" >&2 || true
+    echo "fuzz: $1 failed (exit $status): build-fuzz/$1.log, build-fuzz/crash-$1-*" >&2
+  fi
+  return "$status"
+}
+
+# Replays tests/fuzz/regress/TARGET/* (inputs that once crashed) on target $1.
+fuzz_replay() {
+  [ -n "$(ls "tests/fuzz/regress/$1" 2>/dev/null)" ] || return 0
+  ASAN_OPTIONS=detect_leaks=1 "build-fuzz/fuzz_$1" tests/fuzz/regress/"$1"/* \
+    >"build-fuzz/$1.replay.log" 2>&1 ||
+    { cat "build-fuzz/$1.replay.log" >&2; echo "fuzz: a regression input of $1 fails again" >&2; return 1; }
 }
 
 fuzz() {
   # libFuzzer on every parser of untrusted input, SECONDS each (needs
-  # clang; not part of 'test'): the SafeTensors header, the URI parser,
-  # the config reader and the sharded index through the reader.  Crashes
-  # are kept as build-fuzz/crash-TARGET-*; the corpora grow across runs.
+  # clang; 'test' runs only fuzz_smoke): the SafeTensors header, the URI
+  # parser, the config reader, the sharded index through the reader, the
+  # whole-file loader, the Hub's HEAD answers, S3's XML bodies, tar
+  # archives through the tar plugin.  Crashes are kept as
+  # build-fuzz/crash-TARGET-*; the corpora (build-fuzz/corpus-TARGET) grow
+  # across runs.  FUZZ_NICE=19 to run politely.
   seconds=${1:-60}
   targets=${2:-$FUZZ_TARGETS}
   case " $FUZZ_TARGETS " in
     *" $targets "*) ;;
     *) echo "fuzz: no target '$targets' (targets: $FUZZ_TARGETS)" >&2; exit 2 ;;
   esac
-  command -v clang >/dev/null || { echo "fuzz needs clang (apt-get install clang)" >&2; exit 1; }
-  mkdir -p build-fuzz/obj
-  # the library once, instrumented for coverage; no installed plugin is ever loaded
-  flags="-g -O1 -std=c11 -D_GNU_SOURCE -DKAUN_BUILDING_LIBRARY -Iinclude \
-    -DKAUN_PLUGINDIR=\"/nonexistent/kaun-fuzz-plugins\" -fsanitize=address,undefined \
-    -fno-sanitize-recover=all"
-  echo "==> building the library for libFuzzer"
-  for src in core/*.c plugins/file/file.c; do
-    printf '%s\n' "$src"
-  done | xargs -P "$JOBS" -I{} sh -c 'o=build-fuzz/obj/$(echo "$1" | tr / _).o
-    clang $2 -fsanitize=fuzzer-no-link -c "$1" -o "$o"' sh {} "$flags"
-  for t in $targets; do
-    clang $flags -fsanitize=fuzzer "tests/fuzz/fuzz_$t.c" build-fuzz/obj/*.o \
-      -lcrypto -lcurl -lpthread -lm -ldl -o "build-fuzz/fuzz_$t"
-  done
+  fuzz_build "$targets"
   failed=""
   for t in $targets; do
-    fuzz_seeds "$t"
+    fuzz_seeds "$t" "build-fuzz/corpus-$t"
+    fuzz_replay "$t" || failed="$failed $t"
     echo "==> fuzzing $t for ${seconds}s"
-    status=0
-    ASAN_OPTIONS=detect_leaks=1 "build-fuzz/fuzz_$t" -max_total_time="$seconds" -max_len=65536 \
-      -print_final_stats=1 -dict=tests/fuzz/kaun.dict -artifact_prefix="build-fuzz/crash-$t-" \
-      "build-fuzz/corpus-$t" \
-      >"build-fuzz/$t.log" 2>&1 || status=$?
+    fuzz_one "$t" "$seconds" "build-fuzz/corpus-$t" || failed="$failed $t"
     grep -E '^(Done [0-9]+ runs|stat::number_of_executed_units|stat::new_units_added)' \
       "build-fuzz/$t.log" || true
-    if [ "$status" -ne 0 ]; then
-      grep -E '^(==[0-9]+==ERROR|SUMMARY|Test unit written|artifact_prefix)' "build-fuzz/$t.log" >&2 || true
-      echo "fuzz: $t failed (exit $status): build-fuzz/$t.log, build-fuzz/crash-$t-*" >&2
-      failed="$failed $t"
-    fi
+    grep -E '^#[0-9]+.*(DONE|INITED)' "build-fuzz/$t.log" | tail -1 || true
   done
   [ -z "$failed" ] || { echo "fuzz: failures in:$failed" >&2; exit 1; }
   echo "==> fuzzing found nothing"
+}
+
+# The test command's share of fuzzing: every target built, its regression
+# inputs replayed, then a few seconds each from the seeds only (24 s in
+# all).  Writes build-fuzz/smoke.log ("N passed, M failed": one per target).
+fuzz_smoke() {
+  deps
+  fuzz_build "$FUZZ_TARGETS"
+  echo "==> fuzz smoke: regression inputs, then 3 s per target from the seeds (build-fuzz/)"
+  pass=0
+  failed=""
+  for t in $FUZZ_TARGETS; do
+    rm -rf "build-fuzz/smoke-$t"
+    fuzz_seeds "$t" "build-fuzz/smoke-$t"
+    if fuzz_replay "$t" && fuzz_one "$t" 3 "build-fuzz/smoke-$t"; then
+      pass=$((pass + 1))
+    else
+      failed="$failed $t"
+    fi
+    rm -rf "build-fuzz/smoke-$t"
+  done
+  nfail=$(echo $failed | wc -w)
+  echo "$pass passed, $nfail failed" | tee build-fuzz/smoke.log
+  [ -z "$failed" ] || { echo "fuzz smoke: findings in:$failed (build-fuzz/crash-*)" >&2; exit 1; }
 }
 
 # The plugin guide's example, built out of tree against the *installed*
@@ -330,19 +446,26 @@ case "${1:-}" in
   asan) asan ;;
   format-check) format_check ;;
   valgrind) check_valgrind ;;
+  tsan) tsan ;;
   distcheck) distcheck ;;
   demo) demo ;;
   bench) build; make -C build bench ;;
   fuzz) fuzz "${2:-60}" "${3:-}" ;;
+  fuzz-smoke) fuzz_smoke ;;
   plugin-oot) plugin_out_of_tree ;;
+  kill) # crash safety at full strength: ROUNDS (default 100) SIGKILLs per scenario (tests/kill_test.sh)
+    build
+    KAUN_KILL_ROUNDS="${2:-100}" make -C build check TESTS=tests/kill_test.sh >/dev/null 2>&1 ||
+      { cat build/tests/kill_test.log; exit 1; }
+    grep -E '^kill:|passed, [0-9]+ failed' build/tests/kill_test.log ;;
   test)
-    check; asan; check_valgrind; format_check; plugin_out_of_tree; distcheck
-    # one closing line for everything: CUnit tests and shell checks, both builds
-    total=$(cat build/tests/*.log build-asan/tests/*.log | awk '
+    check; asan; tsan; fuzz_smoke; check_valgrind; format_check; plugin_out_of_tree; distcheck
+    # one closing line for everything: CUnit tests and shell checks, both builds, fuzz targets
+    total=$(cat build/tests/*.log build-asan/tests/*.log build-fuzz/smoke.log | awk '
       /^ +tests +[0-9]/ {p += $4; f += $5}
       /^[0-9]+ passed, [0-9]+ failed$/ {p += $1; f += $3}
       END {print p + 1, f}')
     echo "==> all tests passed"
     echo "kaun: ${total% *} passed, ${total#* } failed" ;;
-  *) sed -n '2,10p' "$0"; exit 2 ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
 esac

@@ -415,6 +415,19 @@ static void test_list_members(void) {
   CU_ASSERT_PTR_NOT_NULL(strstr(got, "model.safetensors="));
   snprintf(uri, sizeof uri, "passthru://x::%s/bundle.tar", work); /* stacked, cannot list */
   ASSERT_FAILS(kaun_storage_list(ctx, uri, collect, got, &err), err, KAUN_ENOTSUP, "passthru://x");
+  /* an archive without members (found by fuzzing: the empty table was
+   * sorted and searched as NULL): lists nothing, and a member is not there */
+  char empty[1024] = {0}; /* two zero blocks end a tar */
+  FILE *f = fopen(in(work, "empty.tar"), "wb");
+  CU_ASSERT_EQUAL_FATAL(fwrite(empty, 1, sizeof empty, f), sizeof empty);
+  fclose(f);
+  got[0] = '\0';
+  snprintf(uri, sizeof uri, "tar://\\::%s/empty.tar", work);
+  ASSERT_OK(kaun_storage_list(ctx, uri, collect, got, &err), err);
+  CU_ASSERT_STRING_EQUAL(got, "");
+  snprintf(uri, sizeof uri, "tar://model.safetensors::%s/empty.tar", work);
+  kaun_object *o = NULL;
+  ASSERT_FAILS(kaun_object_open(ctx, uri, &o, &err), err, KAUN_ENOENT, "model.safetensors");
   kaun_context_free(ctx);
 }
 

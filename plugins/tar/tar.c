@@ -141,6 +141,7 @@ static int cmp_member(const void *a, const void *b) {
 
 static const member *find(const tindex *ix, const char *name) {
   member key = {.name = (char *)name};
+  if (!ix->n) return NULL; /* ix->m is NULL: not for bsearch */
   return bsearch(&key, ix->m, ix->n, sizeof *ix->m, cmp_member);
 }
 
@@ -459,7 +460,7 @@ static int scan(backend *be, kaun_object *inner, const kaun_stat *st, tindex *ix
   }
   src_close(src);
   if (rc) return rc;
-  qsort(ix->m, ix->n, sizeof *ix->m, cmp_member);
+  if (ix->n) qsort(ix->m, ix->n, sizeof *ix->m, cmp_member); /* no members: m is NULL */
   for (size_t i = 1; i < ix->n; i++) {
     const member *a = &ix->m[i - 1], *b = &ix->m[i];
     if (strcmp(a->name, b->name) == 0 && !(a->kind == K_DIR && b->kind == K_DIR))
