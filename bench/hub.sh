@@ -17,13 +17,15 @@ commit=0123456789abcdef0123456789abcdef01234567
 repo="$dir/hub/repos/bench"
 mkdir -p "$repo/big/$commit" "$repo/sharded/$commit"
 big="$repo/big/$commit/model.safetensors"
-[ -f "$big" ] || sh "$here/make_files.sh" big "$big" "$mib"
+# made again when a run with another size left them
+sized() { [ -f "$1" ] && [ "$(wc -c <"$1")" -gt $(($2 * 1048576)) ] && [ "$(wc -c <"$1")" -lt $(($2 * 1048576 + 4096)) ]; }
+sized "$big" "$mib" || sh "$here/make_files.sh" big "$big" "$mib"
 printf '{"refs": {"main": "%s"}, "lfs": ["*.safetensors"]}\n' "$commit" >"$repo/big/repo.json"
 printf '{"refs": {"main": "%s"}, "lfs": ["*.safetensors"]}\n' "$commit" >"$repo/sharded/repo.json"
 q=$((mib / 4))
 for k in 1 2 3 4; do
   f="$repo/sharded/$commit/model-0000$k-of-00004.safetensors"
-  [ -f "$f" ] || sh "$here/make_files.sh" big "$f" "$q"
+  sized "$f" "$q" || sh "$here/make_files.sh" big "$f" "$q"
 done
 printf '[]\n' >"$dir/hub/tokens.json"
 
@@ -58,6 +60,8 @@ for r in $(seq "$runs"); do
   measure curl_one curl -sfL -o "$dir/out/f" "$hub/bench/big/resolve/main/model.safetensors"
   measure curl_hash sh -c "curl -sfL -o '$dir/out/f' '$hub/bench/big/resolve/main/model.safetensors' &&
     openssl dgst -sha256 '$dir/out/f'"
+  measure curl_hash_sync sh -c "curl -sfL -o '$dir/out/f' '$hub/bench/big/resolve/main/model.safetensors' &&
+    openssl dgst -sha256 '$dir/out/f' && sync '$dir/out/f'"
   measure kaun_shards "$kaun" --config "$dir/config.json" get hf://bench/sharded
   measure curl_shards env HUB="$hub" OUT="$dir/out" sh -c "$shards"
 done
@@ -75,6 +79,7 @@ row() { # NAME WHAT BASE
 }
 row curl_one '`curl -L -o FILE URL`' curl_one
 row curl_hash '`curl -L -o FILE URL` + `openssl dgst -sha256 FILE`' curl_one
-row kaun_get '`kaun get hf://...` (download + SHA-256 while streaming)' curl_one
+row curl_hash_sync '`curl -L -o FILE URL` + `openssl dgst` + `sync FILE` (durable, as kaun)' curl_one
+row kaun_get '`kaun get hf://...` (parallel parts, SHA-256 while they arrive, fsync)' curl_one
 row curl_shards '4 shards, 4 sequential `curl`s' curl_shards
 row kaun_shards '4 shards, `kaun get hf://REPO` (parallel)' curl_shards

@@ -1622,6 +1622,9 @@ static void run(kaun_http *h, job *jobs, size_t n, unsigned max_in_flight, unsig
 
     long timeout = POLL_MS;
     now = now_ms();
+    /* a slot freed and requests not started yet: start them now (waiting
+     * here cost 50 ms a request, a third of a part's time) */
+    if (nrunning < max_in_flight && next_new < n) timeout = 0;
     for (size_t i = 0; i < nwaiting && nrunning < max_in_flight; i++) {
       int64_t d = waiting[i]->due_ms - now;
       if (d < timeout) timeout = d < 0 ? 0 : (long)d;
