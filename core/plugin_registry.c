@@ -91,20 +91,16 @@ int kaun__plugin_check(const kaun_plugin *d, size_t reported_size, const char *p
   if (missing)
     return kaun__error_set(err, KAUN_EPLUGIN, "plugin '%s' (%s) lacks the mandatory operation '%s'",
                            path, d->name, missing);
-  if (d->abi_minor >= 1 && d->struct_size < KAUN_PLUGIN_SIZE_1_1)
+  /* the fields of the minor it claims, at least */
+  size_t need = d->abi_minor >= 2   ? KAUN_PLUGIN_SIZE_1_2
+                : d->abi_minor == 1 ? KAUN_PLUGIN_SIZE_1_1
+                                    : KAUN_PLUGIN_SIZE_1_0;
+  if (d->struct_size < need)
     return kaun__error_set(err, KAUN_EABI,
                            "plugin '%s' says ABI %u.%u but has a descriptor of %zu bytes, smaller "
                            "than that version's %zu: rebuild it against this kaun's "
                            "<kaun/plugin.h>",
-                           path, d->abi_major, d->abi_minor, d->struct_size,
-                           (size_t)KAUN_PLUGIN_SIZE_1_1);
-  if (d->abi_minor >= 2 && d->struct_size < KAUN_PLUGIN_SIZE_1_2)
-    return kaun__error_set(err, KAUN_EABI,
-                           "plugin '%s' says ABI %u.%u but has a descriptor of %zu bytes, smaller "
-                           "than that version's %zu: rebuild it against this kaun's "
-                           "<kaun/plugin.h>",
-                           path, d->abi_major, d->abi_minor, d->struct_size,
-                           (size_t)KAUN_PLUGIN_SIZE_1_2);
+                           path, d->abi_major, d->abi_minor, d->struct_size, need);
   /* copy what this version of the struct has; newer fields we do not know,
    * and each version's fields only from a plugin that says it has them */
   size_t have = d->abi_minor >= 2   ? d->struct_size

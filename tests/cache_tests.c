@@ -23,18 +23,7 @@
 
 static char tmp_root[4096];
 
-static const char *tmp(const char *fmt, ...) {
-  static char buf[64][8300]; /* a ring: a test keeps at most 64 paths at once */
-  static int k;
-  char name[4096];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(name, sizeof name, fmt, ap);
-  va_end(ap);
-  char *b = buf[k++ % 64];
-  snprintf(b, 8300, "%s/%s", tmp_root, name);
-  return b;
-}
+#define tmp(...) check_path(tmp_root, __VA_ARGS__)
 
 static void write_text(const char *path, const char *text) {
   FILE *f = fopen(path, "w");

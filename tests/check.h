@@ -6,6 +6,7 @@
 #include <CUnit/Basic.h>
 #include <CUnit/CUnit.h>
 #include <kaun/error.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,22 @@
  * tests ran and none failed, else 1 (a suite whose setup failed — a test
  * server that did not start — counts as a failure, and so does running no
  * test at all). */
+/* "ROOT/NAME", NAME from a printf format, in a ring of 64 buffers (a test
+ * holds at most that many paths at once).  A test file with a temporary
+ * folder tmp_root says: #define tmp(...) check_path(tmp_root, __VA_ARGS__) */
+static inline const char *check_path(const char *root, const char *fmt, ...) {
+  static char buf[64][8400];
+  static int k;
+  char name[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(name, sizeof name, fmt, ap);
+  va_end(ap);
+  char *b = buf[k++ % 64];
+  snprintf(b, sizeof buf[0], "%s/%s", root, name);
+  return b;
+}
+
 static inline int check_run_all(void) {
   CU_basic_set_mode(CU_BRM_VERBOSE);
   CU_basic_run_tests();

@@ -775,63 +775,61 @@ static int files_under(const char *cache, const char *what) {
  * hashed while the rest arrives; faults in one part are that part's to
  * retry; a server that ignores Range gets one more request, not one per
  * part; a wrong body or a cancel leaves nothing. */
+/* Downloads org/big/weights.bin into a new cache with the fault `rules`
+ * (NULL: none) armed; the file must hash to `sha`.  Returns the requests
+ * the CDN saw for `cdn`. */
+static long long parts_download(kaun_hf_options *o, const char *rules, const char *sha,
+                                const char *cdn) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_hf_file f;
+  char got[80];
+  o->cache_dir = new_cache();
+  test_server_reset(&server);
+  if (rules) test_server_faults(&server, rules);
+  ASSERT_OK(kaun_hf_download_file("org/big", "weights.bin", o, &f, &err), err);
+  digest(f.path, "sha256", got);
+  CU_ASSERT_STRING_EQUAL(got, sha);
+  return path_count(cdn);
+}
+
 static void test_parallel_parts(void) {
   kaun_error err = KAUN_ERROR_INIT;
   kaun_hf_file f;
-  char sha[80], got[80], cdn[200];
+  char sha[80], cdn[200];
   digest(at_path("%s/repos/org/big/%s/weights.bin", root, COMMIT_A), "sha256", sha);
   snprintf(cdn, sizeof cdn, "/cdn/%s", sha);
   /* 6 parts of 1 MiB, 3 at a time */
-  kaun_hf_options o = opts(new_cache(), NULL);
+  kaun_hf_options o = opts(NULL, NULL);
   o.part_size = 1u << 20;
   o.connections = 3;
-  test_server_reset(&server);
-  ASSERT_OK(kaun_hf_download_file("org/big", "weights.bin", &o, &f, &err), err);
-  digest(f.path, "sha256", got);
-  CU_ASSERT_STRING_EQUAL(got, sha);
-  CU_ASSERT_EQUAL(path_count(cdn), 6);
+  CU_ASSERT_EQUAL(parts_download(&o, NULL, sha, cdn), 6);
   CU_ASSERT_EQUAL(test_server_stat(&server, "bytes_sent"), BIG_SIZE);
   /* the third part's connection drops half-way: that part resumes */
-  o.cache_dir = new_cache();
-  test_server_reset(&server);
-  test_server_faults(&server,
-                     "[{\"path\": \"/cdn/*\", \"method\": \"GET\", \"skip\": 2, "
-                     "\"reset_after\": 500000}]");
-  ASSERT_OK(kaun_hf_download_file("org/big", "weights.bin", &o, &f, &err), err);
-  digest(f.path, "sha256", got);
-  CU_ASSERT_STRING_EQUAL(got, sha);
-  CU_ASSERT_EQUAL(path_count(cdn), 7);
+  CU_ASSERT_EQUAL(parts_download(&o,
+                                 "[{\"path\": \"/cdn/*\", \"method\": \"GET\", \"skip\": 2, "
+                                 "\"reset_after\": 500000}]",
+                                 sha, cdn),
+                  7);
   /* a server that ignores Range: the first part's 200 says so, the rest
    * comes in one more request */
-  o.cache_dir = new_cache();
-  test_server_reset(&server);
-  test_server_faults(&server, "[{\"path\": \"/cdn/*\", \"ignore_range\": true, \"count\": -1}]");
-  ASSERT_OK(kaun_hf_download_file("org/big", "weights.bin", &o, &f, &err), err);
-  digest(f.path, "sha256", got);
-  CU_ASSERT_STRING_EQUAL(got, sha);
-  CU_ASSERT_EQUAL(path_count(cdn), 2);
+  CU_ASSERT_EQUAL(
+      parts_download(&o, "[{\"path\": \"/cdn/*\", \"ignore_range\": true, \"count\": -1}]", sha,
+                     cdn),
+      2);
   /* ranges honoured for the first part only: the next parts stop at their
    * headers and the file comes once more in one stream (not once per part) */
   o.part_size = 256 << 10; /* 24 parts */
-  o.cache_dir = new_cache();
-  test_server_reset(&server);
-  test_server_faults(&server,
-                     "[{\"path\": \"/cdn/*\", \"method\": \"GET\", \"skip\": 1, "
-                     "\"ignore_range\": true, \"count\": -1}]");
-  ASSERT_OK(kaun_hf_download_file("org/big", "weights.bin", &o, &f, &err), err);
-  digest(f.path, "sha256", got);
-  CU_ASSERT_STRING_EQUAL(got, sha);
+  parts_download(&o,
+                 "[{\"path\": \"/cdn/*\", \"method\": \"GET\", \"skip\": 1, "
+                 "\"ignore_range\": true, \"count\": -1}]",
+                 sha, cdn);
   long long sent = test_server_stat(&server, "bytes_sent");
   fprintf(stderr, "(ranges once: %lld bytes sent for %u) ", sent, BIG_SIZE);
   CU_ASSERT(sent < 3LL * BIG_SIZE); /* cut down part by part: 12.5 times the file */
   /* a 206 around every range asked: the same */
-  o.cache_dir = new_cache();
-  test_server_reset(&server);
-  test_server_faults(&server, "[{\"path\": \"/cdn/*\", \"whole_206\": true, \"count\": -1}]");
-  ASSERT_OK(kaun_hf_download_file("org/big", "weights.bin", &o, &f, &err), err);
-  digest(f.path, "sha256", got);
-  CU_ASSERT_STRING_EQUAL(got, sha);
-  CU_ASSERT_EQUAL(path_count(cdn), 2);
+  CU_ASSERT_EQUAL(
+      parts_download(&o, "[{\"path\": \"/cdn/*\", \"whole_206\": true, \"count\": -1}]", sha, cdn),
+      2);
   /* the CDN's file changes after the first part: the others are pinned to
    * its ETag (If-Match) and refused; nothing cached */
   const char *changed = new_cache();

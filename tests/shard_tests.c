@@ -16,18 +16,7 @@
 
 static char tmp_root[4096];
 
-static const char *tmp(const char *fmt, ...) {
-  static char buf[8][8300];
-  static int k;
-  char name[4096];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(name, sizeof name, fmt, ap);
-  va_end(ap);
-  char *b = buf[k++ % 8];
-  snprintf(b, 8300, "%s/%s", tmp_root, name);
-  return b;
-}
+#define tmp(...) check_path(tmp_root, __VA_ARGS__)
 
 static bool exists(const char *path) {
   struct stat sb;
