@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "testserver.h"
 
 #define DNS_HOST "kaun-dns-test.invalid"
 #define MAX_SECONDS                                                    \
@@ -34,18 +35,7 @@ static double now_s(void) {
 }
 
 /* A port of 127.0.0.1 nothing listens on (bound, then closed). */
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  int port = -1;
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-    port = ntohs(a.sin_port);
-  if (fd >= 0) close(fd);
-  return port;
-}
+#define free_port test_free_port
 
 static kaun_context *ctx_new(void) {
   kaun_context *ctx = NULL;

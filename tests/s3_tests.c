@@ -46,18 +46,7 @@ static const char *aws_bin, *s3cmd_bin;
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
-static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  int port = -1;
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-    port = ntohs(a.sin_port);
-  if (fd >= 0) close(fd);
-  return port;
-}
+#define free_port test_free_port
 
 static int port_open(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);

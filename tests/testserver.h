@@ -4,11 +4,14 @@
 #ifndef KAUN_TESTS_TESTSERVER_H
 #define KAUN_TESTS_TESTSERVER_H
 
+#include <arpa/inet.h>
 #include <kaun.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -20,8 +23,23 @@ typedef struct test_server {
   char url[64]; /* http://127.0.0.1:PORT */
 } test_server;
 
+/* A TCP port on 127.0.0.1 free now (for a server to bind, or to find
+ * closed), or -1. */
+static inline int test_free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  int port = -1;
+  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+    port = ntohs(a.sin_port);
+  if (fd >= 0) close(fd);
+  return port;
+}
+
 /* Starts the server on `root`; returns 0, or -1 with a message on stderr. */
-static int test_server_start(test_server *s, const char *root, const char *port_file) {
+static inline int test_server_start(test_server *s, const char *root, const char *port_file) {
   const char *src = getenv("KAUN_SRCDIR");
   char script[4096];
   snprintf(script, sizeof script, "%s/tests/servers/httpd.py", src ? src : ".");
@@ -54,7 +72,7 @@ static int test_server_start(test_server *s, const char *root, const char *port_
   return -1;
 }
 
-static void test_server_stop(test_server *s) {
+static inline void test_server_stop(test_server *s) {
   if (s->pid <= 0) return;
   kill(s->pid, SIGTERM);
   int status;
@@ -71,8 +89,8 @@ static void test_server_stop(test_server *s) {
 
 /* A control request (GET or POST to /__NAME) through kaun's own HTTP
  * client; the answer's body is copied to `out` (may be NULL). */
-static int test_server_control(const test_server *s, kaun_http_method m, const char *what,
-                               const char *body, char *out, size_t size) {
+static inline int test_server_control(const test_server *s, kaun_http_method m, const char *what,
+                                      const char *body, char *out, size_t size) {
   kaun_http *http;
   kaun_error err = KAUN_ERROR_INIT;
   kaun_http_options o = {.struct_size = sizeof o, .max_attempts = 1};
@@ -98,7 +116,7 @@ static int test_server_control(const test_server *s, kaun_http_method m, const c
   return rc;
 }
 
-static long long stat_once(const test_server *s, const char *key) {
+static inline long long stat_once(const test_server *s, const char *key) {
   char body[65536], needle[64];
   if (test_server_control(s, KAUN_HTTP_GET, "stats", NULL, body, sizeof body)) return -1;
   snprintf(needle, sizeof needle, "\"%s\":", key);
@@ -109,7 +127,7 @@ static long long stat_once(const test_server *s, const char *key) {
 /* A number from the stats: "requests", "connections" or "bytes_sent".
  * The server counts a response once it has sent it, which may be just
  * after the client has it all: read until two reads 30 ms apart agree. */
-static long long test_server_stat(const test_server *s, const char *key) {
+static inline long long test_server_stat(const test_server *s, const char *key) {
   long long last = stat_once(s, key);
   for (int i = 0; i < 50; i++) {
     struct timespec ts = {0, 30 * 1000 * 1000};
@@ -123,12 +141,12 @@ static long long test_server_stat(const test_server *s, const char *key) {
 
 /* Zeroes the counters once what was sent before is counted (else bytes
  * of an earlier request could be counted after the reset). */
-static void test_server_reset(const test_server *s) {
+static inline void test_server_reset(const test_server *s) {
   (void)test_server_stat(s, "bytes_sent");
   test_server_control(s, KAUN_HTTP_POST, "reset", "", NULL, 0);
 }
 
-static void test_server_faults(const test_server *s, const char *json) {
+static inline void test_server_faults(const test_server *s, const char *json) {
   test_server_control(s, KAUN_HTTP_POST, "faults", json, NULL, 0);
 }
 
