@@ -647,7 +647,7 @@ static void *follow(void *arg) {
   kaun_cache_writer *w = arg;
   char *buf = malloc(READBACK_CHUNK);
   pthread_mutex_lock(&w->mu);
-  w->read_failed = !buf;
+  if (!buf) w->read_failed = true; /* never cleared: a writer may have set it already */
   while (!w->stop && !w->read_failed) {
     /* a chunk at a time: bytes arrive in pieces of 16 KiB */
     uint64_t end = prefix_end(w), from = w->hashed;
@@ -664,7 +664,7 @@ static void *follow(void *arg) {
     }
     pthread_mutex_lock(&w->mu);
     w->hashed = from;
-    w->read_failed = !ok;
+    if (!ok) w->read_failed = true;
   }
   pthread_mutex_unlock(&w->mu);
   free(buf);
