@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fnmatch.h>
 #include <ftw.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1300,6 +1301,12 @@ static void print_main_help(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+  /* this process may hold tokens and secret keys: no core file of it
+   * (KAUN_CORE_DUMPS=1 keeps the limit as it is, for debugging) */
+  if (!getenv("KAUN_CORE_DUMPS")) {
+    struct rlimit none = {0, 0};
+    (void)setrlimit(RLIMIT_CORE, &none);
+  }
   while (argc > 2 && (strncmp(argv[1], "--config", 8) == 0 || strcmp(argv[1], "-q") == 0 ||
                       strcmp(argv[1], "--quiet") == 0)) {
     if (argv[1][1] != '-' || strcmp(argv[1], "--quiet") == 0) {

@@ -84,16 +84,18 @@ expect_status 2 "--token - with nothing on stdin"; expect_err_contains "--token 
 $K cache rm org/private >/dev/null
 curl -s -X POST -d '[{"path": "*", "drip_bytes": 2, "drip_interval": 0.1, "count": -1}]' \
   "$HF_ENDPOINT/__faults" >/dev/null
-$K get --token hf_cli_secret_token hf://org/private/config.json >"$TEST_TMP/tok.out" 2>&1 &
+(ulimit -c unlimited 2>/dev/null; exec $K get --token hf_cli_secret_token hf://org/private/config.json) >"$TEST_TMP/tok.out" 2>&1 &
 getter=$!
 sleep 0.5
 shown=$(tr '\0' ' ' <"/proc/$getter/cmdline" 2>/dev/null)
+cores=$(awk '/Max core file size/ {print $5}' "/proc/$getter/limits" 2>/dev/null)
 wait $getter && ok || bad "get --token T: $(cat "$TEST_TMP/tok.out")"
 curl -s -X POST "$HF_ENDPOINT/__reset" >/dev/null
 case "$shown" in
   *kaun*get*) case "$shown" in *hf_cli_secret_token*) bad "the token shows in /proc/PID/cmdline: $shown" ;; *) ok ;; esac ;;
   *) bad "could not read the running get's command line ($shown)" ;;
 esac
+[ "$cores" = 0 ] && ok || bad "a running kaun may dump core with its token (core limit '$cores')"
 
 # the config's hf backend (endpoint, token, cache_dir) is what get and cache use, as loads do
 printf '{"backends": {"hf": {"plugin": "hf", "endpoint": "%s", "token": "env:MY_HUB_TOKEN", "cache_dir": "%s/hfcache"}}}\n' \
