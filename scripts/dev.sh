@@ -412,6 +412,10 @@ JSON
   KAUN_PLUGIN_PATH="$ROOT/build/plugins/s3/.libs" $s3k cp "$out/params.safetensors" s3://models/demo/params.safetensors
   echo "==> kaun cat --slice 0:1 s3://models/demo/params.safetensors embed   (one ranged GET)"
   KAUN_PLUGIN_PATH="$ROOT/build/plugins/s3/.libs" $s3k cat --slice 0:1 s3://models/demo/params.safetensors embed
+  echo "==> kaun cp --max-shard-size 200 params.safetensors s3://models/demo/sharded/   (shards, the index last)"
+  KAUN_PLUGIN_PATH="$ROOT/build/plugins/s3/.libs" $s3k cp --max-shard-size 200 "$out/params.safetensors" \
+    s3://models/demo/sharded/
+  KAUN_PLUGIN_PATH="$ROOT/build/plugins/s3/.libs" $s3k ls s3://models/demo/sharded/
   kill $s3server
   wait $s3server 2>/dev/null || true
 
