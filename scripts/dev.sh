@@ -140,7 +140,11 @@ format_check() {
 distcheck() {
   build
   echo "==> make distcheck"
-  make -C build distcheck >/dev/null 2>&1 || { echo "make distcheck failed; rerun 'make -C build distcheck'" >&2; exit 1; }
+  # the unpacked copy has no ../shared and no node_modules: point at these
+  KAUN_FIXTURES="${KAUN_FIXTURES:-$ROOT/../shared/fixtures}" \
+    KAUN_S3_TEST_MODULES="${KAUN_S3_TEST_MODULES:-$ROOT/tests/s3/node_modules}" \
+    make -C build distcheck >/dev/null 2>&1 ||
+    { echo "make distcheck failed; rerun 'make -C build distcheck'" >&2; exit 1; }
 }
 
 FUZZ_TARGETS="safetensors uri config index loader hub_headers s3_xml tar_names"

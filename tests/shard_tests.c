@@ -443,10 +443,20 @@ static kaun_copy_options copy_opts(void) {
   return o;
 }
 
+/* The shared sharded fixture's folder in `out`; false (the test says
+ * SKIPPED) when the fixtures are absent (a distcheck of its own). */
+static bool fixture(char *out, size_t size) {
+  struct stat sb;
+  snprintf(out, size, "%s/safetensors/fluxml_sharded", getenv("KAUN_FIXTURES"));
+  if (stat(out, &sb) == 0) return true;
+  fprintf(stderr, "SKIPPED (no shared fixtures at %s) ", out);
+  return false;
+}
+
 static void test_copy_shards_byte_for_byte(void) {
   kaun_error err = KAUN_ERROR_INIT;
   char src[4096];
-  snprintf(src, sizeof src, "%s/safetensors/fluxml_sharded", getenv("KAUN_FIXTURES"));
+  if (!fixture(src, sizeof src)) return;
   kaun_reader *r;
   ASSERT_OK(kaun_reader_open(NULL, src, &r, &err), err);
   CU_ASSERT_EQUAL(kaun_reader_is_sharded(r), 1);
@@ -521,7 +531,7 @@ static void test_copy_shards_byte_for_byte(void) {
 static void test_copy_failure(void) {
   kaun_error err = KAUN_ERROR_INIT;
   char src[4096];
-  snprintf(src, sizeof src, "%s/safetensors/fluxml_sharded", getenv("KAUN_FIXTURES"));
+  if (!fixture(src, sizeof src)) return;
   const char *dst = tmp("copyfail");
   mkdir(dst, 0777);
   mkdir(tmp("copyfail/model-00004-of-00006.safetensors"), 0777);
