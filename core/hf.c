@@ -827,6 +827,25 @@ static int new_client(const kaun_hf_options *o, kaun_http **out, kaun_error *err
 
 /* The caller's options in a struct of today's size: fields beyond its
  * struct_size (an older caller) read as zero, the default. */
+void kaun_hf_options_from(const kaun_options *o, kaun_hf_options *out) {
+  kaun_hf_options init = KAUN_HF_OPTIONS_INIT;
+  *out = init;
+  out->endpoint = kaun_options_get(o, "endpoint");
+  out->token = kaun_options_get(o, "token");
+  out->revision = kaun_options_get(o, "revision");
+  out->cache_dir = kaun_options_get(o, "cache_dir");
+  out->repo_type = kaun_options_get(o, "repo_type");
+  out->offline = kaun_options_get_bool(o, "offline", 0);
+  out->max_attempts = (unsigned)kaun_options_get_int(o, "max_attempts", 0);
+  out->retry_base_ms = (long)kaun_options_get_int(o, "retry_base_ms", 0);
+  out->retry_max_ms = (long)kaun_options_get_int(o, "retry_max_ms", 0);
+  out->lock_timeout_ms = (long)kaun_options_get_int(o, "lock_timeout_ms", 0);
+  int64_t part = kaun_options_get_int(o, "part_size", 0),
+          conns = kaun_options_get_int(o, "connections", 0);
+  out->part_size = part > 0 ? (uint64_t)part : 0;
+  out->connections = conns > 0 ? (unsigned)conns : 0;
+}
+
 int kaun_hf_options_from_context(kaun_context *ctx, const char *scheme, kaun_hf_options *out,
                                  kaun_error *err) {
   kaun_hf_options init = KAUN_HF_OPTIONS_INIT;
@@ -842,20 +861,8 @@ int kaun_hf_options_from_context(kaun_context *ctx, const char *scheme, kaun_hf_
     if (err) *err = e;
     return rc;
   }
-  out->endpoint = kaun_options_get(o, "endpoint");
-  out->token = kaun_options_get(o, "token");
-  out->revision = kaun_options_get(o, "revision");
-  out->cache_dir = kaun_options_get(o, "cache_dir");
-  out->repo_type = kaun_options_get(o, "repo_type");
-  out->offline = kaun_options_get_bool(o, "offline", 0);
-  out->max_attempts = (unsigned)kaun_options_get_int(o, "max_attempts", 0);
-  out->retry_base_ms = (long)kaun_options_get_int(o, "retry_base_ms", 0);
-  out->retry_max_ms = (long)kaun_options_get_int(o, "retry_max_ms", 0);
-  out->lock_timeout_ms = (long)kaun_options_get_int(o, "lock_timeout_ms", 0);
-  int64_t part = kaun_options_get_int(o, "part_size", 0),
-          conns = kaun_options_get_int(o, "connections", 0);
-  out->part_size = part > 0 ? (uint64_t)part : 0;
-  out->connections = conns > 0 ? (unsigned)conns : 0;
+  kaun_hf_options_from(o, out);
+  out->ctx = ctx;
   return KAUN_OK;
 }
 

@@ -20,6 +20,7 @@
 #include <kaun/common.h>
 #include <kaun/error.h>
 #include <kaun/names.h>
+#include <kaun/plugin.h>
 #include <kaun/http.h>
 #include <kaun/io.h>
 #include <kaun/ptree.h>
@@ -66,6 +67,11 @@ typedef struct kaun_hf_options {
  * defaults.  Errors: those of a backend whose options are wrong. */
 KAUN_API int kaun_hf_options_from_context(kaun_context *ctx, const char *scheme,
                                           kaun_hf_options *out, kaun_error *err);
+
+/* The same from a backend's resolved options (the hf plugin's create):
+ * `out` gets KAUN_HF_OPTIONS_INIT and the options' values; its strings
+ * are those of `opts`. */
+KAUN_API void kaun_hf_options_from(const kaun_options *opts, kaun_hf_options *out);
 
 /* What a download resolved to. */
 typedef struct kaun_hf_file {

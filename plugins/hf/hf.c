@@ -40,11 +40,9 @@ typedef struct backend {
   char *name;
   kaun_context *ctx;
   kaun_http *http;
+  kaun_hf_options base; /* from the options (kaun_hf_options_from); its
+                           strings are the copies below */
   char *endpoint, *token, *revision, *cache_dir, *repo_type;
-  int offline;
-  long lock_timeout_ms;
-  uint64_t part_size;
-  unsigned connections;
   pthread_mutex_t lock; /* guards pins */
   pin *pins;
 } backend;
@@ -120,17 +118,15 @@ static int hf_create(kaun_context *ctx, const char *instance, const kaun_options
   pthread_mutex_init(&be->lock, NULL);
   be->ctx = ctx;
   be->name = strdup(instance);
-  be->endpoint = dup_or_null(kaun_options_get(opts, "endpoint"));
-  be->token = dup_or_null(kaun_options_get(opts, "token"));
-  be->revision = dup_or_null(kaun_options_get(opts, "revision"));
-  be->cache_dir = dup_or_null(kaun_options_get(opts, "cache_dir"));
-  be->repo_type = dup_or_null(kaun_options_get(opts, "repo_type"));
-  be->offline = kaun_options_get_bool(opts, "offline", 0);
-  be->lock_timeout_ms = (long)kaun_options_get_int(opts, "lock_timeout_ms", 600000);
+  kaun_hf_options_from(opts, &be->base);
+  be->base.endpoint = be->endpoint = dup_or_null(be->base.endpoint);
+  be->base.token = be->token = dup_or_null(be->base.token);
+  be->base.revision = be->revision = dup_or_null(be->base.revision);
+  be->base.cache_dir = be->cache_dir = dup_or_null(be->base.cache_dir);
+  be->base.repo_type = be->repo_type = dup_or_null(be->base.repo_type);
+  be->base.ctx = ctx;
   int64_t part = kaun_options_get_int(opts, "part_size", 8 << 20),
           conns = kaun_options_get_int(opts, "connections", 4);
-  be->part_size = part > 0 ? (uint64_t)part : 0;
-  be->connections = conns > 0 && conns <= 64 ? (unsigned)conns : 0;
   if (part < 4096 || conns < 1 || conns > 64) {
     int rc = kaun_error_set(err, KAUN_ECONFIG,
                             part < 4096 ? "backends.%s.part_size must be at least 4096 (it is %lld)"
@@ -155,9 +151,9 @@ static int hf_create(kaun_context *ctx, const char *instance, const kaun_options
   kaun_http_options ho = KAUN_HTTP_OPTIONS_INIT;
   ho.user_agent_suffix = "hf";
   ho.stall_ms = 10000;
-  ho.max_attempts = (unsigned)kaun_options_get_int(opts, "max_attempts", 5);
-  ho.retry_base_ms = (long)kaun_options_get_int(opts, "retry_base_ms", 1000);
-  ho.retry_max_ms = (long)kaun_options_get_int(opts, "retry_max_ms", 8000);
+  ho.max_attempts = be->base.max_attempts;
+  ho.retry_base_ms = be->base.retry_base_ms;
+  ho.retry_max_ms = be->base.retry_max_ms;
   int rc = kaun_http_new(&ho, &be->http, err);
   if (rc) {
     hf_destroy(be);
@@ -168,19 +164,9 @@ static int hf_create(kaun_context *ctx, const char *instance, const kaun_options
 }
 
 static void options_for(const backend *be, const char *rev, kaun_hf_options *o) {
-  kaun_hf_options init = KAUN_HF_OPTIONS_INIT;
-  *o = init;
-  o->token = be->token;
-  o->revision = rev ? rev : be->revision;
-  o->endpoint = be->endpoint;
-  o->cache_dir = be->cache_dir;
-  o->repo_type = be->repo_type;
-  o->offline = be->offline;
-  o->ctx = be->ctx;
+  *o = be->base;
+  if (rev) o->revision = rev;
   o->http = be->http;
-  o->lock_timeout_ms = be->lock_timeout_ms;
-  o->part_size = be->part_size;
-  o->connections = be->connections;
 }
 
 /* The commit an index pinned for this file, if any. */
