@@ -215,7 +215,7 @@ fuzz_build() {
       clang $2 -fsanitize=fuzzer-no-link -c "$1" -o "$o.tmp" && mv "$o.tmp" "$o"' sh {} "$flags"
   fi
   for t in $1; do
-    fuzz_stale "build-fuzz/fuzz_$t" "tests/fuzz/fuzz_$t.c" build-fuzz/obj/*.o $headers \
+    fuzz_stale "build-fuzz/fuzz_$t" "tests/fuzz/fuzz_$t.c" tests/fuzz/fuzz_common.h build-fuzz/obj/*.o $headers \
       plugins/s3/*.[ch] plugins/tar/tar.c || continue
     echo "==> building build-fuzz/fuzz_$t"
     libs="-lcrypto -lcurl -ljson-c -lpthread -lm -ldl"

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "../../core/storage_internal.h"
+#include "fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -28,18 +29,7 @@ static void cleanup(void) {
 }
 
 static void setup(void) {
-  kaun_error err = KAUN_ERROR_INIT;
-  char config[] = "/tmp/kaun-fuzz-loader-XXXXXX"; /* an empty config: the file backend only */
-  int cfd = mkstemp(config);
-  if (cfd < 0 || write(cfd, "{}", 2) != 2 || close(cfd) != 0) abort();
-  unsetenv("KAUN_PLUGIN_PATH");
-  int rc = kaun_context_new(config, &ctx, &err);
-  unlink(config);
-  if (rc != KAUN_OK) {
-    fprintf(stderr, "fuzz_loader: %s\n", err.message);
-    abort();
-  }
-  if ((fd = memfd_create("kaun-fuzz-loader", MFD_CLOEXEC)) < 0) abort();
+  ctx = fuzz_context_and_memfd("fuzz_loader", &fd);
   snprintf(uri, sizeof uri, "/proc/self/fd/%d", fd);
   atexit(cleanup);
 }

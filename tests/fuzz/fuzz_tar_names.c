@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "../../core/storage_internal.h"
+#include "fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -34,18 +35,8 @@ static void cleanup(void) {
 }
 
 static void setup(void) {
-  kaun_error err = KAUN_ERROR_INIT;
-  char config[] = "/tmp/kaun-fuzz-tar-XXXXXX"; /* an empty config: the file backend only */
-  int cfd = mkstemp(config);
-  if (cfd < 0 || write(cfd, "{}", 2) != 2 || close(cfd) != 0) abort();
-  unsetenv("KAUN_PLUGIN_PATH");
-  int rc = kaun_context_new(config, &ctx, &err);
-  unlink(config);
-  if (rc != KAUN_OK) {
-    fprintf(stderr, "fuzz_tar_names: %s\n", err.message);
-    abort();
-  }
-  if ((fd = memfd_create("kaun-fuzz-tar", MFD_CLOEXEC)) < 0 || !(buf = malloc(READ_MAX))) abort();
+  ctx = fuzz_context_and_memfd("fuzz_tar_names", &fd);
+  if (!(buf = malloc(READ_MAX))) abort();
   snprintf(outer, sizeof outer, "/proc/self/fd/%d", fd);
   snprintf(list_uri, sizeof list_uri, "::%s", outer);
   atexit(cleanup);
