@@ -106,6 +106,11 @@ expect_status 0 "get through the config's hf backend (endpoint, token)"
   bad "get uses backends.hf.cache_dir: $out"
 run env -u HF_ENDPOINT MY_HUB_TOKEN=x $KAUN --config "$TEST_TMP/hfconf.json" cache ls
 expect_out_contains "$(printf 'org/private\t')" "cache ls lists the config's hf cache"
+# a configured hf backend with a bad option stops get, naming the option
+printf '{"backends": {"hf": {"plugin": "hf", "part_size": 10}}}\n' >"$TEST_TMP/hfbad.json"
+run $KAUN --config "$TEST_TMP/hfbad.json" get hf://org/demo/config.json
+expect_status 1 "get with a bad hf backend option"
+expect_err_contains "backends.hf.part_size" "the bad option is named"
 
 # offline: the cache answers; what it lacks is named
 run env HF_HUB_OFFLINE=1 $K get hf://org/demo/config.json; expect_status 0 "get offline"
