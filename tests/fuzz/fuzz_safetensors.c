@@ -1,6 +1,7 @@
 /* libFuzzer target: any bytes as a SafeTensors file.  Parses, and when the
  * header is valid, re-serialises the tensors and parses the result again:
- * the writer's output must always be accepted by the reader.
+ * the writer's output must always be accepted by the reader, with every
+ * name whole.
  * Build and run: scripts/dev.sh fuzz [SECONDS]. */
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +35,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                              (size_t)(kaun_safetensors_data_start(st) + in.begin),
                              (size_t)(in.end - in.begin), &t, &err))
       abort();
-    if (kaun_flat_add(flat, in.name, t, &err)) abort();
+    /* whole names: a name may hold NUL bytes ("\u0000") */
+    if (kaun_flat_add_n(flat, in.name, kaun_safetensors_name_length(st, i), t, &err)) abort();
   }
   char *hdr;
   size_t hsize;
@@ -44,6 +46,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (kaun_safetensors_parse_header(hdr + 8, hsize - 8, hsize + dsize, "rewritten", &again, &err))
     abort();
   if (kaun_safetensors_count(again) != kaun_safetensors_count(st)) abort();
+  for (size_t i = 0; i < kaun_safetensors_count(st); i++) {
+    kaun_safetensors_info in;
+    kaun_safetensors_info_at(st, i, &in);
+    if (kaun_safetensors_find_n(again, in.name, kaun_safetensors_name_length(st, i)) < 0) abort();
+  }
   kaun_safetensors_free(again);
   free(hdr);
   kaun_flat_free(flat);
