@@ -607,17 +607,16 @@ static void file_request(const fill_job *j, kaun_http_request *req, const char *
   req->progress_uri = uri;
 }
 
-/* Large files come as HF_PART ranged GETs, HF_CONNECTIONS at a time, each
- * written at its place while the cache writer hashes the file's written
- * start (one connection is held back by the sender's pace, not the link:
- * 4 shards in parallel ran 3.6x faster than one file here).  The first
- * part goes alone: it says whether ranges work, the size and the version
- * (ETag) the others are pinned to with If-Match.  A part not answered with
- * exactly its range (a 200, a 206 around it) stops at once, and the file
- * then comes as one request. */
+/* Large files come as HF_PART ranged GETs, HF_CONNECTIONS at a time
+ * (kaun_http_get_parts), each written at its place while the cache writer
+ * hashes the file's written start (one connection is held back by the
+ * sender's pace, not the link: 4 shards in parallel ran 3.6x faster than
+ * one file here).  The first part goes alone: it says whether ranges
+ * work, the size and the version (ETag) the others are pinned to with
+ * If-Match.  A part not answered with exactly its range (a 200, a 206
+ * around it) stops at once, and the file then comes as one request. */
 #define HF_PART ((uint64_t)8 << 20)
 #define HF_CONNECTIONS 4
-#define HF_MAX_PARTS 10000
 
 static uint64_t part_size(const call *c) {
   return c->o && c->o->part_size ? c->o->part_size : HF_PART;
@@ -627,75 +626,30 @@ static unsigned connections(const call *c) {
   return c->o && c->o->connections ? c->o->connections : HF_CONNECTIONS;
 }
 
-/* The whole file in one request, written from offset 0: for a server that
- * does not answer ranges as asked.  Parts written before are written again
- * (the commit then hashes the file by reading it back). */
-static int fill_one_stream(kaun_cache_writer *w, const fill_job *j, const char *uri,
-                           kaun_error *err) {
-  kaun_cache_part whole = {w, 0};
+/* Each answer's object size against the one the Hub announced. */
+static int check_size(void *job, const kaun_http_response *resp, kaun_error *err) {
+  const fill_job *j = job;
+  int64_t got = kaun_http_response_object_size(resp);
+  if (got >= 0 && (uint64_t)got != j->m->size)
+    return kaun_error_set(err, KAUN_EIO, "the file has %lld bytes where the Hub said %llu",
+                          (long long)got, (unsigned long long)j->m->size);
+  return KAUN_OK;
+}
+
+static int fill_parts(kaun_cache_writer *w, const fill_job *j, const char *uri, kaun_error *err) {
+  kaun_cache_part whole = {w, 0}; /* the parts' bytes come with their offset in the file */
   kaun_http_request req = KAUN_HTTP_REQUEST_INIT;
   file_request(j, &req, uri);
   req.body_to = KAUN_HTTP_BODY_CALLBACK;
   req.write_fn = kaun_cache_writer_part_sink;
   req.write_user = &whole;
-  return kaun_http_perform(j->c->http, &req, NULL, err);
-}
-
-static int fill_parts(kaun_cache_writer *w, const fill_job *j, const char *uri, kaun_error *err) {
-  uint64_t size = j->m->size, part = part_size(j->c);
-  /* the size is a header's word: at most HF_MAX_PARTS requests, whatever it says */
-  if (size / part >= HF_MAX_PARTS) part = (size / HF_MAX_PARTS + ((uint64_t)1 << 20)) >> 20 << 20;
-  size_t n = (size_t)((size + part - 1) / part);
-  kaun_http_request *reqs = calloc(n, sizeof *reqs);
-  kaun_cache_part *parts = calloc(n, sizeof *parts);
-  kaun_http_response **resps = calloc(n, sizeof *resps);
-  int rc = reqs && parts && resps ? KAUN_OK : kaun_error_set(err, KAUN_ENOMEM, "hf: out of memory");
-  for (size_t i = 0; !rc && i < n; i++) {
-    kaun_http_request r = KAUN_HTTP_REQUEST_INIT;
-    reqs[i] = r;
-    file_request(j, &reqs[i], uri);
-    parts[i].writer = w;
-    parts[i].offset = (uint64_t)i * part;
-    reqs[i].range_offset = parts[i].offset;
-    reqs[i].range_length = size - parts[i].offset < part ? size - parts[i].offset : part;
-    reqs[i].strict_range = 1; /* a part answered whole would move the file once per part */
-    reqs[i].body_to = KAUN_HTTP_BODY_CALLBACK;
-    reqs[i].write_fn = kaun_cache_writer_part_sink;
-    reqs[i].write_user = &parts[i];
-  }
-  /* the first part alone: whether ranges work, the size, the version */
-  if (!rc) rc = kaun_http_perform(j->c->http, &reqs[0], &resps[0], err);
-  const char *etag = !rc ? kaun_http_response_header(resps[0], "ETag") : NULL;
-  char if_match[300];
-  const char *headers[3] = {"Accept-Encoding: identity", NULL, NULL};
-  if (!rc && kaun_http_response_object_size(resps[0]) != (int64_t)size)
-    rc = kaun_error_set(err, KAUN_EIO, "the file has %lld bytes where the Hub said %llu",
-                        (long long)kaun_http_response_object_size(resps[0]),
-                        (unsigned long long)size);
-  if (!rc && n > 1) {
-    /* every other part of the version the first one is */
-    if (etag && etag[0] == '"' && strlen(etag) < sizeof if_match - 16) {
-      snprintf(if_match, sizeof if_match, "If-Match: %s", etag);
-      headers[1] = if_match;
-    }
-    for (size_t i = 1; i < n; i++) reqs[i].headers = headers;
-    rc = kaun_http_perform_many(j->c->http, reqs + 1, n - 1, connections(j->c), KAUN_HTTP_FAIL_FAST,
-                                resps + 1, NULL, NULL, err);
-    for (size_t i = 1; !rc && etag && i < n; i++) {
-      const char *e = kaun_http_response_header(resps[i], "ETag");
-      if (e && strcmp(e, etag) != 0)
-        rc = kaun_error_set(err, KAUN_ECHANGED,
-                            "the file changed while it was downloaded (ETag %.100s, then %.100s): "
-                            "download it again",
-                            etag, e);
-    }
-  }
-  if (rc == KAUN_ENOTSUP) rc = fill_one_stream(w, j, uri, err); /* ranges not as asked */
-  for (size_t i = 0; resps && i < n; i++) kaun_http_response_free(resps[i]);
-  free(resps);
-  free(reqs);
-  free(parts);
-  return rc;
+  kaun_http_parts_options po = KAUN_HTTP_PARTS_OPTIONS_INIT;
+  po.part_size = part_size(j->c);
+  po.connections = connections(j->c);
+  po.pin_first = 1;
+  po.check = check_size;
+  po.check_user = (void *)j;
+  return kaun_http_get_parts(j->c->http, &req, j->m->size, &po, NULL, err);
 }
 
 static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {

@@ -124,4 +124,9 @@ int kaun__safetensors_read_via(kaun__read_fn read, void *source, uint64_t size, 
 int kaun__read_small_file(const char *path, size_t max, char **out, size_t *out_len,
                           kaun_error *err);
 
+/* kaun_http_get_parts' plan for `size` bytes asked in parts of `part`
+ * (0 = 8 MiB): the part size it uses (grown to whole MiB so that at most
+ * KAUN_HTTP_MAX_PARTS requests are made) and their count (0 for size 0). */
+void kaun__http_parts_plan(uint64_t size, uint64_t part, uint64_t *part_out, size_t *count_out);
+
 #endif

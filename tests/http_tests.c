@@ -574,6 +574,29 @@ static void test_resumes_with_progress_go_on(void) {
   free(buf);
 }
 
+/* Tries that each bring new bytes go on, but not for ever: 1000 attempts
+ * in all is the bound (a server that ends every answer after 64 KiB of a
+ * 66 MiB object). */
+static void test_attempts_bound(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  char path[4300];
+  snprintf(path, sizeof path, "%s/big.bin", srv_a.root);
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  CU_ASSERT_FATAL(fd >= 0);
+  CU_ASSERT(ftruncate(fd, (off_t)1056 << 16) == 0); /* sparse: 1056 tries of 64 KiB */
+  close(fd);
+  reset(&srv_a);
+  faults(&srv_a, "[{\"path\": \"/big.bin\", \"truncate_after\": 65536, \"count\": -1}]");
+  kaun_http_request r = KAUN_HTTP_REQUEST_INIT;
+  r.url = url_of(&srv_a, "/big.bin");
+  r.body_to = KAUN_HTTP_BODY_DISCARD;
+  ASSERT_FAILS(kaun_http_perform(client, &r, NULL, &err), err, KAUN_ETRANSIENT, "/big.bin");
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "; 1000 attempts)"));
+  CU_ASSERT_EQUAL(hits(&srv_a, "/big.bin"), 1000);
+  reset(&srv_a);
+  unlink(path);
+}
+
 static void test_resume_after_truncation(void) {
   kaun_error err = KAUN_ERROR_INIT;
   reset(&srv_a);
@@ -977,6 +1000,176 @@ static void test_perform_many(void) {
   for (unsigned i = 1; i < 16; i++) CU_ASSERT_EQUAL(results[i], KAUN_ECANCELED);
 }
 
+/* ---- kaun_http_get_parts ------------------------------------------------------------ */
+
+typedef struct parts_sink {
+  pthread_mutex_t mu;
+  unsigned char *buf;
+  size_t size;
+  uint64_t bytes;
+  int outside; /* a write past `size` */
+} parts_sink;
+
+static int parts_write(void *user, uint64_t offset, const void *bytes, size_t len,
+                       kaun_error *err) {
+  (void)err;
+  parts_sink *p = user;
+  pthread_mutex_lock(&p->mu);
+  if (offset > p->size || len > p->size - offset)
+    p->outside = 1;
+  else
+    memcpy(p->buf + offset, bytes, len);
+  p->bytes += len;
+  pthread_mutex_unlock(&p->mu);
+  return KAUN_OK;
+}
+
+typedef struct parts_check {
+  int calls;
+  int fail_at; /* fail the call with this number (0 = never) */
+} parts_check;
+
+static int parts_checker(void *user, const kaun_http_response *resp, kaun_error *err) {
+  parts_check *c = user;
+  c->calls++;
+  if (c->fail_at && c->calls == c->fail_at)
+    return kaun_error_set(err, KAUN_EIO, "checker: answer %d (HTTP %ld) is not wanted", c->calls,
+                          kaun_http_response_status(resp));
+  return KAUN_OK;
+}
+
+static kaun_http_request parts_request(const char *url, parts_sink *sink) {
+  kaun_http_request r = KAUN_HTTP_REQUEST_INIT;
+  r.url = url;
+  r.body_to = KAUN_HTTP_BODY_CALLBACK;
+  r.write_fn = parts_write;
+  r.write_user = sink;
+  return r;
+}
+
+static void parts_sink_reset(parts_sink *p) {
+  memset(p->buf, 0, p->size);
+  p->bytes = 0;
+  p->outside = 0;
+}
+
+static void test_get_parts(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  parts_sink sink = {PTHREAD_MUTEX_INITIALIZER, calloc(1, FILE_SIZE), FILE_SIZE, 0, 0};
+  char url[1024]; /* url_of's buffers are reused by the control requests */
+  snprintf(url, sizeof url, "%s", url_of(&srv_a, "/data.bin"));
+  kaun_http_request r = parts_request(url, &sink);
+  kaun_http_parts_options po = KAUN_HTTP_PARTS_OPTIONS_INIT;
+  po.part_size = 64 << 10;
+  po.connections = 4;
+  parts_check chk = {0, 0};
+  po.check = parts_checker;
+  po.check_user = &chk;
+  kaun_http_response *bad = NULL;
+
+  /* 16 parts into place, each asked for its own range, unpinned */
+  reset(&srv_a);
+  faults(&srv_a, "{\"path\": \"/data.bin\", \"record\": true, \"count\": -1}");
+  ASSERT_OK(kaun_http_get_parts(client, &r, FILE_SIZE, &po, &bad, &err), err);
+  CU_ASSERT(memcmp(sink.buf, data, FILE_SIZE) == 0);
+  CU_ASSERT(sink.bytes == FILE_SIZE && !sink.outside);
+  CU_ASSERT_EQUAL(hits(&srv_a, "/data.bin"), 16);
+  CU_ASSERT_EQUAL(chk.calls, 16);
+  CU_ASSERT_PTR_NULL(bad);
+  char *s = seen(&srv_a);
+  CU_ASSERT_EQUAL(count_of(s, "\"range\": \"bytes="), 16);
+  CU_ASSERT_PTR_NOT_NULL(strstr(s, "\"range\": \"bytes=983040-1048575\""));
+  CU_ASSERT_EQUAL(count_of(s, "\"if-match\""), 0);
+  free(s);
+
+  /* pin_first: the first alone, the 15 others with If-Match: its ETag */
+  reset(&srv_a);
+  parts_sink_reset(&sink);
+  faults(&srv_a,
+         "{\"path\": \"/data.bin\", \"record\": true, \"etag\": \"\\\"v1\\\"\", \"count\": -1}");
+  po.pin_first = 1;
+  ASSERT_OK(kaun_http_get_parts(client, &r, FILE_SIZE, &po, &bad, &err), err);
+  CU_ASSERT(memcmp(sink.buf, data, FILE_SIZE) == 0);
+  s = seen(&srv_a);
+  CU_ASSERT_EQUAL(count_of(s, "\"if-match\": \"\\\"v1\\\"\""), 15);
+  free(s);
+
+  /* the version changes after the first part: the pinned parts get 412 */
+  reset(&srv_a);
+  faults(&srv_a, "{\"path\": \"/data.bin\", \"etag\": \"\\\"v1\\\"\", \"count\": 1}");
+  ASSERT_FAILS(kaun_http_get_parts(client, &r, FILE_SIZE, &po, &bad, &err), err, KAUN_ECHANGED,
+               "/data.bin");
+  CU_ASSERT_EQUAL(kaun_http_response_status(bad), 412);
+  kaun_http_response_free(bad);
+  bad = NULL;
+  /* a weak ETag pins nothing, but another ETag on a later part is caught */
+  reset(&srv_a);
+  faults(&srv_a, "{\"path\": \"/data.bin\", \"etag\": \"W/\\\"v1\\\"\", \"count\": 1}");
+  ASSERT_FAILS(kaun_http_get_parts(client, &r, FILE_SIZE, &po, &bad, &err), err, KAUN_ECHANGED,
+               "changed while it was downloaded (ETag W/\"v1\", then");
+  CU_ASSERT_PTR_NULL(bad);
+
+  /* a server that ignores Range: the first part stops at its headers,
+   * then the whole object in one request */
+  reset(&srv_a);
+  parts_sink_reset(&sink);
+  faults(&srv_a, "{\"path\": \"/data.bin\", \"ignore_range\": true, \"count\": -1}");
+  chk.calls = 0;
+  ASSERT_OK(kaun_http_get_parts(client, &r, FILE_SIZE, &po, &bad, &err), err);
+  CU_ASSERT(memcmp(sink.buf, data, FILE_SIZE) == 0);
+  CU_ASSERT_EQUAL(hits(&srv_a, "/data.bin"), 2);
+  CU_ASSERT_EQUAL(chk.calls, 1);
+  /* moved once (and what the socket took of the refused answer) */
+  CU_ASSERT(stat_of(&srv_a, "bytes_sent") < 2 * (long long)FILE_SIZE);
+  /* unpinned, the same: however many parts were in flight, each refused */
+  reset(&srv_a);
+  parts_sink_reset(&sink);
+  faults(&srv_a, "{\"path\": \"/data.bin\", \"ignore_range\": true, \"count\": -1}");
+  po.pin_first = 0;
+  ASSERT_OK(kaun_http_get_parts(client, &r, FILE_SIZE, &po, &bad, &err), err);
+  CU_ASSERT(memcmp(sink.buf, data, FILE_SIZE) == 0);
+  CU_ASSERT(hits(&srv_a, "/data.bin") <= 1 + 4);
+
+  /* the check refuses an answer */
+  reset(&srv_a);
+  chk.calls = 0;
+  chk.fail_at = 3;
+  ASSERT_FAILS(kaun_http_get_parts(client, &r, FILE_SIZE, &po, &bad, &err), err, KAUN_EIO,
+               "checker: answer 3 (HTTP 206)");
+  CU_ASSERT_PTR_NULL(bad);
+  chk.fail_at = 0;
+
+  /* an error answer comes back for the caller's message */
+  kaun_http_request missing = parts_request(url_of(&srv_a, "/missing.bin"), &sink);
+  ASSERT_FAILS(kaun_http_get_parts(client, &missing, FILE_SIZE, &po, &bad, &err), err, KAUN_ENOENT,
+               "/missing.bin");
+  CU_ASSERT_EQUAL(kaun_http_response_status(bad), 404);
+  kaun_http_response_free(bad);
+  bad = NULL;
+
+  /* an empty object: one request, no range, nothing written */
+  char path[4300];
+  snprintf(path, sizeof path, "%s/empty.bin", srv_a.root);
+  write_file(path, "", 0);
+  reset(&srv_a);
+  parts_sink_reset(&sink);
+  kaun_http_request empty = parts_request(url_of(&srv_a, "/empty.bin"), &sink);
+  ASSERT_OK(kaun_http_get_parts(client, &empty, 0, NULL, &bad, &err), err);
+  CU_ASSERT_EQUAL(sink.bytes, 0);
+  CU_ASSERT_EQUAL(hits(&srv_a, "/empty.bin"), 1);
+
+  /* what cannot be asked */
+  ASSERT_FAILS(kaun_http_get_parts(NULL, &r, FILE_SIZE, &po, &bad, &err), err, KAUN_EINVAL,
+               "kaun_http_get_parts");
+  kaun_http_request buffered = range_request(url_of(&srv_a, "/data.bin"), 0, 10, sink.buf);
+  ASSERT_FAILS(kaun_http_get_parts(client, &buffered, 10, &po, &bad, &err), err, KAUN_EINVAL,
+               "write_fn");
+  kaun_http_parts_options zero = {0};
+  ASSERT_FAILS(kaun_http_get_parts(client, &r, FILE_SIZE, &zero, &bad, &err), err, KAUN_EINVAL,
+               "struct_size");
+  free(sink.buf);
+}
+
 static void test_connection_reuse(void) {
   kaun_error err = KAUN_ERROR_INIT;
   kaun_http *c = new_client(2, 20, 3);
@@ -1375,6 +1568,7 @@ int main(void) {
   CU_add_test(s, "a reset mid-body is resumed with a Range", test_resume_after_reset);
   CU_add_test(s, "tries that bring bytes do not use up the attempts",
               test_resumes_with_progress_go_on);
+  CU_add_test(s, "progress or not, 1000 attempts is the bound", test_attempts_bound);
   CU_add_test(s, "a truncated body is resumed (into a file)", test_resume_after_truncation);
   CU_add_test(s, "a Range ignored by the server: the slice", test_ignored_range);
   CU_add_test(s, "a wrong Content-Range is not trusted", test_wrong_content_range);
@@ -1385,6 +1579,8 @@ int main(void) {
   CU_add_test(s, "redirects: follow, relative only, none", test_redirects);
   CU_add_test(s, "Authorization stays on its origin", test_authorization_stays_on_origin);
   CU_add_test(s, "perform_many: 64 ranges into place, 8 at a time", test_perform_many);
+  CU_add_test(s, "get_parts: pinned parts into place, one request when Range is ignored",
+              test_get_parts);
   CU_add_test(s, "sequential requests share one connection", test_connection_reuse);
   CU_add_test(s, "threads share one client", test_threads_share_a_client);
   CU_add_test(s, "canceled from the progress callback", test_cancel_from_progress);

@@ -142,11 +142,40 @@ static void test_copy_errors(void) {
   CU_ASSERT_FALSE(temp_left(dir));
 }
 
+/* Parallel parts: never more than KAUN_HTTP_MAX_PARTS requests, whatever
+ * size a header claims, and the parts cover the object exactly. */
+static void test_parts_plan(void) {
+  const uint64_t mib = (uint64_t)1 << 20;
+  uint64_t part;
+  size_t n;
+  kaun__http_parts_plan(0, 0, &part, &n);
+  CU_ASSERT_EQUAL(n, 0);
+  kaun__http_parts_plan(1, 0, &part, &n);
+  CU_ASSERT(part == 8 * mib && n == 1);
+  kaun__http_parts_plan(100 * mib + 1, 8 * mib, &part, &n);
+  CU_ASSERT(part == 8 * mib && n == 13);
+  kaun__http_parts_plan(9999 * 8 * mib, 8 * mib, &part, &n); /* the most at that size */
+  CU_ASSERT(part == 8 * mib && n == 9999);
+  kaun__http_parts_plan(10000 * 8 * mib, 8 * mib, &part, &n); /* one more would pass it */
+  CU_ASSERT(part == 9 * mib && n == 8889);
+  const uint64_t sizes[] = {10000 * mib + 1, (uint64_t)16 << 40,          UINT64_MAX,
+                            UINT64_MAX - 1,  ((uint64_t)1 << 63) + 12345, 123456789012345ull};
+  const uint64_t asks[] = {1, 4096, mib, 8 * mib, 0};
+  for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
+    for (size_t k = 0; k < sizeof asks / sizeof *asks; k++) {
+      kaun__http_parts_plan(sizes[i], asks[k], &part, &n);
+      CU_ASSERT(n >= 1 && n <= KAUN_HTTP_MAX_PARTS);
+      CU_ASSERT((sizes[i] - 1) / part == n - 1);        /* covered, and no empty part */
+      CU_ASSERT(part >= (asks[k] ? asks[k] : 8 * mib)); /* never smaller than asked */
+    }
+}
+
 void register_copy_tests(void) {
   static const unit_test tests[] = {
       {"a copy is byte for byte and reports its progress", test_copy_bytes_and_progress},
       {"a canceled copy leaves the destination as it was", test_copy_cancel},
       {"copy errors name the object at fault", test_copy_errors},
+      {"parallel parts: at most KAUN_HTTP_MAX_PARTS, the object covered", test_parts_plan},
       {NULL, NULL}};
   add_suite("copy", tests);
 }

@@ -240,6 +240,53 @@ KAUN_API int kaun_http_perform_many(kaun_http *http, const kaun_http_request *re
                                     kaun_http_response **responses, int *results,
                                     kaun_error *errors, kaun_error *err);
 
+/* ---- one object in parallel ranged parts ---------------------------------------- */
+
+/* The most requests kaun_http_get_parts makes for one object, whatever
+ * size a header claims (S3's limit on a multipart upload's parts too). */
+#define KAUN_HTTP_MAX_PARTS 10000u
+
+typedef struct kaun_http_parts_options {
+  size_t struct_size;   /* sizeof(kaun_http_parts_options) */
+  uint64_t part_size;   /* bytes per ranged GET; 0 = 8 MiB */
+  unsigned connections; /* transfers at once; 0 = 4 */
+  /* Nonzero: the first part goes alone and the others carry If-Match
+   * with its ETag (added to the template's headers; a `prepare` hook that
+   * replaces the headers must add it itself), and an answer with another
+   * ETag fails with KAUN_ECHANGED: for an object no earlier request
+   * pinned to a version. */
+  int pin_first;
+  /* Called with each part's answer once all of them arrived (with the
+   * single answer of the fallback below): KAUN_OK, or a code (with `err`
+   * filled) that fails the download.  NULL: no check. */
+  int (*check)(void *check_user, const kaun_http_response *resp, kaun_error *err);
+  void *check_user;
+} kaun_http_parts_options;
+
+#define KAUN_HTTP_PARTS_OPTIONS_INIT \
+  { .struct_size = sizeof(kaun_http_parts_options) }
+
+/* Downloads bytes [0, size) of the object that `tmpl` (a GET of the whole
+ * object, body_to KAUN_HTTP_BODY_CALLBACK) names, as ranged GETs of
+ * part_size bytes (larger when that would take more than
+ * KAUN_HTTP_MAX_PARTS), `connections` of them in flight over one pool.
+ * tmpl->write_fn receives the bytes with their offset in the object: in
+ * order within a part, in any order across parts (kaun_cache_writer_part_sink
+ * with a kaun_cache_part at offset 0 writes them in place).  Every part
+ * must be answered with exactly its range (strict_range): when one is not
+ * (a server that ignores Range, or answers around it), the parts stop at
+ * that answer's headers and the object comes in one request of `tmpl`
+ * from offset 0, its bytes written again over those already written.
+ * Progress and cancellation ride on tmpl->io.  `*failed` (may be NULL)
+ * receives, on an error, the answer of the request at fault when one
+ * came (free it with kaun_http_response_free), else NULL.
+ * Errors: KAUN_EINVAL (no client or template, a body_to that is not
+ * KAUN_HTTP_BODY_CALLBACK), KAUN_ENOMEM, KAUN_ECHANGED (pin_first),
+ * those of the requests and of `check`. */
+KAUN_API int kaun_http_get_parts(kaun_http *http, const kaun_http_request *tmpl, uint64_t size,
+                                 const kaun_http_parts_options *opts, kaun_http_response **failed,
+                                 kaun_error *err);
+
 /* ---- responses ----------------------------------------------------------------- */
 
 /* Frees a response.  Accepts NULL. */

@@ -961,11 +961,21 @@ static int s3_read(void *ob, uint64_t offset, void *dst, size_t len, kaun_error 
 typedef struct fill_ctx {
   object *o;
   kaun_io *io;
+  int check_failed; /* the error is check_version's, already whole */
 } fill_ctx;
 
+static int check_part(void *ctx, const kaun_http_response *resp, kaun_error *err) {
+  fill_ctx *f = ctx;
+  int rc = check_version(f->o, resp, err);
+  if (rc) f->check_failed = 1;
+  return rc;
+}
+
 /* The object into the cache writer's file: part_size ranged GETs,
- * `concurrency` in flight, each written at its own offset (through the
- * writer's part sinks, which gather the 16 KiB pieces of each answer). */
+ * `concurrency` in flight, each written at its own offset
+ * (kaun_http_get_parts, through the writer's part sink, which gathers the
+ * 16 KiB pieces of each answer).  Every part is signed with If-Match: the
+ * ETag the HEAD saw. */
 static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
   fill_ctx *f = user;
   kaun_cache_writer_set_io(w, NULL); /* progress rides on the GETs */
@@ -976,59 +986,21 @@ static int fill(kaun_cache_writer *w, void *user, kaun_error *err) {
   signed_req s;
   int rc = sign_request(be, "GET", o->bucket, o->key, NULL, S3_EMPTY_SHA256, pin, NULL, &s, err);
   if (rc) return rc;
-  /* the size is a header's word: at most 10000 requests, whatever it says */
-  uint64_t part = be->part_size;
-  if (o->size / part >= 10000) part = (o->size / 10000 + ((uint64_t)1 << 20)) >> 20 << 20;
-  size_t n = (size_t)((o->size + part - 1) / part);
-  kaun_http_request *reqs = calloc(n, sizeof *reqs);
-  kaun_http_response **resps = calloc(n, sizeof *resps);
-  int *results = calloc(n, sizeof *results);
-  kaun_cache_part *parts = calloc(n, sizeof *parts);
-  if (!reqs || !resps || !results || !parts) {
-    rc = nomem(err);
-    goto done;
-  }
-  for (size_t i = 0; i < n; i++) {
-    uint64_t off = (uint64_t)i * part;
-    fill_request(&reqs[i], KAUN_HTTP_GET, &s, f->io, o->uri);
-    reqs[i].range_offset = off;
-    reqs[i].range_length = o->size - off < part ? o->size - off : part;
-    reqs[i].strict_range = 1; /* a part answered whole would move the object once per part */
-    parts[i].writer = w;
-    parts[i].offset = off;
-    reqs[i].body_to = KAUN_HTTP_BODY_CALLBACK;
-    reqs[i].write_fn = kaun_cache_writer_part_sink;
-    reqs[i].write_user = &parts[i];
-  }
-  rc = kaun_http_perform_many(be->http, reqs, n, be->concurrency, KAUN_HTTP_FAIL_FAST, resps,
-                              results, NULL, err);
-  if (rc == KAUN_ENOTSUP) { /* ranges not answered as asked: the object in one GET */
-    kaun_cache_part whole = {w, 0};
-    for (size_t i = 0; i < n; i++) {
-      kaun_http_response_free(resps[i]);
-      resps[i] = NULL;
-      results[i] = KAUN_OK;
-    }
-    fill_request(&reqs[0], KAUN_HTTP_GET, &s, f->io, o->uri);
-    reqs[0].body_to = KAUN_HTTP_BODY_CALLBACK;
-    reqs[0].write_fn = kaun_cache_writer_part_sink;
-    reqs[0].write_user = &whole;
-    rc = results[0] = kaun_http_perform(be->http, &reqs[0], &resps[0], err);
-    n = 1;
-  }
-  if (rc) {
-    const kaun_http_response *bad = NULL;
-    for (size_t i = 0; i < n && !bad; i++)
-      if (results[i] == rc) bad = resps[i];
-    rc = s3_error(be, rc, bad, o->bucket, o->uri, err);
-  }
-  for (size_t i = 0; i < n && !rc; i++) rc = check_version(o, resps[i], err);
-done:
-  for (size_t i = 0; resps && i < n; i++) kaun_http_response_free(resps[i]);
-  free(parts);
-  free(reqs);
-  free(resps);
-  free(results);
+  kaun_cache_part whole = {w, 0}; /* the parts' bytes come with their offset in the object */
+  kaun_http_request req;
+  fill_request(&req, KAUN_HTTP_GET, &s, f->io, o->uri);
+  req.body_to = KAUN_HTTP_BODY_CALLBACK;
+  req.write_fn = kaun_cache_writer_part_sink;
+  req.write_user = &whole;
+  kaun_http_parts_options po = KAUN_HTTP_PARTS_OPTIONS_INIT;
+  po.part_size = be->part_size;
+  po.connections = be->concurrency;
+  po.check = check_part;
+  po.check_user = f;
+  kaun_http_response *bad = NULL;
+  rc = kaun_http_get_parts(be->http, &req, o->size, &po, &bad, err);
+  if (rc && !f->check_failed) rc = s3_error(be, rc, bad, o->bucket, o->uri, err);
+  kaun_http_response_free(bad);
   signed_req_free(&s);
   return rc;
 }
@@ -1048,7 +1020,7 @@ static int s3_fetch_io(void *ob, char *path_out, size_t path_size, kaun_io *io, 
     return kaun_error_set(err, KAUN_EINVAL, "%s: the cache path %s does not fit in %zu bytes",
                           o->uri, final_path, path_size);
   /* the io cancels a wait for the entry's lock; progress rides on the GETs */
-  fill_ctx f = {o, io};
+  fill_ctx f = {o, io, 0};
   /* the size is checked; the bytes too when the ETag is their MD5 */
   rc = kaun_cache_get_or_fill(
       final_path, lock_path, o->size, o->md5[0] ? KAUN_CACHE_HASH_MD5 : KAUN_CACHE_HASH_NONE,
