@@ -2,6 +2,8 @@
  * the file backend's root, mixed storage, mirrors, the registry plugin.
  * Linked against libkaun.so and its public headers only. */
 #include <CUnit/Basic.h>
+#include <ctype.h>
+#include <fcntl.h>
 #include <kaun.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -770,6 +772,166 @@ static void test_registry(void) {
                "backends.corp.index is missing");
 }
 
+/* A registry with the index `json` (printf-style) over tmp("reg"), where
+ * test_registry saved bert-1.9 and bert-1.10. */
+static kaun_context *registry_with(const char *json, ...) __attribute__((format(printf, 1, 2)));
+static kaun_context *registry_with(const char *json, ...) {
+  char text[16384];
+  va_list ap;
+  va_start(ap, json);
+  vsnprintf(text, sizeof text, json, ap);
+  va_end(ap);
+  write_text(tmp("reg/index3.json"), "%s", text);
+  const char *cfg = tmp("registry3.json");
+  write_text(cfg,
+             "{\"backends\": {\n"
+             "  \"store\": {\"plugin\": \"file\", \"root\": \"%s\"},\n"
+             "  \"corp\": {\"plugin\": \"registry\", \"index\": \"store://index3.json\"}\n"
+             "}}\n",
+             tmp("reg"));
+  kaun_context *ctx = NULL;
+  kaun_error err = KAUN_ERROR_INIT;
+  ASSERT_OK(kaun_context_new(cfg, &ctx, &err), err);
+  return ctx;
+}
+
+#define REG_FILE(uri) "{\"model.safetensors\": {\"uri\": \"" uri "\"}}"
+
+/* Versions: numbers by value at any length, a pre-release below its
+ * release, and keys that are not versions (or the same one twice) are an
+ * index error; nothing asked for is cut short. */
+static void test_registry_versions(void) {
+  set_plugin_path();
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_flat *flat = NULL;
+  const char *v19 = REG_FILE("store://bert-1.9.safetensors");
+  const char *v110 = REG_FILE("store://bert-1.10.safetensors");
+  /* the release above its pre-releases; 1.10 above 1.9.9 */
+  kaun_context *ctx = registry_with(
+      "{\"bert\": {\"1.10-rc1\": %s, \"1.10\": %s, \"1.9.9\": %s, \"1.10-rc.2\": %s,"
+      " \"1.10-beta\": %s}}",
+      v19, v110, v19, v19, v19);
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, "corp://bert", 0, &flat, &err), err);
+  CU_ASSERT_EQUAL(first_of(flat, "w"), 110.0f);
+  kaun_flat_free(flat);
+  kaun_context_free(ctx);
+  /* pre-releases only: SemVer order (rc.2 < rc1: numeric below alphanumeric, rc < rc1) */
+  ctx = registry_with("{\"bert\": {\"2.0-rc.2\": %s, \"2.0-rc1\": %s, \"2.0-beta.11\": %s}}", v19,
+                      v110, v19);
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, "corp://bert", 0, &flat, &err), err);
+  CU_ASSERT_EQUAL(first_of(flat, "w"), 110.0f);
+  kaun_flat_free(flat);
+  kaun_context_free(ctx);
+  /* numbers past 64 bits do not tie */
+  ctx = registry_with(
+      "{\"bert\": {\"1.99999999999999999999999\": %s,"
+      " \"1.100000000000000000000000\": %s, \"1.0000000000000000000000000009\": %s}}",
+      v19, v110, v19);
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, "corp://bert", 0, &flat, &err), err);
+  CU_ASSERT_EQUAL(first_of(flat, "w"), 110.0f);
+  kaun_flat_free(flat);
+  kaun_context_free(ctx);
+  /* not versions: an index error naming the key, for any open of the model */
+  const char *bad[] = {"1.-1", "latest", "1..2", "v1", "1.0-", "1.0-rc..1", "", "1.0+build"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    ctx = registry_with("{\"bert\": {\"1.9\": %s, \"%s\": %s}}", v19, bad[i], v110);
+    char want[200];
+    snprintf(want, sizeof want, "gives model 'bert' a version '%s' that is not one", bad[i]);
+    ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "corp://bert", 0, &flat, &err), err, KAUN_EINDEX,
+                 want);
+    ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "corp://bert@1.9", 0, &flat, &err), err,
+                 KAUN_EINDEX, want);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "index3.json"));
+    kaun_context_free(ctx);
+  }
+  ctx = registry_with("{\"bert\": {\"1.0\": %s, \"1\": %s}}", v19, v110);
+  ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "corp://bert", 0, &flat, &err), err, KAUN_EINDEX,
+               "the versions '1.0' and '1', which are the same version");
+  kaun_context_free(ctx);
+  /* a version asked for is never cut: 127 characters were, serving another */
+  char v127[128], asked[300];
+  memset(v127, '0', 127);
+  v127[0] = '1';
+  v127[1] = '.';
+  v127[127] = '\0';
+  ctx = registry_with("{\"bert\": {\"%s\": %s}}", v127, v19);
+  snprintf(asked, sizeof asked, "corp://bert@%s1", v127);
+  ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, asked, 0, &flat, &err), err, KAUN_ENOENT,
+               "has no version");
+  snprintf(asked, sizeof asked, "corp://bert@%s", v127);
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, asked, 0, &flat, &err), err);
+  kaun_flat_free(flat);
+  ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "corp://bert@", 0, &flat, &err), err, KAUN_EURI,
+               "want corp://NAME[@VERSION][/PATH]");
+  kaun_context_free(ctx);
+  /* nor a URI in the index: 1023 characters were */
+  char deep[1400] = "", dir[1400];
+  size_t at = 0;
+  for (int i = 0; i < 6; i++) {
+    at += (size_t)snprintf(deep + at, sizeof deep - at, "%s", i ? "/" : "");
+    for (int k = 0; k < 180; k++) deep[at++] = (char)('a' + i);
+    deep[at] = '\0';
+  }
+  snprintf(dir, sizeof dir, "store://%s/m.safetensors", deep);
+  CU_ASSERT(strlen(dir) > 1023);
+  ctx = registry_with("{\"long\": {\"1\": {\"model.safetensors\": {\"uri\": \"%s\"}}}}", dir);
+  save_model(ctx, dir, 7);
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, "corp://long", 0, &flat, &err), err);
+  CU_ASSERT_EQUAL(first_of(flat, "w"), 7.0f);
+  kaun_flat_free(flat);
+  kaun_context_free(ctx);
+}
+
+/* The sha256: hex in either case; anything else is an index error; a file
+ * rewritten in place after the check is KAUN_ECHANGED, not served. */
+static void test_registry_sha256(void) {
+  set_plugin_path();
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_flat *flat = NULL;
+  kaun_context *ctx = registry_with("{}");
+  save_model(ctx, "store://victim.safetensors", 5);
+  kaun_context_free(ctx);
+  char sha[KAUN_SHA256_HEX_SIZE], upper[KAUN_SHA256_HEX_SIZE];
+  sha_of(tmp("reg/victim.safetensors"), sha);
+  for (int i = 0; i < KAUN_SHA256_HEX_SIZE; i++) upper[i] = (char)toupper((unsigned char)sha[i]);
+  const char *fmt =
+      "{\"v\": {\"1\": {\"model.safetensors\": {\"uri\": "
+      "\"store://victim.safetensors\", \"sha256\": \"%s\"}}}}";
+  ctx = registry_with(fmt, upper);
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, "corp://v", 0, &flat, &err), err);
+  CU_ASSERT_EQUAL(first_of(flat, "w"), 5.0f);
+  kaun_flat_free(flat);
+  kaun_context_free(ctx);
+  ctx = registry_with(fmt, "sha256:abc");
+  ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "corp://v", 0, &flat, &err), err, KAUN_EINDEX,
+               "is not 64 hex digits: 'sha256:abc'");
+  kaun_context_free(ctx);
+
+  /* opened and verified, then rewritten in place (same size, same inode) */
+  ctx = registry_with(fmt, sha);
+  usleep(20000); /* the rewrite in a later clock tick than the save */
+  kaun_object *o;
+  ASSERT_OK(kaun_object_open(ctx, "corp://v@1/model.safetensors", &o, &err), err);
+  unsigned char head[16];
+  ASSERT_OK(kaun_object_read(o, 0, head, sizeof head, &err), err);
+  int fd = open(tmp("reg/victim.safetensors"), O_WRONLY);
+  CU_ASSERT_FATAL(fd >= 0);
+  struct stat st;
+  CU_ASSERT(fstat(fd, &st) == 0);
+  CU_ASSERT(pwrite(fd, "\x7f", 1, st.st_size - 1) == 1);
+  close(fd);
+  ASSERT_FAILS(kaun_object_read(o, 0, head, sizeof head, &err), err, KAUN_ECHANGED,
+               "corp://v@1/model.safetensors: store://victim.safetensors changed after its "
+               "sha256 was checked");
+  kaun_buffer *map = NULL;
+  ASSERT_FAILS(kaun_object_map_range(o, 0, 8, &map, &err), err, KAUN_ECHANGED, "open it again");
+  CU_ASSERT_PTR_NULL(map);
+  kaun_object_close(o);
+  ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "corp://v", 0, &flat, &err), err, KAUN_ECHECKSUM,
+               "the sha256 of store://victim.safetensors is");
+  kaun_context_free(ctx);
+}
+
 static void test_save_needs_put(void) {
   set_plugin_path();
   kaun_error err = KAUN_ERROR_INIT;
@@ -1263,6 +1425,10 @@ int main(void) {
   CU_add_test(s, "objects outlive the context they came from", test_context_outlived);
   CU_add_test(s, "the registry plugin resolves, picks latest, verifies", test_registry);
   CU_add_test(s, "saving needs a backend that can store", test_save_needs_put);
+  CU_add_test(s, "registry versions: by value, pre-releases below, bad keys an index error",
+              test_registry_versions);
+  CU_add_test(s, "registry sha256: either case; a file rewritten after the check is refused",
+              test_registry_sha256);
   CU_add_test(s, "registries that lead back to themselves fail fast", test_registry_cycles);
   CU_add_test(s, "backends whose creations need each other fail fast", test_create_cycles);
   CU_add_test(s, "relative plugin paths in a config are its folder's",

@@ -463,12 +463,17 @@ static void open_file_path(int fd, char *out, size_t size) {
 static int file_stat(void *object, kaun_stat *out, kaun_error *err) {
   file_object *o = object;
   (void)err;
+  /* the file as it is now (a rewrite in place shows), the size it was opened with */
+  struct stat now;
+  const struct stat *sb = fstat(o->fd, &now) == 0 ? &now : &o->sb;
   out->size = o->size;
-  out->mtime = (int64_t)o->sb.st_mtime;
-  /* inode, size and modification time: changes whenever the content can */
-  snprintf(out->etag, sizeof out->etag, "%llx-%llx-%llx.%09ld", (unsigned long long)o->sb.st_ino,
-           (unsigned long long)o->size, (unsigned long long)o->sb.st_mtim.tv_sec,
-           (long)o->sb.st_mtim.tv_nsec);
+  out->mtime = (int64_t)sb->st_mtime;
+  /* inode, size, modification and change times: changes whenever the
+   * content can (the change time cannot be set back by a user) */
+  snprintf(out->etag, sizeof out->etag, "%llx-%llx-%llx.%09ld-%llx.%09ld",
+           (unsigned long long)sb->st_ino, (unsigned long long)sb->st_size,
+           (unsigned long long)sb->st_mtim.tv_sec, (long)sb->st_mtim.tv_nsec,
+           (unsigned long long)sb->st_ctim.tv_sec, (long)sb->st_ctim.tv_nsec);
   if (o->confined) {
     /* the file this object has open, not what its name leads to now:
      * resolving the name again could leave the root */

@@ -9,12 +9,22 @@
  *                                             "sha256": "9f2c..."}},
  *             "1.10": {...}}}
  *
- * Without a version the latest is used (versions compare numerically,
- * component by component: 1.10 > 1.9).  Without a PATH the URI names a
- * folder, so kaun looks for model.safetensors, then the sharded index, in
- * it.  The sha256, when given, is verified when an object is opened
- * (option `verify`, default true).  The files themselves can live on any
- * backend kaun has.
+ * Without a version the latest is used.  A version is numbers joined by
+ * dots, optionally followed by "-" and a pre-release (dot-joined
+ * identifiers of letters, digits and '-'): numbers compare by value, of
+ * any length (1.10 > 1.9), missing ones count as 0, and a pre-release
+ * sorts below its release (2.0-rc1 < 2.0; pre-releases compare as SemVer
+ * says: numeric identifiers by value and below alphanumeric ones).  A
+ * model with a key that is not a version is an index error, as are two
+ * keys that are the same version (1.0 and 1).  Without a PATH the URI
+ * names a folder, so kaun looks for model.safetensors, then the sharded
+ * index, in it.  The sha256 (hex, either case), when given, is verified
+ * when an object is opened (option `verify`, default true), and every
+ * read and mapping after that checks that the object is still the version
+ * that was hashed (its backend's etag: a file's inode, size, mtime and
+ * ctime), so a file rewritten in place is KAUN_ECHANGED, not served.  No
+ * name, version, path or URI is ever cut short.  The files themselves can
+ * live on any backend kaun has.
  *
  * This plugin uses only <kaun/plugin.h> (and json-c for the index). */
 #include <kaun/hash.h>
@@ -26,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 typedef struct registry {
   kaun_context *ctx;
@@ -38,7 +49,10 @@ typedef struct registry {
 
 typedef struct entry {
   kaun_object *inner;
-  char uri[1024];
+  char *uri;
+  char *label;  /* REGISTRY://PATH, for messages */
+  int verified; /* a sha256 was checked: `etag` is the version hashed */
+  char etag[256];
 } entry;
 
 static const kaun_option_spec options[] = {
@@ -117,17 +131,77 @@ static int load_index(registry *r, kaun_error *err) {
   return KAUN_OK;
 }
 
-/* Compares dotted versions numerically ("1.10" > "1.9"). */
+/* Versions (see the top).  Numbers are compared as digit strings, so no
+ * length makes two of them tie. */
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+static int is_ident(char c) {
+  return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-';
+}
+
+/* 1 when `v` is a version: N(.N)*(-ID(.ID)*)? */
+static int version_valid(const char *v) {
+  const char *p = v;
+  do {
+    if (!is_digit(*p)) return 0;
+    while (is_digit(*p)) p++;
+  } while (*p == '.' && *++p);
+  if (!*p) return p[-1] != '.';
+  if (*p != '-' || !*++p) return 0;
+  do {
+    if (!is_ident(*p)) return 0;
+    while (is_ident(*p)) p++;
+  } while (*p == '.' && *++p);
+  return !*p && p[-1] != '.';
+}
+
+/* Compares the digit strings [a, a + na) and [b, b + nb) by value. */
+static int number_cmp(const char *a, size_t na, const char *b, size_t nb) {
+  while (na > 1 && *a == '0') a++, na--;
+  while (nb > 1 && *b == '0') b++, nb--;
+  if (na != nb) return na < nb ? -1 : 1;
+  int c = memcmp(a, b, na);
+  return c < 0 ? -1 : c > 0;
+}
+
+static size_t span(const char *p, int (*ok)(char)) {
+  size_t n = 0;
+  while (ok(p[n])) n++;
+  return n;
+}
+
+/* Valid versions only: <0, 0 (the same version), >0. */
 static int version_cmp(const char *a, const char *b) {
-  while (*a || *b) {
-    char *ea, *eb;
-    unsigned long x = strtoul(a, &ea, 10), y = strtoul(b, &eb, 10);
-    if (x != y) return x < y ? -1 : 1;
-    if (ea == a || eb == b) return strcmp(a, b); /* not numeric: text order */
-    a = *ea == '.' ? ea + 1 : ea;
-    b = *eb == '.' ? eb + 1 : eb;
+  /* the release: numbers, a missing one is 0 */
+  while (*a && *a != '-' && *b && *b != '-') {
+    size_t na = span(a, is_digit), nb = span(b, is_digit);
+    int c = number_cmp(a, na, b, nb);
+    if (c) return c;
+    a += na + (a[na] == '.');
+    b += nb + (b[nb] == '.');
   }
-  return 0;
+  for (; *a && *a != '-'; a += span(a, is_digit) + (a[span(a, is_digit)] == '.'))
+    if (number_cmp(a, span(a, is_digit), "0", 1)) return 1;
+  for (; *b && *b != '-'; b += span(b, is_digit) + (b[span(b, is_digit)] == '.'))
+    if (number_cmp(b, span(b, is_digit), "0", 1)) return -1;
+  /* a pre-release sorts below its release */
+  if (!*a || !*b) return !*a && !*b ? 0 : !*a ? 1 : -1;
+  a++, b++;
+  while (*a && *b) {
+    size_t na = span(a, is_ident), nb = span(b, is_ident);
+    int da = span(a, is_digit) == na, db = span(b, is_digit) == nb, c;
+    if (da && db)
+      c = number_cmp(a, na, b, nb);
+    else if (da != db)
+      c = da ? -1 : 1; /* numeric identifiers below alphanumeric ones */
+    else {
+      c = memcmp(a, b, na < nb ? na : nb);
+      c = c ? (c < 0 ? -1 : 1) : na == nb ? 0 : na < nb ? -1 : 1;
+    }
+    if (c) return c;
+    a += na + (a[na] == '.');
+    b += nb + (b[nb] == '.');
+  }
+  return !*a && !*b ? 0 : !*a ? -1 : 1; /* more identifiers sort higher */
 }
 
 static void list_keys(json_object *o, char *out, size_t size) {
@@ -143,13 +217,12 @@ static void list_keys(json_object *o, char *out, size_t size) {
 
 /* Hashes the inner object with bounded memory: through its mapping when
  * its backend maps, else in 8 MiB reads. */
-static int sha256_of(kaun_object *inner, char got[KAUN_SHA256_HEX_SIZE], kaun_error *err) {
-  kaun_stat st = {.struct_size = sizeof st};
-  int rc = kaun_object_stat(inner, &st, err);
-  if (rc) return rc;
+static int sha256_of(kaun_object *inner, uint64_t size, char got[KAUN_SHA256_HEX_SIZE],
+                     kaun_error *err) {
   kaun_buffer *map = NULL;
   kaun_error ignored = KAUN_ERROR_INIT;
-  if (kaun_object_map_range(inner, 0, st.size, &map, &ignored) == KAUN_OK) {
+  int rc = KAUN_OK;
+  if (kaun_object_map_range(inner, 0, size, &map, &ignored) == KAUN_OK) {
     rc = kaun_sha256_hex(kaun_buffer_data(map), kaun_buffer_size(map), got, err);
     kaun_buffer_unref(map);
     return rc;
@@ -159,8 +232,8 @@ static int sha256_of(kaun_object *inner, char got[KAUN_SHA256_HEX_SIZE], kaun_er
   EVP_MD_CTX *md = EVP_MD_CTX_new();
   if (!buf || !md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
     rc = kaun_error_set(err, KAUN_ENOMEM, "registry: out of memory hashing");
-  for (uint64_t off = 0; !rc && off < st.size; off += CHUNK) {
-    size_t n = st.size - off < CHUNK ? (size_t)(st.size - off) : CHUNK;
+  for (uint64_t off = 0; !rc && off < size; off += CHUNK) {
+    size_t n = size - off < CHUNK ? (size_t)(size - off) : CHUNK;
     if (!(rc = kaun_object_read(inner, off, buf, n, err)) && EVP_DigestUpdate(md, buf, n) != 1)
       rc = kaun_error_set(err, KAUN_ENOMEM, "registry: hashing failed");
   }
@@ -174,16 +247,79 @@ static int sha256_of(kaun_object *inner, char got[KAUN_SHA256_HEX_SIZE], kaun_er
   return rc;
 }
 
-static int sha256_check(registry *r, entry *e, const char *path, const char *want,
-                        kaun_error *err) {
-  char got[KAUN_SHA256_HEX_SIZE];
-  int rc = sha256_of(e->inner, got, err);
+/* After a verified open: the inner object must still be the version that
+ * was hashed (a file rewritten in place has another etag). */
+static int recheck(const entry *e, kaun_error *err) {
+  if (!e->verified) return KAUN_OK;
+  kaun_stat st = {.struct_size = sizeof st};
+  int rc = kaun_object_stat(e->inner, &st, err);
   if (rc) return rc;
-  if (strcmp(got, want) != 0)
+  if (strcmp(st.etag, e->etag) != 0)
+    return kaun_error_set(err, KAUN_ECHANGED,
+                          "%s: %s changed after its sha256 was checked (version %s, now %s): "
+                          "open it again",
+                          e->label, e->uri, e->etag, st.etag);
+  return KAUN_OK;
+}
+
+static int is_sha256(const char *s) {
+  size_t n = 0;
+  for (; s[n]; n++)
+    if (!strchr("0123456789abcdefABCDEF", s[n])) return 0;
+  return n == 64;
+}
+
+static int sha256_check(registry *r, entry *e, const char *want, kaun_error *err) {
+  if (!is_sha256(want))
+    return kaun_error_set(err, KAUN_EINDEX,
+                          "%s: the sha256 the registry's index %s gives for %s is not 64 hex "
+                          "digits: '%.80s'",
+                          e->label, r->index_uri, e->uri, want);
+  kaun_stat st = {.struct_size = sizeof st};
+  int rc = kaun_object_stat(e->inner, &st, err);
+  if (rc) return rc;
+  /* the version hashed: what every later read is checked against */
+  snprintf(e->etag, sizeof e->etag, "%s", st.etag);
+  char got[KAUN_SHA256_HEX_SIZE];
+  if ((rc = sha256_of(e->inner, st.size, got, err))) return rc;
+  if (strcasecmp(got, want) != 0)
     return kaun_error_set(err, KAUN_ECHECKSUM,
-                          "%s://%s: the sha256 of %s is %s, but the registry's index says %s; "
+                          "%s: the sha256 of %s is %s, but the registry's index says %s; "
                           "the file was changed or corrupted",
-                          r->name, path, e->uri, got, want);
+                          e->label, e->uri, got, want);
+  e->verified = st.etag[0] != '\0';
+  return recheck(e, err); /* not changed while it was hashed */
+}
+
+static void entry_free(entry *e) {
+  if (!e) return;
+  kaun_object_close(e->inner);
+  free(e->uri);
+  free(e->label);
+  free(e);
+}
+
+/* The versions of `model`, checked, and the latest in *latest. */
+static int check_versions(registry *r, const char *label, const char *name, json_object *model,
+                          const char **latest, kaun_error *err) {
+  const char *best = NULL;
+  json_object_object_foreach(model, key, val) {
+    (void)val;
+    if (!version_valid(key))
+      return kaun_error_set(err, KAUN_EINDEX,
+                            "%s: the registry's index %s gives model '%s' a version '%.100s' "
+                            "that is not one (want numbers joined by dots, optionally "
+                            "-PRERELEASE: 1.10, 2.0-rc1)",
+                            label, r->index_uri, name, key);
+    int c = best ? version_cmp(key, best) : 1;
+    if (c == 0)
+      return kaun_error_set(err, KAUN_EINDEX,
+                            "%s: the registry's index %s gives model '%s' the versions '%.100s' "
+                            "and '%.100s', which are the same version",
+                            label, r->index_uri, name, best, key);
+    if (c > 0) best = key;
+  }
+  *latest = best;
   return KAUN_OK;
 }
 
@@ -192,98 +328,106 @@ static int r_open(void *be, const char *path, kaun_object *inner, void **out, ka
   registry *r = be;
   int rc = load_index(r, err);
   if (rc) return rc;
-  /* NAME[@VERSION][/PATH] */
-  char name[256], version[128] = "", file[1024] = "";
+  entry *e = calloc(1, sizeof *e);
+  size_t label_size = strlen(r->name) + strlen(path) + 4;
+  if (!e || !(e->label = malloc(label_size))) {
+    free(e);
+    return kaun_error_set(err, KAUN_ENOMEM, "registry: out of memory");
+  }
+  snprintf(e->label, label_size, "%s://%s", r->name, path);
+  /* NAME[@VERSION][/PATH], none of it cut short */
   const char *slash = strchr(path, '/');
   size_t head = slash ? (size_t)(slash - path) : strlen(path);
   const char *at = memchr(path, '@', head);
   size_t nlen = at ? (size_t)(at - path) : head;
-  if (nlen == 0 || nlen >= sizeof name)
-    return kaun_error_set(err, KAUN_EURI, "%s://%s: want %s://NAME[@VERSION][/PATH]", r->name, path,
-                          r->name);
-  memcpy(name, path, nlen);
-  name[nlen] = '\0';
-  if (at) snprintf(version, sizeof version, "%.*s", (int)(head - nlen - 1), at + 1);
-  if (slash) snprintf(file, sizeof file, "%s", slash + 1);
+  char *name = strndup(path, nlen);
+  char *version = at ? strndup(at + 1, head - nlen - 1) : NULL;
+  const char *file = slash ? slash + 1 : "";
   char known[512];
-  json_object *model, *ver = NULL, *files, *item, *uri, *sha;
-  if (!json_object_object_get_ex(r->index, name, &model) ||
-      !json_object_is_type(model, json_type_object)) {
+  json_object *model, *ver = NULL, *item, *uri, *sha;
+  const char *latest = NULL;
+  if (!name || (at && !version)) {
+    rc = kaun_error_set(err, KAUN_ENOMEM, "registry: out of memory");
+  } else if (nlen == 0 || (at && !*version)) {
+    rc = kaun_error_set(err, KAUN_EURI, "%s: want %s://NAME[@VERSION][/PATH]", e->label, r->name);
+  } else if (!json_object_object_get_ex(r->index, name, &model) ||
+             !json_object_is_type(model, json_type_object)) {
     list_keys(r->index, known, sizeof known);
-    return kaun_error_set(err, KAUN_ENOENT, "%s://%s: no model '%s' in %s (it has: %s)", r->name,
-                          path, name, r->index_uri, known);
-  }
-  if (!*version) { /* the latest */
-    const char *best = NULL;
-    json_object_object_foreach(model, key, val) {
-      (void)val;
-      if (!best || version_cmp(key, best) > 0) best = key;
+    rc = kaun_error_set(err, KAUN_ENOENT, "%s: no model '%s' in %s (it has: %s)", e->label, name,
+                        r->index_uri, known);
+  } else if (!(rc = check_versions(r, e->label, name, model, &latest, err))) {
+    const char *v = version ? version : latest;
+    if (!v) {
+      rc = kaun_error_set(err, KAUN_ENOENT, "%s: model '%s' has no versions", e->label, name);
+    } else if (!json_object_object_get_ex(model, v, &ver) ||
+               !json_object_is_type(ver, json_type_object)) {
+      list_keys(model, known, sizeof known);
+      rc = kaun_error_set(err, KAUN_ENOENT, "%s: model '%s' has no version '%s' (it has: %s)",
+                          e->label, name, v, known);
+    } else if (!*file) {
+      rc = kaun_error_set(err, KAUN_EISDIR, "%s is a model, a folder of files", e->label);
+    } else if (!json_object_object_get_ex(ver, file, &item) ||
+               !json_object_object_get_ex(item, "uri", &uri) ||
+               !json_object_is_type(uri, json_type_string)) {
+      list_keys(ver, known, sizeof known);
+      rc = kaun_error_set(err, KAUN_ENOENT, "%s: %s@%s has no file '%s' (it has: %s)", e->label,
+                          name, v, file, known);
+    } else if (!(e->uri = strdup(json_object_get_string(uri)))) {
+      rc = kaun_error_set(err, KAUN_ENOMEM, "registry: out of memory");
+    } else {
+      rc = kaun_object_open(r->ctx, e->uri, &e->inner, err);
+      if (!rc && r->verify && json_object_object_get_ex(item, "sha256", &sha)) {
+        if (!json_object_is_type(sha, json_type_string))
+          rc = kaun_error_set(err, KAUN_EINDEX,
+                              "%s: the sha256 the registry's index %s gives for %s is not a "
+                              "string",
+                              e->label, r->index_uri, e->uri);
+        else
+          rc = sha256_check(r, e, json_object_get_string(sha), err);
+      }
     }
-    if (!best)
-      return kaun_error_set(err, KAUN_ENOENT, "%s://%s: model '%s' has no versions", r->name, path,
-                            name);
-    snprintf(version, sizeof version, "%s", best);
   }
-  if (!json_object_object_get_ex(model, version, &ver) ||
-      !json_object_is_type(ver, json_type_object)) {
-    list_keys(model, known, sizeof known);
-    return kaun_error_set(err, KAUN_ENOENT, "%s://%s: model '%s' has no version '%s' (it has: %s)",
-                          r->name, path, name, version, known);
-  }
-  files = ver;
-  if (!*file)
-    return kaun_error_set(err, KAUN_EISDIR, "%s://%s is a model, a folder of files", r->name, path);
-  if (!json_object_object_get_ex(files, file, &item) ||
-      !json_object_object_get_ex(item, "uri", &uri) ||
-      !json_object_is_type(uri, json_type_string)) {
-    list_keys(files, known, sizeof known);
-    return kaun_error_set(err, KAUN_ENOENT, "%s://%s: %s@%s has no file '%s' (it has: %s)", r->name,
-                          path, name, version, file, known);
-  }
-  entry *e = calloc(1, sizeof *e);
-  if (!e) return kaun_error_set(err, KAUN_ENOMEM, "registry: out of memory");
-  snprintf(e->uri, sizeof e->uri, "%s", json_object_get_string(uri));
-  rc = kaun_object_open(r->ctx, e->uri, &e->inner, err);
-  if (!rc && r->verify && json_object_object_get_ex(item, "sha256", &sha))
-    rc = sha256_check(r, e, path, json_object_get_string(sha), err);
+  free(name);
+  free(version);
   if (rc) {
-    kaun_object_close(e->inner);
-    free(e);
+    entry_free(e);
     return rc;
   }
   *out = e;
   return KAUN_OK;
 }
 
-static void r_close(void *obj) {
-  entry *e = obj;
-  kaun_object_close(e->inner);
-  free(e);
-}
+static void r_close(void *obj) { entry_free(obj); }
 
 static int r_stat(void *obj, kaun_stat *out, kaun_error *err) {
   entry *e = obj;
   return kaun_object_stat(e->inner, out, err);
 }
 
+/* Reads, then checks: the bytes given are those of the version hashed. */
 static int r_read(void *obj, uint64_t off, void *dst, size_t len, kaun_error *err) {
   entry *e = obj;
-  return kaun_object_read(e->inner, off, dst, len, err);
+  int rc = kaun_object_read(e->inner, off, dst, len, err);
+  return rc ? rc : recheck(e, err);
 }
 
 static int r_read_io(void *obj, uint64_t off, void *dst, size_t len, kaun_io *io, kaun_error *err) {
   entry *e = obj;
-  return kaun_object_read_io(e->inner, off, dst, len, io, err);
+  int rc = kaun_object_read_io(e->inner, off, dst, len, io, err);
+  return rc ? rc : recheck(e, err);
 }
 
 /* The bytes through the inner object's own mapping (zero copy when the
  * file lives on a backend that maps; KAUN_ENOTSUP, "read instead", when
- * it does not). */
+ * it does not), checked once mapped: a view follows the file as mappings
+ * do, so a rewrite after this point shows in it (kaun's own saves never
+ * rewrite a file in place). */
 static int r_map_range(void *obj, uint64_t off, uint64_t len, const void **data, void **cookie,
                        kaun_error *err) {
   entry *e = obj;
   kaun_buffer *b = NULL;
   int rc = kaun_object_map_range(e->inner, off, len, &b, err);
+  if (!rc && (rc = recheck(e, err))) kaun_buffer_unref(b);
   if (rc) return rc;
   *data = kaun_buffer_data(b);
   *cookie = b;
