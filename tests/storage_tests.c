@@ -882,6 +882,96 @@ static void test_registry_versions(void) {
   kaun_context_free(ctx);
 }
 
+/* Versions drawn at random as tuples (release numbers, then pre-release
+ * identifiers: a number, or letters), compared as tuples here, written
+ * out with leading zeros and trailing ".0"s that must not matter: the
+ * registry's latest must be the tuple order's greatest, 40 times. */
+typedef struct vtuple {
+  unsigned rel[4];
+  int npre; /* 0: a release */
+  int pre_num[3];
+  char pre_word[3][4]; /* "" when the identifier is numeric */
+} vtuple;
+
+static int vtuple_cmp(const vtuple *a, const vtuple *b) {
+  for (int i = 0; i < 4; i++)
+    if (a->rel[i] != b->rel[i]) return a->rel[i] < b->rel[i] ? -1 : 1;
+  if (!a->npre || !b->npre) return (a->npre == 0) - (b->npre == 0);
+  for (int i = 0; i < a->npre && i < b->npre; i++) {
+    int wa = a->pre_word[i][0] != 0, wb = b->pre_word[i][0] != 0;
+    if (wa != wb) return wa ? 1 : -1;
+    int c = wa ? strcmp(a->pre_word[i], b->pre_word[i])
+               : (a->pre_num[i] > b->pre_num[i]) - (a->pre_num[i] < b->pre_num[i]);
+    if (c) return c < 0 ? -1 : 1;
+  }
+  return (a->npre > b->npre) - (a->npre < b->npre);
+}
+
+static void vtuple_text(const vtuple *v, char *out, size_t size) {
+  int last = 3;
+  while (last > 0 && v->rel[last] == 0 && rand() % 2) last--; /* "1.2" for 1.2.0.0 */
+  size_t n = 0;
+  for (int i = 0; i <= last; i++)
+    n += (size_t)snprintf(out + n, size - n, "%s%s%u", i ? "." : "", rand() % 4 ? "" : "00",
+                          v->rel[i]);
+  for (int i = 0; i < v->npre; i++) {
+    if (v->pre_word[i][0])
+      n += (size_t)snprintf(out + n, size - n, "%s%s", i ? "." : "-", v->pre_word[i]);
+    else
+      n += (size_t)snprintf(out + n, size - n, "%s%d", i ? "." : "-", v->pre_num[i]);
+  }
+}
+
+static void test_registry_versions_random(void) {
+  set_plugin_path();
+  kaun_error err = KAUN_ERROR_INIT;
+  srand(20261130);
+  enum { N = 12 };
+  for (int round = 0; round < 40; round++) {
+    vtuple v[N];
+    memset(v, 0, sizeof v);
+    for (int i = 0; i < N; i++) {
+      for (int k = 0; k < 4; k++) v[i].rel[k] = (unsigned)(rand() % 3 ? rand() % 3 : rand());
+      v[i].npre = rand() % 3 ? 0 : 1 + rand() % 3;
+      for (int k = 0; k < v[i].npre; k++) {
+        if (rand() % 2) {
+          v[i].pre_num[k] = rand() % 12;
+        } else {
+          static const char *words[] = {"a", "alpha", "b", "beta", "rc", "rc1", "z9"};
+          snprintf(v[i].pre_word[k], sizeof v[i].pre_word[k], "%.3s", words[rand() % 7]);
+        }
+      }
+    }
+    int best = 0, tie = 0;
+    for (int i = 1; i < N; i++)
+      if (vtuple_cmp(&v[i], &v[best]) > 0) best = i;
+    /* ties are test_registry_versions' (JSON would merge equal keys) */
+    for (int i = 0; i < N; i++)
+      for (int k = 0; k < i; k++) tie |= vtuple_cmp(&v[i], &v[k]) == 0;
+    if (tie) {
+      round--;
+      continue;
+    }
+    char index[16384], text[200];
+    size_t n = (size_t)snprintf(index, sizeof index, "{\"bert\": {");
+    for (int i = 0; i < N; i++) {
+      vtuple_text(&v[i], text, sizeof text);
+      n += (size_t)snprintf(index + n, sizeof index - n, "%s\"%s\": %s", i ? ", " : "", text,
+                            i == best ? REG_FILE("store://bert-1.10.safetensors")
+                                      : REG_FILE("store://bert-1.9.safetensors"));
+    }
+    snprintf(index + n, sizeof index - n, "}}");
+    kaun_context *ctx = registry_with("%s", index);
+    kaun_flat *flat = NULL;
+    int rc = kaun_checkpoint_load_flat(ctx, "corp://bert", 0, &flat, &err);
+    CU_ASSERT_EQUAL(rc, KAUN_OK);
+    CU_ASSERT_EQUAL(first_of(flat, "w"), 110.0f);
+    if (rc || first_of(flat, "w") != 110.0f) fprintf(stderr, "\n  index: %s\n", index);
+    kaun_flat_free(flat);
+    kaun_context_free(ctx);
+  }
+}
+
 /* The sha256: hex in either case; anything else is an index error; a file
  * rewritten in place after the check is KAUN_ECHANGED, not served. */
 static void test_registry_sha256(void) {
@@ -1427,6 +1517,8 @@ int main(void) {
   CU_add_test(s, "saving needs a backend that can store", test_save_needs_put);
   CU_add_test(s, "registry versions: by value, pre-releases below, bad keys an index error",
               test_registry_versions);
+  CU_add_test(s, "registry versions at random: the latest is the tuple order's greatest",
+              test_registry_versions_random);
   CU_add_test(s, "registry sha256: either case; a file rewritten after the check is refused",
               test_registry_sha256);
   CU_add_test(s, "registries that lead back to themselves fail fast", test_registry_cycles);
