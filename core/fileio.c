@@ -304,7 +304,8 @@ int kaun__atomic_write(const char *path, kaun__write_fn write_fn, void *context,
 int kaun__read_small_file(const char *path, size_t max, char **out, size_t *out_len,
                           kaun_error *err) {
   *out = NULL;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below) */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
   if (fd < 0) {
     int e = errno;
     return kaun__error_sys(err, e == ENOENT ? KAUN_ENOENT : KAUN_EIO, e, "cannot open '%s'", path);
@@ -314,6 +315,8 @@ int kaun__read_small_file(const char *path, size_t max, char **out, size_t *out_
   char *buf = NULL;
   if (fstat(fd, &sb) != 0) {
     rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot stat '%s'", path);
+  } else if (!S_ISREG(sb.st_mode)) {
+    rc = kaun__error_set(err, KAUN_EINVAL, "'%s' is not a regular file", path);
   } else if ((uint64_t)sb.st_size > max) {
     rc = kaun__error_set(err, KAUN_EINVAL, "'%s' is %lld bytes, more than the %zu allowed", path,
                          (long long)sb.st_size, max);

@@ -265,10 +265,13 @@ static int resolve_secret(const char *cfg_path, const char *key, const char *raw
   } else if (strncmp(raw, "file:", 5) == 0) {
     size_t len;
     int rc = kaun__read_small_file(raw + 5, 1 << 20, out, &len, err);
-    if (rc)
+    if (rc) {
+      char why[KAUN_ERROR_MESSAGE_MAX];
+      snprintf(why, sizeof why, "%s", err ? err->message : "");
       return kaun__error_set(err, KAUN_ECONFIG,
-                             "%s: %s refers to the file %s, which cannot be read", cfg_path, key,
-                             raw + 5);
+                             "%s: %s refers to the file %s, which cannot be read (%s)", cfg_path,
+                             key, raw + 5, why);
+    }
     while (len && ((*out)[len - 1] == '\n' || (*out)[len - 1] == '\r')) (*out)[--len] = '\0';
   } else {
     *out = strdup(raw);

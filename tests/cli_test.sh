@@ -39,6 +39,14 @@ expect_status 2 "cp --dtype I32"; expect_err_contains "--dtype must be" "cp --dt
 run "$KAUN" cp "$TEST_TMP/params.safetensors" "/nonexistent-dir/x.safetensors"
 expect_status 1 "cp into a missing directory"; expect_err_contains "/nonexistent-dir" "cp into a missing directory"
 
+# --- FIFOs as a model or a config: refused at once, never waited on ---
+mkfifo "$TEST_TMP/pipe.safetensors"
+run timeout 20 "$KAUN" ls "$TEST_TMP/pipe.safetensors"; expect_status 1 "ls a FIFO"
+expect_err_contains "pipe.safetensors' is not a regular file" "ls a FIFO"
+run timeout 20 "$KAUN" --config "$TEST_TMP/pipe.safetensors" ls "$TEST_TMP/params.safetensors"
+expect_status 1 "a FIFO as --config"; expect_err_contains "pipe.safetensors' is not a regular file" "a FIFO as --config"
+rm -f "$TEST_TMP/pipe.safetensors"
+
 # --- plugins, config files and URIs ---
 export KAUN_PLUGIN_PATH="$KAUN_TEST_PLUGINS:$KAUN_BUILT_PLUGINS"
 run "$KAUN" plugins; expect_status 0 "kaun plugins"

@@ -204,6 +204,29 @@ static void test_config_describe_and_secrets(void) {
   ASSERT_FAILS(kaun_object_open(ctx, "m://x", &o, &err), err, KAUN_ECONFIG,
                "backend 'm' (plugin testmem): testmem: the token was refused");
   kaun_context_free(ctx);
+  /* a secret file that is missing, or a FIFO (refused at once, never waited on) */
+  const char *fifo = tmp("token.fifo");
+  unlink(fifo);
+  CU_ASSERT_EQUAL_FATAL(mkfifo(fifo, 0600), 0);
+  const char *bad[] = {tmp("no-such-token"), fifo};
+  const char *why[] = {"No such file or directory", "is not a regular file"};
+  for (int i = 0; i < 2; i++) {
+    write_text(cfg,
+               "{\"backends\": {\"m\": {\"plugin\": \"testmem\", \"dir\": \"%s\", \"token\": "
+               "\"file:%s\"}}}",
+               tmp("mem"), bad[i]);
+    ASSERT_OK(kaun_context_new(cfg, &ctx, &err), err);
+    char want[4400];
+    snprintf(want, sizeof want, "backends.m.token refers to the file %s, which cannot be read",
+             bad[i]);
+    ASSERT_FAILS(kaun_object_open(ctx, "m://x", &o, &err), err, KAUN_ECONFIG, want);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.message, why[i]));
+    kaun_context_free(ctx);
+  }
+  /* a FIFO given as the config file */
+  ASSERT_FAILS(kaun_context_new(fifo, &ctx, &err), err, KAUN_ECONFIG, "is not a regular file");
+  CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "token.fifo"));
+  unlink(fifo);
 }
 
 /* ---- the plugin loader --------------------------------------------------------------- */
