@@ -97,6 +97,26 @@ static void test_uris(void) {
   ASSERT_FAILS(kaun_uri_parse("file://host/x", &u, &err), err, KAUN_EURI, "file:///abs/path");
   ASSERT_FAILS(kaun_uri_parse("tar://m::", &u, &err), err, KAUN_EURI, "nothing follows '::'");
   ASSERT_FAILS(kaun_uri_parse("tar://m::Bad://x", &u, &err), err, KAUN_EURI, "'Bad://x'");
+  /* stacking: KAUN_URI_MAX_DEPTH levels parse; more fail, however many
+   * (150000 levels, 1 MB, overflowed the stack when parsing recursed) */
+  size_t levels[] = {KAUN_URI_MAX_DEPTH, KAUN_URI_MAX_DEPTH + 1, 150000};
+  for (int k = 0; k < 3; k++) {
+    char *deep = malloc(levels[k] * 7 + 16);
+    CU_ASSERT_FATAL(deep != NULL);
+    size_t n = 0;
+    for (size_t i = 1; i < levels[k]; i++) n += (size_t)sprintf(deep + n, "a://b::");
+    sprintf(deep + n, "file:///x");
+    if (k == 0) {
+      ASSERT_OK(kaun_uri_parse(deep, &u, &err), err);
+      kaun_uri_free(u);
+    } else {
+      ASSERT_FAILS(kaun_uri_parse(deep, &u, &err), err, KAUN_EURI,
+                   "more than 16 URIs stacked with '::'");
+      CU_ASSERT_PTR_NULL(u);
+      CU_ASSERT(strlen(err.message) < 400); /* the URI is quoted cut short */
+    }
+    free(deep);
+  }
 }
 
 /* ---- config files --------------------------------------------------------------- */
