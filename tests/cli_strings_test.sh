@@ -142,4 +142,37 @@ PY
 run "$KAUN" verify "$T/dup.safetensors"; expect_status 1 "verify of a duplicate name with a NUL"
 expect_err_contains 'duplicate key "a\0\x1b"' "the duplicate is named whole, escaped"
 
+# --- every control character: 65 names, each with one C0, DEL or C1 code ---
+# point (and invalid UTF-8 after it); ls, inspect's text and errors must
+# never carry one raw: one line per tensor, no byte below 0x20 but the
+# separators, no DEL, no UTF-8 C1 (c2 80..c2 9f)
+python3 - "$T/all.safetensors" <<'PY'
+import json, struct, sys
+codes = list(range(0x00, 0x20)) + [0x7f] + list(range(0x80, 0xa0))
+names = sorted(("n%02x-%s-end" % (c, chr(c))) for c in codes)
+names.sort(key=lambda n: n.encode())
+parts = ['%s:{"dtype":"U8","shape":[1],"data_offsets":[%d,%d]}' % (json.dumps(n), i, i + 1)
+         for i, n in enumerate(names)]
+h = ("{" + ",".join(parts) + "}").encode()
+h += b" " * (-len(h) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + bytes(len(names)))
+PY
+rawcheck() { # DESCRIPTION LINES: $out has LINES lines and no raw control byte
+  if printf '%s' "$out" | python3 -c '
+import sys
+b = sys.stdin.buffer.read()
+bad = [c for c in b if (c < 0x20 and c not in (9, 10)) or c == 0x7f]
+c1 = any(b[i] == 0xc2 and 0x80 <= b[i + 1] <= 0x9f for i in range(len(b) - 1))
+lines = b.count(b"\n") + (0 if b.endswith(b"\n") else 1)
+assert not bad and not c1, "raw control bytes: %r" % bad
+assert lines == int(sys.argv[1]), "%d lines" % lines' "$2"; then ok; else bad "$1: $out"; fi
+}
+run "$KAUN" ls "$T/all.safetensors"; expect_status 0 "ls of 65 control characters"
+rawcheck "ls of 65 control characters" 65
+for c in 00 0a 1b 7f 9b; do expect_out_contains "n$c-" "ls names n$c"; done
+run "$KAUN" cat "$T/all.safetensors" "$(printf 'n1b-\033-end')"; expect_status 0 "cat a name with ESC"
+rawcheck "cat's header line" 2
+run "$KAUN" cat "$T/all.safetensors" "$(printf 'missing\001\177\302\233')"; expect_status 1 "cat a missing name"
+out=$err; rawcheck "the error naming a missing name" 1
+
 finish
