@@ -404,7 +404,11 @@ static int save_sharded(kaun_context *ctx, const char *uri, save_input *in, uint
   if (!rc) rc = index_json(refs, in->n, files, total, &text, err);
   if (!rc && kaun_io_canceled(io))
     rc = kaun__error_set(err, KAUN_ECANCELED, "%s: canceled", index_uri);
-  if (!rc) rc = kaun__put_bytes(ctx, index_uri, text.data, text.len, err);
+  if (!rc) {
+    kaun_io_expect(io, text.len); /* the index's bytes count too */
+    rc = kaun__put_bytes(ctx, index_uri, text.data, text.len, err);
+  }
+  if (!rc) (void)kaun_io_add(io, index_uri, text.len, text.len); /* done: a cancel now is late */
   if (!rc)
     remove_stale(ctx, uri, KAUN__SINGLE_NAME); /* it would be read instead of the index */
   else if (written)

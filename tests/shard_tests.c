@@ -402,12 +402,13 @@ static void test_progress(void) {
   kaun_save_options o = save_opts(96);
   o.io = io;
   ASSERT_OK(kaun_checkpoint_save_ex(NULL, dir, t, &o, &err), err);
-  /* every byte of the three shards, against a total that adds up */
-  struct stat a, b, c;
+  /* every byte of the three shards and the index, against a total that adds up */
+  struct stat a, b, c, d;
   stat(tmp("progress/model-00001-of-00003.safetensors"), &a);
   stat(tmp("progress/model-00002-of-00003.safetensors"), &b);
   stat(tmp("progress/model-00003-of-00003.safetensors"), &c);
-  uint64_t bytes = (uint64_t)(a.st_size + b.st_size + c.st_size);
+  stat(tmp("progress/model.safetensors.index.json"), &d);
+  uint64_t bytes = (uint64_t)(a.st_size + b.st_size + c.st_size + d.st_size);
   CU_ASSERT_EQUAL(last.done, bytes);
   CU_ASSERT_EQUAL(last.total, bytes);
   kaun_io_free(io);
