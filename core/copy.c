@@ -229,6 +229,9 @@ int kaun_reader_copy_model(kaun_reader *r, const char *dst, const kaun_copy_opti
                            kaun_reader_uri(r), kaun_dtype_name(o.dtype));
   if (o.max_shard_size)
     return kaun__save_from_reader(r, dst, o.max_shard_size, o.cast != 0, o.dtype, o.io, err);
+  /* a sharded model cast into a folder: shard by shard, as the source groups them */
+  if (o.cast && kaun_reader_is_sharded(r) && !kaun__ends_with(dst, ".safetensors"))
+    return kaun__save_from_reader(r, dst, 0, true, o.dtype, o.io, err);
   kaun_context *ctx = kaun__reader_context(r);
   kaun_io *own_io = NULL, *io = o.io;
   int rc = io ? KAUN_OK : kaun_context_new_io(ctx, &own_io, err);

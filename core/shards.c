@@ -111,6 +111,21 @@ static size_t plan_shards(const uint64_t *sizes, size_t n, uint64_t max, size_t 
   return count;
 }
 
+/* plan_shards for a re-save that keeps the source's grouping: a shard for
+ * each run of tensors the reader `r` finds in one file. */
+static size_t plan_by_file(kaun_reader *r, size_t n, size_t *first) {
+  size_t count = 0;
+  const char *prev = NULL;
+  for (size_t i = 0; i < n; i++) {
+    kaun_reader_tensor t;
+    kaun_reader_info(r, i, &t);
+    if (!prev || strcmp(t.uri, prev) != 0) first[count++] = i;
+    prev = t.uri;
+  }
+  first[count] = n;
+  return count;
+}
+
 /* "model-00001-of-00003.safetensors" */
 static char *shard_file(size_t k, size_t count) {
   char name[96];
@@ -365,7 +380,8 @@ static int save_sharded(kaun_context *ctx, const char *uri, save_input *in, uint
                            uri);
   size_t *first = calloc(in->n + 2, sizeof *first);
   if (!first) return kaun__error_nomem(err, "saving in shards");
-  size_t count = plan_shards(in->sizes, in->n, max, first);
+  size_t count = max || !in->reader ? plan_shards(in->sizes, in->n, max, first)
+                                    : plan_by_file(in->reader, in->n, first);
   uint64_t total = 0;
   for (size_t i = 0; i < in->n; i++) total += in->sizes[i];
   kaun_io_expect(io, total); /* the headers are added as each is made */

@@ -77,8 +77,10 @@ int kaun__save_flat(kaun_context *ctx, const char *uri, const kaun_flat *flat,
                     const kaun_save_options *opts, kaun_error *err);
 
 /* Re-saves the checkpoint `r` opened into the folder `uri` in shards of
- * at most `max_shard_size`, reading one shard's tensors at a time (memory:
- * about one shard), floating-point ones cast to `dtype` when `cast`. */
+ * at most `max_shard_size` (0: a shard for each run of tensors the
+ * source keeps in one file, so a sharded source keeps its grouping),
+ * reading one shard's tensors at a time (memory: about one shard),
+ * floating-point ones cast to `dtype` when `cast`. */
 int kaun__save_from_reader(kaun_reader *r, const char *uri, uint64_t max_shard_size, bool cast,
                            kaun_dtype dtype, kaun_io *io, kaun_error *err);
 

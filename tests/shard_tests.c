@@ -526,6 +526,32 @@ static void test_copy_shards_byte_for_byte(void) {
     kaun_tensor_free(c);
   }
   kaun_flat_free(b);
+  /* cast without a shard size: shard by shard, the source's grouping kept */
+  ASSERT_OK(kaun_reader_open(NULL, src, &r, &err), err);
+  o = copy_opts();
+  o.cast = 1;
+  o.dtype = KAUN_DTYPE_F32;
+  mkdir(tmp("cast-kept"), 0777);
+  ASSERT_OK(kaun_reader_copy_model(r, tmp("cast-kept"), &o, &err), err);
+  kaun_reader *from = r, *to;
+  ASSERT_OK(kaun_reader_open(NULL, tmp("cast-kept"), &to, &err), err);
+  CU_ASSERT_TRUE(kaun_reader_is_sharded(to));
+  CU_ASSERT_EQUAL(kaun_reader_count(to), kaun_reader_count(from));
+  for (size_t i = 0; i < kaun_reader_count(from); i++) {
+    kaun_reader_tensor x, y;
+    kaun_reader_info(from, i, &x);
+    long j = kaun_reader_find(to, x.name);
+    CU_ASSERT_FATAL(j >= 0);
+    kaun_reader_info(to, (size_t)j, &y);
+    /* model-0000K-of-00006 in, model-0000K-of-00006 out */
+    const char *xs = strrchr(x.uri, '/'), *ys = strrchr(y.uri, '/');
+    CU_ASSERT_STRING_EQUAL(xs, ys);
+  }
+  kaun_reader_close(to);
+  kaun_reader_close(from);
+  ASSERT_OK(kaun_checkpoint_load_flat(NULL, tmp("cast-kept"), KAUN_LOAD_COPY, &b, &err), err);
+  CU_ASSERT_EQUAL(kaun_flat_count(a), kaun_flat_count(b));
+  kaun_flat_free(b);
   kaun_flat_free(a);
 }
 

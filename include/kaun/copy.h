@@ -65,6 +65,10 @@ typedef struct kaun_copy_options {
  *   index is the bytes the reader read, written last); on a failure no
  *   index is written and the shards copied are removed; an index naming
  *   its shards by URI is refused (KAUN_EINVAL: give a max_shard_size);
+ * - else a sharded checkpoint with a cast, whose `dst_uri` does not end in
+ *   .safetensors: cast shard by shard into the folder `dst_uri`, each new
+ *   shard holding the tensors one source shard held (memory: about one
+ *   shard), then the index;
  * - else one file at `dst_uri` (model.safetensors inside it when it is a
  *   folder): byte for byte when no cast is asked and kaun's writer would
  *   write the same bytes, else loaded and saved.
