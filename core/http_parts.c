@@ -99,6 +99,8 @@ int kaun_http_get_parts(kaun_http *http, const kaun_http_request *tmpl, uint64_t
     /* the first part alone: whether ranges work, and the version */
     rc = results[0] = kaun_http_perform(http, &reqs[0], &resps[0], err);
     first = 1;
+    /* a wrong size stops here, not after the rest of what was announced */
+    if (!rc && o.check) rc = o.check(o.check_user, resps[0], err);
     etag = !rc ? kaun_http_response_header(resps[0], "ETag") : NULL;
     if (etag && n > 1 && (headers = pinned_headers(tmpl->headers, etag, if_match, sizeof if_match)))
       for (size_t i = 1; i < n; i++) reqs[i].headers = headers;
@@ -122,17 +124,21 @@ int kaun_http_get_parts(kaun_http *http, const kaun_http_request *tmpl, uint64_t
     }
     n = 1;
     reqs[0] = *tmpl;
-    reqs[0].range_offset = reqs[0].range_length = 0;
+    /* the whole, asked as the range [0, size): an answer of another length
+     * (a short chunked body) fails rather than leave the parts' bytes in
+     * place of those it did not bring; a 200 is cut down to it */
+    reqs[0].range_offset = 0;
+    reqs[0].range_length = size;
     reqs[0].strict_range = 0;
     rc = results[0] = kaun_http_perform(http, &reqs[0], &resps[0], err);
   }
-  if (rc) {
+  if (rc && results && resps) {
     for (size_t i = 0; failed && i < n && !*failed; i++)
       if (results[i] == rc && resps[i]) {
         *failed = resps[i];
         resps[i] = NULL;
       }
-  } else if (o.check) {
+  } else if (!rc && o.check) {
     for (size_t i = 0; !rc && i < n; i++) rc = o.check(o.check_user, resps[i], err);
   }
   for (size_t i = 0; resps && i < n; i++) kaun_http_response_free(resps[i]);

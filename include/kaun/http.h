@@ -278,8 +278,11 @@ typedef struct kaun_http_parts_options {
  * that answer's headers and the object comes in one request of `tmpl`
  * from offset 0, its bytes written again over those already written.
  * Progress and cancellation ride on tmpl->io.  `*failed` (may be NULL)
- * receives, on an error, the answer of the request at fault when one
- * came (free it with kaun_http_response_free), else NULL.
+ * receives, when a request failed with an answer (an error status, a
+ * precondition that no longer held), that answer (free it with
+ * kaun_http_response_free); NULL for errors no answer carries (no
+ * connection, a cancel, a body cut short, another ETag on a later part,
+ * a refusal by `check`).
  * Errors: KAUN_EINVAL (no client or template, a body_to that is not
  * KAUN_HTTP_BODY_CALLBACK), KAUN_ENOMEM, KAUN_ECHANGED (pin_first),
  * those of the requests and of `check`. */

@@ -22,7 +22,9 @@
  * when an object is opened (option `verify`, default true), and every
  * read and mapping after that checks that the object is still the version
  * that was hashed (its backend's etag: a file's inode, size, mtime and
- * ctime), so a file rewritten in place is KAUN_ECHANGED, not served.  No
+ * ctime), so a file rewritten in place is KAUN_ECHANGED, not served (a
+ * best effort: writes through another process's shared mapping change no
+ * timestamp; see docs/design-notes.md).  No
  * name, version, path or URI is ever cut short.  The files themselves can
  * live on any backend kaun has.
  *
@@ -299,28 +301,43 @@ static void entry_free(entry *e) {
   free(e);
 }
 
-/* The versions of `model`, checked, and the latest in *latest. */
+/* Version order, then text order (a message naming two equal versions
+ * names them the same way every time). */
+static int cmp_versions(const void *a, const void *b) {
+  const char *x = *(const char *const *)a, *y = *(const char *const *)b;
+  int c = version_cmp(x, y);
+  return c ? c : strcmp(x, y);
+}
+
+/* The versions of `model`, checked (every key a version, no two the same
+ * version, whatever their order), and the latest in *latest. */
 static int check_versions(registry *r, const char *label, const char *name, json_object *model,
                           const char **latest, kaun_error *err) {
-  const char *best = NULL;
+  *latest = NULL;
+  size_t n = 0, count = (size_t)json_object_object_length(model);
+  const char **keys = calloc(count + 1, sizeof *keys);
+  if (!keys) return kaun_error_set(err, KAUN_ENOMEM, "registry: out of memory");
+  int rc = KAUN_OK;
   json_object_object_foreach(model, key, val) {
     (void)val;
-    if (!version_valid(key))
-      return kaun_error_set(err, KAUN_EINDEX,
-                            "%s: the registry's index %s gives model '%s' a version '%.100s' "
-                            "that is not one (want numbers joined by dots, optionally "
-                            "-PRERELEASE: 1.10, 2.0-rc1)",
-                            label, r->index_uri, name, key);
-    int c = best ? version_cmp(key, best) : 1;
-    if (c == 0)
-      return kaun_error_set(err, KAUN_EINDEX,
-                            "%s: the registry's index %s gives model '%s' the versions '%.100s' "
-                            "and '%.100s', which are the same version",
-                            label, r->index_uri, name, best, key);
-    if (c > 0) best = key;
+    if (!rc && !version_valid(key))
+      rc = kaun_error_set(err, KAUN_EINDEX,
+                          "%s: the registry's index %s gives model '%s' a version '%.100s' "
+                          "that is not one (want numbers joined by dots, optionally "
+                          "-PRERELEASE: 1.10, 2.0-rc1)",
+                          label, r->index_uri, name, key);
+    if (n < count) keys[n++] = key;
   }
-  *latest = best;
-  return KAUN_OK;
+  if (!rc) qsort(keys, n, sizeof *keys, cmp_versions);
+  for (size_t i = 1; !rc && i < n; i++)
+    if (version_cmp(keys[i - 1], keys[i]) == 0)
+      rc = kaun_error_set(err, KAUN_EINDEX,
+                          "%s: the registry's index %s gives model '%s' the versions '%.100s' "
+                          "and '%.100s', which are the same version",
+                          label, r->index_uri, name, keys[i - 1], keys[i]);
+  if (!rc && n) *latest = keys[n - 1];
+  free(keys);
+  return rc;
 }
 
 static int r_open(void *be, const char *path, kaun_object *inner, void **out, kaun_error *err) {

@@ -46,6 +46,9 @@ Fault rules: {"path": "/f" (or "*"), "method": "GET" (optional), "count": K
   "reset_after": B        send B body bytes, then reset the connection (RST)
   "truncate_after": B     send B body bytes with the full Content-Length, close
   "drip_bytes": B, "drip_interval": S   send the body B bytes every S seconds
+  "chunked_short": B      send the body chunked (no Content-Length), only
+                          its first B bytes, properly ended: a short answer
+                          nothing in the framing gives away
   "record": true          record the request's headers (GET /__seen)
   "etag": "\"...\""        use this ETag for the file (If-Match compares with it)
 Every matching rule applies (each counts down); status and redirect answer
@@ -355,6 +358,19 @@ class Handler(BaseHTTPRequestHandler):
         length = end - start + 1 if size else 0
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
+        if "chunked_short" in fx and method != "HEAD":
+            n = min(length, int(fx["chunked_short"]))
+            self.send_header("Transfer-Encoding", "chunked")
+            for k, v in meta:
+                self.send_header(k, v)
+            self.end_headers()
+            f.seek(start)
+            b = f.read(n)
+            if b:
+                self.wfile.write(b"%x\r\n" % len(b) + b + b"\r\n")
+                self.server.state.sent(len(b))
+            self.wfile.write(b"0\r\n\r\n")
+            return None
         self.send_header("Content-Length", str(length))
         self.send_header("x-request-id", self.request_id)
         for k, v in meta:
