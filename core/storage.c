@@ -824,6 +824,9 @@ static int get_instance(kaun_context *ctx, const char *scheme, kaun__instance **
 /* Puts the URI in front of a backend's message that does not name it. */
 static int name_uri(kaun_error *err, int rc, const char *uri) {
   if (!rc || !err || !uri) return rc;
+  /* a backend that named the URI itself knows how to show it (a registry's
+   * NAME@VERSION is no user name) */
+  if (strstr(err->message, uri)) return rc;
   /* never a password ("user:pw@host") or a query (a signature) in a message */
   char shown[1024];
   const char *sep = strstr(uri, "://"), *q = strchr(uri, '?');

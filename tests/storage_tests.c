@@ -932,6 +932,47 @@ static void test_registry_versions(void) {
   kaun_context_free(ctx);
 }
 
+/* The index is read strictly and whole: any mistake fails every open,
+ * naming the entry (json-c alone would keep the last of two equal keys,
+ * accept a trailing comma and ignore a misspelt "sha256"). */
+static void test_registry_index_strict(void) {
+  set_plugin_path();
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_flat *flat = NULL;
+  const char *ok = "{\"uri\": \"store://bert-1.9.safetensors\"}";
+  struct {
+    const char *index, *says;
+  } bad[] = {
+      {"{\"bert\": {\"1.9\": {\"model.safetensors\": %s}, \"1.9\": {\"model.safetensors\": %s}}}",
+       "has a key twice in one object"},
+      {"{\"bert\": {\"1.9\": {\"model.safetensors\": %s, \"x\": %s,}}}", "not a JSON object"},
+      {"{\"bert\": {\"1.9\": {\"model.safetensors\": %s, \"x\": %s}}} trailing",
+       "is not a JSON object of models"},
+      {"{\"bert\": {\"1.9\": {\"model.safetensors\": %s, \"x\": {\"uri\": \"/x\", \"sha\": "
+       "\"ab\"}}}}",
+       "gives bert@1.9/x the unknown key 'sha' (known: uri, sha256)"},
+      {"{\"bert\": {\"1.9\": {\"model.safetensors\": %s, \"x\": {\"url\": \"/x\"}}}}",
+       "gives bert@1.9/x no \"uri\" string"},
+      {"{\"bert\": {\"1.9\": {\"model.safetensors\": %s, \"x\": {\"uri\": \"rel/x\"}}}}",
+       "gives bert@1.9/x the relative uri 'rel/x'"},
+      {"{\"bert\": {\"1.9\": {\"model.safetensors\": %s}}, \"gpt\": [%s]}",
+       "gives model 'gpt' something that is not an object of versions"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    kaun_context *ctx = registry_with(bad[i].index, ok, ok);
+    ASSERT_FAILS(kaun_checkpoint_load_flat(ctx, "corp://bert@1.9", 0, &flat, &err), err,
+                 KAUN_EINDEX, bad[i].says);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err.message, "index3.json"));
+    kaun_context_free(ctx);
+  }
+  /* the same entries, written right, load */
+  kaun_context *ctx = registry_with(
+      "{\"bert\": {\"1.9\": {\"model.safetensors\": %s, \"x\": {\"uri\": \"/x\"}}}}  \n", ok);
+  ASSERT_OK(kaun_checkpoint_load_flat(ctx, "corp://bert@1.9", 0, &flat, &err), err);
+  kaun_flat_free(flat);
+  kaun_context_free(ctx);
+}
+
 /* Versions drawn at random as tuples (release numbers, then pre-release
  * identifiers: a number, or letters), compared as tuples here, written
  * out with leading zeros and trailing ".0"s that must not matter: the
@@ -1567,6 +1608,8 @@ int main(void) {
   CU_add_test(s, "saving needs a backend that can store", test_save_needs_put);
   CU_add_test(s, "registry versions: by value, pre-releases below, bad keys an index error",
               test_registry_versions);
+  CU_add_test(s, "registry index: strict JSON, every entry checked, named",
+              test_registry_index_strict);
   CU_add_test(s, "registry versions at random: the latest is the tuple order's greatest",
               test_registry_versions_random);
   CU_add_test(s, "registry sha256: either case; a file rewritten after the check is refused",

@@ -35,6 +35,7 @@
 #include <json-c/json.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,48 +90,6 @@ static void r_destroy(void *be) {
   free(r->name);
   free(r->index_uri);
   free(r);
-}
-
-/* Loads the index once.  It is read without holding the lock: the index
- * may be served through another backend, even this one or a registry that
- * refers back to it (a cycle the core reports), and no lock may be held
- * while another URI opens.  Two threads loading at once both read it; the
- * first to finish publishes its copy, the other discards its own. */
-static int load_index(registry *r, kaun_error *err) {
-  pthread_mutex_lock(&r->lock);
-  int loaded = r->index != NULL;
-  pthread_mutex_unlock(&r->lock);
-  if (loaded) return KAUN_OK;
-  char *text;
-  size_t len;
-  int rc = kaun_storage_read_all(r->ctx, r->index_uri, 64u << 20, &text, &len, err);
-  if (rc) return rc;
-  json_tokener *tok = json_tokener_new();
-  if (!tok) {
-    free(text);
-    return kaun_error_set(err, KAUN_ENOMEM, "registry: out of memory");
-  }
-  json_object *doc = json_tokener_parse_ex(tok, text, (int)len);
-  enum json_tokener_error jerr = json_tokener_get_error(tok);
-  if (!doc || jerr != json_tokener_success || !json_object_is_type(doc, json_type_object)) {
-    rc = kaun_error_set(
-        err, KAUN_EINVAL, "registry '%s': the index %s is not a JSON object of models (%s)",
-        r->name, r->index_uri,
-        jerr != json_tokener_success ? json_tokener_error_desc(jerr) : "wrong shape");
-    if (doc) json_object_put(doc);
-    doc = NULL;
-  }
-  json_tokener_free(tok);
-  free(text);
-  if (rc) return rc;
-  pthread_mutex_lock(&r->lock);
-  if (!r->index) {
-    r->index = doc; /* published once, never changed: read without the lock after */
-    doc = NULL;
-  }
-  pthread_mutex_unlock(&r->lock);
-  if (doc) json_object_put(doc); /* another thread published first */
-  return KAUN_OK;
 }
 
 /* Versions (see the top).  Numbers are compared as digit strings, so no
@@ -338,6 +297,159 @@ static int check_versions(registry *r, const char *label, const char *name, json
   if (!rc && n) *latest = keys[n - 1];
   free(keys);
   return rc;
+}
+
+/* Key-value pairs in `o` and everything inside it. */
+static size_t count_pairs(json_object *o) {
+  size_t n = 0;
+  if (json_object_is_type(o, json_type_object)) {
+    json_object_object_foreach(o, key, val) {
+      (void)key;
+      n += 1 + count_pairs(val);
+    }
+  } else if (json_object_is_type(o, json_type_array)) {
+    for (size_t i = 0; i < json_object_array_length(o); i++)
+      n += count_pairs(json_object_array_get_idx(o, i));
+  }
+  return n;
+}
+
+/* Name separators (':' outside strings) in JSON text: one per pair written. */
+static size_t count_colons(const char *t, size_t len) {
+  size_t n = 0;
+  int in_string = 0;
+  for (size_t i = 0; i < len; i++) {
+    if (in_string) {
+      if (t[i] == '\\')
+        i++;
+      else if (t[i] == '"')
+        in_string = 0;
+    } else if (t[i] == '"') {
+      in_string = 1;
+    } else if (t[i] == ':') {
+      n++;
+    }
+  }
+  return n;
+}
+
+/* The whole index, once, when it is read: every model an object of
+ * versions (each key a version, no two the same), every version an object
+ * of files, every file {"uri": an absolute URI or path, "sha256": 64 hex
+ * digits (optional)} and nothing else.  A mistake anywhere fails every
+ * open, naming the entry: a registry never serves from an index it had to
+ * guess about. */
+static int check_index(registry *r, json_object *doc, kaun_error *err) {
+  char label[300];
+  snprintf(label, sizeof label, "registry '%s'", r->name);
+  json_object_object_foreach(doc, name, model) {
+    const char *latest;
+    if (!json_object_is_type(model, json_type_object))
+      return kaun_error_set(err, KAUN_EINDEX,
+                            "%s: the index %s gives model '%.100s' something that is not an "
+                            "object of versions",
+                            label, r->index_uri, name);
+    int rc = check_versions(r, label, name, model, &latest, err);
+    if (rc) return rc;
+    json_object_object_foreach(model, version, files) {
+      if (!json_object_is_type(files, json_type_object))
+        return kaun_error_set(err, KAUN_EINDEX,
+                              "%s: the index %s gives %.100s@%.100s something that is not an "
+                              "object of files",
+                              label, r->index_uri, name, version);
+      json_object_object_foreach(files, file, item) {
+        json_object *uri = NULL;
+        if (!json_object_is_type(item, json_type_object) ||
+            !json_object_object_get_ex(item, "uri", &uri) ||
+            !json_object_is_type(uri, json_type_string))
+          return kaun_error_set(err, KAUN_EINDEX,
+                                "%s: the index %s gives %.100s@%.100s/%.200s no \"uri\" string "
+                                "(want {\"uri\": URI, \"sha256\": HEX})",
+                                label, r->index_uri, name, version, file);
+        const char *u = json_object_get_string(uri);
+        if (u[0] != '/' && !strstr(u, "://"))
+          return kaun_error_set(err, KAUN_EINDEX,
+                                "%s: the index %s gives %.100s@%.100s/%.200s the relative uri "
+                                "'%.200s': give a URI (scheme://...) or an absolute path",
+                                label, r->index_uri, name, version, file, u);
+        json_object_object_foreach(item, key, val) {
+          if (strcmp(key, "uri") == 0) continue;
+          if (strcmp(key, "sha256") != 0)
+            return kaun_error_set(err, KAUN_EINDEX,
+                                  "%s: the index %s gives %.100s@%.100s/%.200s the unknown key "
+                                  "'%.100s' (known: uri, sha256)",
+                                  label, r->index_uri, name, version, file, key);
+          if (!json_object_is_type(val, json_type_string) ||
+              !is_sha256(json_object_get_string(val)))
+            return kaun_error_set(err, KAUN_EINDEX,
+                                  "%s: the index %s gives %.100s@%.100s/%.200s a sha256 that is "
+                                  "not 64 hex digits: '%.80s'",
+                                  label, r->index_uri, name, version, file,
+                                  json_object_get_string(val));
+        }
+      }
+    }
+  }
+  return KAUN_OK;
+}
+
+/* Loads the index once.  It is read without holding the lock: the index
+ * may be served through another backend, even this one or a registry that
+ * refers back to it (a cycle the core reports), and no lock may be held
+ * while another URI opens.  Two threads loading at once both read it; the
+ * first to finish publishes its copy, the other discards its own.  The
+ * JSON is read strictly (no trailing commas or text after it; a key twice
+ * in one object is refused: json-c would keep the last without a word). */
+static int load_index(registry *r, kaun_error *err) {
+  pthread_mutex_lock(&r->lock);
+  int loaded = r->index != NULL;
+  pthread_mutex_unlock(&r->lock);
+  if (loaded) return KAUN_OK;
+  char *text;
+  size_t len;
+  int rc = kaun_storage_read_all(r->ctx, r->index_uri, 64u << 20, &text, &len, err);
+  if (rc) return rc;
+  json_tokener *tok = json_tokener_new();
+  if (!tok) {
+    free(text);
+    return kaun_error_set(err, KAUN_ENOMEM, "registry: out of memory");
+  }
+  json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+  json_object *doc = len <= INT32_MAX ? json_tokener_parse_ex(tok, text, (int)len) : NULL;
+  enum json_tokener_error jerr = json_tokener_get_error(tok);
+  size_t end = jerr == json_tokener_success ? json_tokener_get_parse_end(tok) : len;
+  while (end < len && strchr(" \t\r\n", text[end])) end++;
+  if (!doc || jerr != json_tokener_success || end != len ||
+      !json_object_is_type(doc, json_type_object)) {
+    rc = kaun_error_set(err, KAUN_EINDEX,
+                        "registry '%s': the index %s is not a JSON object of models (%s)", r->name,
+                        r->index_uri,
+                        jerr != json_tokener_success ? json_tokener_error_desc(jerr)
+                        : end != len                 ? "text after the JSON"
+                                                     : "wrong shape");
+  } else if (count_pairs(doc) != count_colons(text, len)) {
+    rc = kaun_error_set(err, KAUN_EINDEX,
+                        "registry '%s': the index %s has a key twice in one object (which one "
+                        "would be served is a guess): make each key unique",
+                        r->name, r->index_uri);
+  } else {
+    rc = check_index(r, doc, err);
+  }
+  if (rc && doc) {
+    json_object_put(doc);
+    doc = NULL;
+  }
+  json_tokener_free(tok);
+  free(text);
+  if (rc) return rc;
+  pthread_mutex_lock(&r->lock);
+  if (!r->index) {
+    r->index = doc; /* published once, never changed: read without the lock after */
+    doc = NULL;
+  }
+  pthread_mutex_unlock(&r->lock);
+  if (doc) json_object_put(doc); /* another thread published first */
+  return KAUN_OK;
 }
 
 static int r_open(void *be, const char *path, kaun_object *inner, void **out, kaun_error *err) {
