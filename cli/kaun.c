@@ -5,6 +5,7 @@
  * stderr as one sentence naming the file; data goes to stdout. */
 #include <kaun.h>
 
+#include <ctype.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -468,7 +469,11 @@ static int cp_option(const char *opt, const char *value, void *ctx) {
                 value);
     return 1;
   }
-  if (kaun_dtype_from_name(value, strlen(value), &o->dtype) != KAUN_OK ||
+  char upper[32]; /* bf16 as BF16, as --max-shard-size takes any case */
+  size_t n = strlen(value) < sizeof upper - 1 ? strlen(value) : sizeof upper - 1;
+  for (size_t i = 0; i < n; i++) upper[i] = (char)toupper((unsigned char)value[i]);
+  upper[n] = '\0';
+  if (kaun_dtype_from_name(upper, n, &o->dtype) != KAUN_OK || strlen(value) != n ||
       !kaun_dtype_is_float(o->dtype) || !kaun_dtype_can_cast(o->dtype)) {
     usage_error("cp", "--dtype must be one of F64, F32, F16, BF16, F8_E4M3, F8_E5M2 (got '%s')",
                 value);
@@ -1327,6 +1332,8 @@ int main(int argc, char **argv) {
       break;
     }
   }
+  if (config_file && !*config_file)
+    return usage_error(NULL, "option '%s' needs a FILE, not an empty string", "--config");
   if (argc == 2 && (strcmp(argv[1], "--config") == 0 || strcmp(argv[1], "-q") == 0))
     return usage_error(NULL,
                        strcmp(argv[1], "-q") == 0 ? "'%s' needs a COMMAND after it"

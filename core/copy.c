@@ -247,8 +247,9 @@ int kaun_reader_copy_model(kaun_reader *r, const char *dst, const kaun_copy_opti
     if (probe_rc == KAUN_OK) kaun_object_close(probe);
     if (canonical < 0)
       rc = canonical;
-    else if (probe_rc == KAUN_EISDIR && !(target = kaun__child_uri(dst, KAUN__SINGLE_NAME)))
-      rc = kaun__error_nomem(err, "copying");
+    else if ((probe_rc == KAUN_EISDIR || kaun__ends_with(dst, "/")) &&
+             !(target = kaun__child_uri(dst, KAUN__SINGLE_NAME)))
+      rc = kaun__error_nomem(err, "copying"); /* a folder, or one to make ("DST/") */
     else if (canonical) /* through the object the reader validated: the bytes of that version */
       rc = kaun_reader_copy(r, target ? target : dst, io, err);
     else

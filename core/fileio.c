@@ -315,6 +315,8 @@ int kaun__read_small_file(const char *path, size_t max, char **out, size_t *out_
   char *buf = NULL;
   if (fstat(fd, &sb) != 0) {
     rc = kaun__error_sys(err, KAUN_EIO, errno, "cannot stat '%s'", path);
+  } else if (S_ISDIR(sb.st_mode)) {
+    rc = kaun__error_set(err, KAUN_EINVAL, "'%s' is a directory, not a file", path);
   } else if (!S_ISREG(sb.st_mode)) {
     rc = kaun__error_set(err, KAUN_EINVAL, "'%s' is not a regular file", path);
   } else if ((uint64_t)sb.st_size > max) {

@@ -46,6 +46,13 @@ expect_err_contains "pipe.safetensors' is not a regular file" "ls a FIFO"
 run timeout 20 "$KAUN" --config "$TEST_TMP/pipe.safetensors" ls "$TEST_TMP/params.safetensors"
 expect_status 1 "a FIFO as --config"; expect_err_contains "pipe.safetensors' is not a regular file" "a FIFO as --config"
 rm -f "$TEST_TMP/pipe.safetensors"
+run "$KAUN" --config "$TEST_TMP" ls "$TEST_TMP/params.safetensors"
+expect_status 1 "a folder as --config"; expect_err_contains "is a directory, not a file" "a folder as --config"
+run "$KAUN" --config "" ls "$TEST_TMP/params.safetensors"
+expect_status 2 "an empty --config"; expect_err_contains "needs a FILE, not an empty string" "an empty --config"
+run "$KAUN" cp --dtype bf16 "$TEST_TMP/params.safetensors" "$TEST_TMP/lower.safetensors"
+expect_status 0 "--dtype in lower case"
+run "$KAUN" ls "$TEST_TMP/lower.safetensors"; expect_out_contains "$(printf '\tBF16\t')" "--dtype in lower case casts"
 
 # --- plugins, config files and URIs ---
 export KAUN_PLUGIN_PATH="$KAUN_TEST_PLUGINS:$KAUN_BUILT_PLUGINS"
@@ -68,6 +75,10 @@ JSON
 run "$KAUN" --config "$TEST_TMP/kaun.json" cp "$TEST_TMP/params.safetensors" store://bert/1.2/model.safetensors
 expect_status 0 "cp into a configured backend"
 printf '{"bert": {"1.2": {"model.safetensors": {"uri": "store://bert/1.2/model.safetensors"}}}}' >"$TEST_TMP/store/index.json"
+# a DST ending in '/' is a folder, made when missing, on a backend too
+run "$KAUN" --config "$TEST_TMP/kaun.json" cp "$TEST_TMP/params.safetensors" store://new/folder/
+expect_status 0 "cp into store://new/folder/"
+expect_same_file "$TEST_TMP/params.safetensors" "$TEST_TMP/store/new/folder/model.safetensors" "cp into store://new/folder/"
 run "$KAUN" ls registry://bert@1.2
 expect_status 1 "ls through an unconfigured registry"; expect_err_contains "needs the option 'index'" "unconfigured registry"
 run "$KAUN" --config "$TEST_TMP/kaun.json" ls registry://bert@1.2
