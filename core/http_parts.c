@@ -52,15 +52,44 @@ static const char **pinned_headers(const char *const *given, const char *etag, c
   return h;
 }
 
+/* The caller's check, then the object's size against the one asked for
+ * (an answer that states another: the object is not what the caller
+ * thinks it is, and parts of it would not make it whole). */
+static int check_answer(const kaun_http_parts_options *o, uint64_t size,
+                        const kaun_http_response *resp, kaun_error *err) {
+  int rc = o->check ? o->check(o->check_user, resp, err) : KAUN_OK;
+  int64_t total = kaun_http_response_object_size(resp);
+  if (!rc && total >= 0 && (uint64_t)total != size) {
+    char url[1024]; /* no password or query (a signature) in a message */
+    const char *eff = kaun_http_response_effective_url(resp);
+    kaun_http_redact_url(eff ? eff : "the object", url, sizeof url);
+    rc = kaun__error_set(err, KAUN_ECHANGED,
+                         "%s has %lld bytes where %llu were expected: it changed, or the size "
+                         "given was wrong",
+                         url, (long long)total, (unsigned long long)size);
+  }
+  return rc;
+}
+
 int kaun_http_get_parts(kaun_http *http, const kaun_http_request *tmpl, uint64_t size,
                         const kaun_http_parts_options *opts, kaun_http_response **failed,
                         kaun_error *err) {
   if (failed) *failed = NULL;
-  if (!http || !tmpl || tmpl->struct_size != sizeof *tmpl ||
-      tmpl->body_to != KAUN_HTTP_BODY_CALLBACK || !tmpl->write_fn)
+  if (!http || !tmpl)
+    return kaun__error_set(err, KAUN_EINVAL, "kaun_http_get_parts: needs a client and a request");
+  if (tmpl->struct_size != sizeof *tmpl)
     return kaun__error_set(err, KAUN_EINVAL,
-                           "kaun_http_get_parts: needs a client and a GET whose body goes to "
-                           "a write_fn");
+                           "kaun_http_get_parts: request.struct_size is %zu, not %zu: start from "
+                           "KAUN_HTTP_REQUEST_INIT",
+                           tmpl->struct_size, sizeof *tmpl);
+  if (tmpl->method != KAUN_HTTP_GET || tmpl->body_to != KAUN_HTTP_BODY_CALLBACK || !tmpl->write_fn)
+    return kaun__error_set(err, KAUN_EINVAL,
+                           "kaun_http_get_parts: the request must be a GET whose body goes to a "
+                           "write_fn (KAUN_HTTP_BODY_CALLBACK)");
+  if (tmpl->range_offset || tmpl->range_length)
+    return kaun__error_set(err, KAUN_EINVAL,
+                           "kaun_http_get_parts: the request asks for a range: give the whole "
+                           "object's GET (the parts are ranges of it)");
   kaun_http_parts_options o = KAUN_HTTP_PARTS_OPTIONS_INIT;
   if (opts) {
     if (!opts->struct_size)
@@ -100,7 +129,7 @@ int kaun_http_get_parts(kaun_http *http, const kaun_http_request *tmpl, uint64_t
     rc = results[0] = kaun_http_perform(http, &reqs[0], &resps[0], err);
     first = 1;
     /* a wrong size stops here, not after the rest of what was announced */
-    if (!rc && o.check) rc = o.check(o.check_user, resps[0], err);
+    if (!rc) rc = check_answer(&o, size, resps[0], err);
     etag = !rc ? kaun_http_response_header(resps[0], "ETag") : NULL;
     if (etag && n > 1 && (headers = pinned_headers(tmpl->headers, etag, if_match, sizeof if_match)))
       for (size_t i = 1; i < n; i++) reqs[i].headers = headers;
@@ -138,8 +167,8 @@ int kaun_http_get_parts(kaun_http *http, const kaun_http_request *tmpl, uint64_t
         *failed = resps[i];
         resps[i] = NULL;
       }
-  } else if (!rc && o.check) {
-    for (size_t i = 0; !rc && i < n; i++) rc = o.check(o.check_user, resps[i], err);
+  } else if (!rc) {
+    for (size_t i = 0; !rc && i < n; i++) rc = check_answer(&o, size, resps[i], err);
   }
   for (size_t i = 0; resps && i < n; i++) kaun_http_response_free(resps[i]);
   free(headers);

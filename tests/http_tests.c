@@ -1179,12 +1179,24 @@ static void test_get_parts(void) {
   CU_ASSERT_EQUAL(sink.bytes, 0);
   CU_ASSERT_EQUAL(hits(&srv_a, "/empty.bin"), 1);
 
+  /* a size other than the object's: refused, even without a check */
+  ASSERT_FAILS(kaun_http_get_parts(client, &r, FILE_SIZE - 100, NULL, &bad, &err), err,
+               KAUN_ECHANGED, "/data.bin has 1048576 bytes where 1048476 were expected");
+
   /* what cannot be asked */
   ASSERT_FAILS(kaun_http_get_parts(NULL, &r, FILE_SIZE, &po, &bad, &err), err, KAUN_EINVAL,
-               "kaun_http_get_parts");
+               "needs a client");
   kaun_http_request buffered = range_request(url_of(&srv_a, "/data.bin"), 0, 10, sink.buf);
   ASSERT_FAILS(kaun_http_get_parts(client, &buffered, 10, &po, &bad, &err), err, KAUN_EINVAL,
                "write_fn");
+  kaun_http_request ranged = r;
+  ranged.range_length = 10;
+  ASSERT_FAILS(kaun_http_get_parts(client, &ranged, FILE_SIZE, &po, &bad, &err), err, KAUN_EINVAL,
+               "asks for a range");
+  kaun_http_request unsized = r;
+  unsized.struct_size = 0;
+  ASSERT_FAILS(kaun_http_get_parts(client, &unsized, FILE_SIZE, &po, &bad, &err), err, KAUN_EINVAL,
+               "start from KAUN_HTTP_REQUEST_INIT");
   kaun_http_parts_options zero = {0};
   ASSERT_FAILS(kaun_http_get_parts(client, &r, FILE_SIZE, &zero, &bad, &err), err, KAUN_EINVAL,
                "struct_size");

@@ -148,7 +148,9 @@ typedef struct kaun_cache_part {
 
 /* kaun_cache_writer_pwrite in the shape of a kaun_http_write_fn: give a
  * ranged request of the parallel download write_fn = this, write_user = a
- * kaun_cache_part whose offset is the range's start.  While the parts
+ * kaun_cache_part whose offset is the range's start; with
+ * kaun_http_get_parts, whose offsets are the object's, one kaun_cache_part
+ * at offset 0 for the whole download.  While the parts
  * arrive, a thread of the writer hashes the part of the file written from
  * its start on, so the commit's check only has the rest left to read. */
 KAUN_API int kaun_cache_writer_part_sink(void *part, uint64_t offset, const void *data, size_t len,

@@ -120,7 +120,9 @@ typedef enum kaun_http_body_to {
 } kaun_http_body_to;
 
 /* Receives `len` body bytes at `offset` (from the first byte asked for).
- * Offsets only grow and never repeat, across retries and resumes too.
+ * Offsets only grow and never repeat, across retries and resumes too
+ * (one request's; kaun_http_get_parts says how its parts and its
+ * fallback call it).
  * Return KAUN_OK, or a KAUN_E* code (fill `err`) to stop: the request
  * then fails with that code and is not retried. */
 typedef int (*kaun_http_write_fn)(void *user, uint64_t offset, const void *data, size_t len,
@@ -267,16 +269,20 @@ typedef struct kaun_http_parts_options {
   { .struct_size = sizeof(kaun_http_parts_options) }
 
 /* Downloads bytes [0, size) of the object that `tmpl` (a GET of the whole
- * object, body_to KAUN_HTTP_BODY_CALLBACK) names, as ranged GETs of
- * part_size bytes (larger when that would take more than
+ * object, no range, body_to KAUN_HTTP_BODY_CALLBACK) names, as ranged
+ * GETs of part_size bytes (larger when that would take more than
  * KAUN_HTTP_MAX_PARTS), `connections` of them in flight over one pool.
- * tmpl->write_fn receives the bytes with their offset in the object: in
- * order within a part, in any order across parts (kaun_cache_writer_part_sink
- * with a kaun_cache_part at offset 0 writes them in place).  Every part
- * must be answered with exactly its range (strict_range): when one is not
- * (a server that ignores Range, or answers around it), the parts stop at
- * that answer's headers and the object comes in one request of `tmpl`
- * from offset 0, its bytes written again over those already written.
+ * `opts` may be NULL (the defaults).  `size` must be the object's: an
+ * answer that states another total fails with KAUN_ECHANGED.
+ * tmpl->write_fn receives the bytes with their offset in the object, on
+ * the calling thread, one call at a time: in order within a part, in any
+ * order across parts (kaun_cache_writer_part_sink with a kaun_cache_part
+ * at offset 0 writes them in place).  Every part must be answered with
+ * exactly its range (strict_range): when one is not (a server that
+ * ignores Range, or answers around it), the parts stop at that answer's
+ * headers and the object comes in one request of `tmpl`, as the range
+ * [0, size), from offset 0: bytes parts already delivered are delivered
+ * again (and counted again in progress), so the sink must take a rewrite.
  * Progress and cancellation ride on tmpl->io.  `*failed` (may be NULL)
  * receives, when a request failed with an answer (an error status, a
  * precondition that no longer held), that answer (free it with
