@@ -252,6 +252,36 @@ static void remove_stale(kaun_context *ctx, const char *folder, const char *name
   free(uri);
 }
 
+/* Shards of an earlier save into the same folder with another count
+ * ("model-00001-of-00003.safetensors" once the save wrote "-of-00002"):
+ * the new index does not name them, and they would only take space (as
+ * transformers' save_pretrained, kaun removes them).  Nothing else is
+ * touched; a backend that cannot list keeps them. */
+typedef struct old_shards {
+  kaun_context *ctx;
+  const char *folder;
+  size_t count;
+} old_shards;
+
+static int remove_old_shard(const char *name, uint64_t size, void *context) {
+  (void)size;
+  const old_shards *o = context;
+  unsigned k, total;
+  int end = 0;
+  if (strchr(name, '/') || strlen(name) != 32 ||
+      sscanf(name, "model-%5u-of-%5u.safetensors%n", &k, &total, &end) != 2 || end != 32 ||
+      total == o->count || k == 0 || k > total)
+    return 0;
+  remove_stale(o->ctx, o->folder, name);
+  return 0;
+}
+
+static void remove_old_shards(kaun_context *ctx, const char *folder, size_t count) {
+  old_shards o = {ctx, folder, count};
+  kaun_error ignored = KAUN_ERROR_INIT;
+  (void)kaun_storage_list(ctx, folder, remove_old_shard, &o, &ignored);
+}
+
 void kaun__remove_written(kaun_context *ctx, char *const *uris, const bool *written, size_t n) {
   for (size_t i = 0; i < n; i++)
     if (written[i] && uris[i]) {
@@ -393,6 +423,7 @@ static int save_sharded(kaun_context *ctx, const char *uri, save_input *in, uint
     if (!rc) rc = in->load(in, 0, in->n, &f, err);
     if (!rc) rc = kaun__safetensors_put(ctx, target, f, io, NULL, err);
     if (!rc) remove_stale(ctx, uri, KAUN__INDEX_NAME);
+    if (!rc) remove_old_shards(ctx, uri, 0); /* every earlier shard: none is ours */
     kaun_flat_free(f);
     free(target);
     free(first);
@@ -425,9 +456,10 @@ static int save_sharded(kaun_context *ctx, const char *uri, save_input *in, uint
     rc = kaun__put_bytes(ctx, index_uri, text.data, text.len, err);
   }
   if (!rc) (void)kaun_io_add(io, index_uri, text.len, text.len); /* done: a cancel now is late */
-  if (!rc)
+  if (!rc) {
     remove_stale(ctx, uri, KAUN__SINGLE_NAME); /* it would be read instead of the index */
-  else if (written)
+    remove_old_shards(ctx, uri, count);
+  } else if (written)
     kaun__remove_written(ctx, uris, written, count);
   kaun__strbuf_free(&text);
   for (size_t k = 0; k < count; k++) {

@@ -222,14 +222,38 @@ static void test_fits_one_file(void) {
   kaun_ptree *t = five();
   const char *dir = tmp("fits");
   mkdir(dir, 0777);
-  FILE *stale = fopen(tmp("fits/model.safetensors.index.json"), "w"); /* an earlier save's */
-  fputs("{\"weight_map\": {}}", stale);
-  fclose(stale);
+  /* an earlier save's index and shards; and files that are not kaun's */
+  const char *earlier[] = {"model.safetensors.index.json", "model-00001-of-00002.safetensors",
+                           "model-00002-of-00002.safetensors", "model-00001-of-00002.bin",
+                           "notes.txt"};
+  for (int i = 0; i < 5; i++) {
+    FILE *stale = fopen(tmp("fits/%s", earlier[i]), "w");
+    fputs("{\"weight_map\": {}}", stale);
+    fclose(stale);
+  }
   kaun_save_options o = save_opts(272); /* exactly the model */
   ASSERT_OK(kaun_checkpoint_save_ex(NULL, dir, t, &o, &err), err);
   char names[4096];
   listing(dir, names, sizeof names);
-  CU_ASSERT_STRING_EQUAL(names, "model.safetensors,");
+  CU_ASSERT_STRING_EQUAL(names, "model-00001-of-00002.bin,model.safetensors,notes.txt,");
+  /* in shards again, with another count: the two-shard files are gone */
+  o = save_opts(100);
+  ASSERT_OK(kaun_checkpoint_save_ex(NULL, dir, t, &o, &err), err);
+  FILE *old = fopen(tmp("fits/model-00002-of-00009.safetensors"), "w");
+  fclose(old);
+  o = save_opts(150);
+  ASSERT_OK(kaun_checkpoint_save_ex(NULL, dir, t, &o, &err), err);
+  listing(dir, names, sizeof names);
+  CU_ASSERT_PTR_NULL(strstr(names, "-of-00009"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(names, "notes.txt"));
+  kaun_flat *back;
+  ASSERT_OK(kaun_checkpoint_load_flat(NULL, dir, KAUN_LOAD_COPY, &back, &err), err);
+  CU_ASSERT_EQUAL(kaun_flat_count(back), 5);
+  kaun_flat_free(back);
+  o = save_opts(272);
+  ASSERT_OK(kaun_checkpoint_save_ex(NULL, dir, t, &o, &err), err);
+  listing(dir, names, sizeof names);
+  CU_ASSERT_STRING_EQUAL(names, "model-00001-of-00002.bin,model.safetensors,notes.txt,");
   /* the same bytes as a plain save */
   ASSERT_OK(kaun_checkpoint_save(NULL, tmp("plain.safetensors"), t, NULL, &err), err);
   CU_ASSERT(same_file(tmp("fits/model.safetensors"), tmp("plain.safetensors")));

@@ -60,8 +60,11 @@ typedef struct kaun_save_options {
  * holds the metadata.  Shards are written in parallel (opts->threads),
  * each atomically, and the index last, once every shard is stored; then a
  * model.safetensors left in the folder by an earlier save is removed (it
- * would be read instead).  A model that fits is written as
- * model.safetensors in the folder (and an earlier index there removed).
+ * would be read instead), and so are shards of an earlier save with
+ * another count (model-0000K-of-0000M.safetensors that the new index does
+ * not name: nothing else; where the backend can list).  A model that fits
+ * is written as model.safetensors in the folder (and an earlier index and
+ * its shards removed).
  * On a failure or a cancel no index is written and the shards this call
  * wrote are removed (where the backend can remove); the message names the
  * shard at fault.  Errors: as kaun_checkpoint_save, KAUN_ECANCELED. */
