@@ -283,7 +283,8 @@ static int check_versions(registry *r, const char *label, const char *name, json
       rc = kaun_error_set(err, KAUN_EINDEX,
                           "%s: the registry's index %s gives model '%s' a version '%.100s' "
                           "that is not one (want numbers joined by dots, optionally "
-                          "-PRERELEASE: 1.10, 2.0-rc1)",
+                          "-PRERELEASE: 1.10, 2.0-rc1; a URI without @VERSION already means "
+                          "the greatest)",
                           label, r->index_uri, name, key);
     if (n < count) keys[n++] = key;
   }
