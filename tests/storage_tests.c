@@ -915,7 +915,7 @@ static void test_registry_versions(void) {
                "want corp://NAME[@VERSION][/PATH]");
   kaun_context_free(ctx);
   /* nor a URI in the index: 1023 characters were */
-  char deep[1400] = "", dir[1400];
+  char deep[1400] = "", dir[1600];
   size_t at = 0;
   for (int i = 0; i < 6; i++) {
     at += (size_t)snprintf(deep + at, sizeof deep - at, "%s", i ? "/" : "");
