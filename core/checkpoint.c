@@ -481,9 +481,9 @@ int kaun_safetensors_save(kaun_context *ctx, const char *uri, const kaun_flat *f
   kaun_error ignored = KAUN_ERROR_INIT;
   int probe_rc = kaun_object_open(use, uri, &probe, &ignored);
   if (probe_rc == KAUN_OK) kaun_object_close(probe);
-  size_t ulen = strlen(uri);
-  bool folder = probe_rc == KAUN_EISDIR || (ulen && uri[ulen - 1] == '/'); /* "DST/": one to make */
-  if (folder && !(target = kaun__child_uri(uri, SINGLE_NAME)))
+  /* a folder, or one to make ("DST/"), as kaun_reader_copy_model decides it */
+  if ((probe_rc == KAUN_EISDIR || kaun__ends_with(uri, "/")) &&
+      !(target = kaun__child_uri(uri, SINGLE_NAME)))
     rc = kaun__error_nomem(err, "saving");
   if (!rc) rc = kaun__safetensors_put(use, target ? target : uri, flat, NULL, NULL, err);
   free(target);
