@@ -1309,8 +1309,10 @@ static void print_main_help(FILE *out) {
 
 int main(int argc, char **argv) {
   /* this process may hold tokens and secret keys: no core file of it
-   * (KAUN_CORE_DUMPS=1 keeps the limit as it is, for debugging) */
-  if (!getenv("KAUN_CORE_DUMPS")) {
+   * (KAUN_CORE_DUMPS=1 keeps the limit as it is, for debugging; any other
+   * value, 0 included, does not) */
+  const char *dumps = getenv("KAUN_CORE_DUMPS");
+  if (!dumps || strcmp(dumps, "1") != 0) {
     struct rlimit none = {0, 0};
     (void)setrlimit(RLIMIT_CORE, &none);
   }

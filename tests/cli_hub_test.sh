@@ -86,10 +86,22 @@ curl -s -X POST -d '[{"path": "*", "drip_bytes": 2, "drip_interval": 0.1, "count
   "$HF_ENDPOINT/__faults" >/dev/null
 (ulimit -c unlimited 2>/dev/null; exec $K get --token hf_cli_secret_token hf://org/private/config.json) >"$TEST_TMP/tok.out" 2>&1 &
 getter=$!
+# KAUN_CORE_DUMPS=1 (only 1) keeps the limit for debugging
+(ulimit -c unlimited 2>/dev/null; KAUN_CORE_DUMPS=0 exec $K get --token hf_cli_secret_token hf://org/private/config.json) >/dev/null 2>&1 &
+getter0=$!
+(ulimit -c unlimited 2>/dev/null; KAUN_CORE_DUMPS=1 exec $K get --token hf_cli_secret_token hf://org/private/config.json) >/dev/null 2>&1 &
+getter1=$!
 sleep 0.5
 shown=$(tr '\0' ' ' <"/proc/$getter/cmdline" 2>/dev/null)
 cores=$(awk '/Max core file size/ {print $5}' "/proc/$getter/limits" 2>/dev/null)
+cores0=$(awk '/Max core file size/ {print $5}' "/proc/$getter0/limits" 2>/dev/null)
+cores1=$(awk '/Max core file size/ {print $5}' "/proc/$getter1/limits" 2>/dev/null)
 wait $getter && ok || bad "get --token T: $(cat "$TEST_TMP/tok.out")"
+wait $getter0 $getter1
+[ "$cores0" = 0 ] && ok || bad "KAUN_CORE_DUMPS=0 kept the core limit ('$cores0')"
+if (ulimit -c unlimited) 2>/dev/null; then
+  [ "$cores1" = unlimited ] && ok || bad "KAUN_CORE_DUMPS=1 did not keep the core limit ('$cores1')"
+fi
 curl -s -X POST "$HF_ENDPOINT/__reset" >/dev/null
 case "$shown" in
   *kaun*get*) case "$shown" in *hf_cli_secret_token*) bad "the token shows in /proc/PID/cmdline: $shown" ;; *) ok ;; esac ;;

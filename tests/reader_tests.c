@@ -5,6 +5,7 @@
  * Linked against libkaun.so and its public headers only. */
 #include <CUnit/Basic.h>
 #include <kaun.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -524,6 +525,94 @@ static void test_check_data_of_a_huge_claim(void) {
   unlink(tmp("mem/huge.safetensors"));
 }
 
+/* ---- one reader, several threads (the header's promise; TSan runs this) --- */
+
+enum { SHARED_TENSORS = 32, SHARED_THREADS = 4 };
+
+typedef struct shared_job {
+  kaun_reader *r;
+  int first;    /* this thread takes tensors first, first + SHARED_THREADS, ... */
+  int failures; /* counted here, asserted by the main thread (CUnit is not thread-safe) */
+} shared_job;
+
+static void *shared_worker(void *arg) {
+  shared_job *j = arg;
+  kaun_error err = KAUN_ERROR_INIT;
+  for (int round = 0; round < 3; round++) {
+    for (int i = j->first; i < SHARED_TENSORS; i += SHARED_THREADS) {
+      char name[16], next[16];
+      snprintf(name, sizeof name, "t%d", i);
+      snprintf(next, sizeof next, "t%d", (i + 1) % SHARED_TENSORS);
+      kaun_tensor *t = NULL;
+      /* kept: a view where the backend maps */
+      if (kaun_reader_get(j->r, name, KAUN_DTYPE_COUNT_, NULL, &t, &err) != 0 ||
+          at(t, 37) != (float)(1000 * i + 37))
+        j->failures++;
+      kaun_tensor_free(t);
+      /* cast while reading */
+      t = NULL;
+      if (kaun_reader_get(j->r, name, KAUN_DTYPE_F64, NULL, &t, &err) != 0 ||
+          ((const double *)kaun_tensor_data(t))[255] != (double)(1000 * i + 255))
+        j->failures++;
+      kaun_tensor_free(t);
+      /* rows 3..5 */
+      t = NULL;
+      kaun_range rows[] = {{3, 5}};
+      if (kaun_reader_get_slice(j->r, name, 1, rows, NULL, &t, &err) != 0 ||
+          at(t, 0) != (float)(1000 * i + 48) || at(t, 31) != (float)(1000 * i + 79))
+        j->failures++;
+      kaun_tensor_free(t);
+      /* two at once, one of them another thread's */
+      const char *names[] = {name, next};
+      kaun_tensor *out[2] = {NULL, NULL};
+      kaun_load_options copy = {.struct_size = sizeof copy, .flags = KAUN_LOAD_COPY};
+      if (kaun_reader_get_many(j->r, 2, names, NULL, &copy, out, &err) != 0 ||
+          at(out[0], 1) != (float)(1000 * i + 1) ||
+          at(out[1], 2) != (float)(1000 * ((i + 1) % SHARED_TENSORS) + 2))
+        j->failures++;
+      kaun_tensor_free(out[0]);
+      kaun_tensor_free(out[1]);
+      /* a name no one has: an error of this thread only */
+      t = NULL;
+      if (kaun_reader_get(j->r, "missing", KAUN_DTYPE_COUNT_, NULL, &t, &err) != KAUN_EKEY ||
+          !strstr(err.message, "missing"))
+        j->failures++;
+    }
+  }
+  return NULL;
+}
+
+static void shared_reader_on(kaun_context *ctx, const char *uri) {
+  kaun_error err = KAUN_ERROR_INIT;
+  save_grid(ctx, uri, SHARED_TENSORS, 16, 16);
+  kaun_reader *r;
+  ASSERT_OK(kaun_reader_open(ctx, uri, &r, &err), err);
+  pthread_t th[SHARED_THREADS];
+  shared_job jobs[SHARED_THREADS];
+  for (int k = 0; k < SHARED_THREADS; k++) {
+    jobs[k] = (shared_job){r, k, 0};
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&th[k], NULL, shared_worker, &jobs[k]), 0);
+  }
+  for (int k = 0; k < SHARED_THREADS; k++) {
+    pthread_join(th[k], NULL);
+    if (jobs[k].failures)
+      fprintf(stderr, "\n%s: thread %d: %d failures\n", uri, k, jobs[k].failures);
+    CU_ASSERT_EQUAL(jobs[k].failures, 0);
+  }
+  kaun_reader_close(r);
+}
+
+static void test_one_reader_many_threads(void) {
+  kaun_error err = KAUN_ERROR_INIT;
+  kaun_context *ctx;
+  ASSERT_OK(kaun_context_new(NULL, &ctx, &err), err);
+  shared_reader_on(ctx, tmp("shared.safetensors")); /* maps: views */
+  kaun_context_free(ctx);
+  ctx = mem_context();
+  shared_reader_on(ctx, "mem://shared.safetensors"); /* ranged reads */
+  kaun_context_free(ctx);
+}
+
 int main(void) {
   snprintf(tmp_root, sizeof tmp_root, "%s/kaun-reader-XXXXXX",
            getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -541,6 +630,8 @@ int main(void) {
   CU_add_test(s, "a failed read leaves the caller's io usable", test_failed_read_leaves_the_io);
   CU_add_test(s, "verify --data of a 64 GiB claim: memory for the reads in flight",
               test_check_data_of_a_huge_claim);
+  CU_add_test(s, "one reader used by 4 threads at once (views, casts, slices, many, errors)",
+              test_one_reader_many_threads);
   int rc = check_run_all();
   check_remove_tree(tmp_root);
   return rc;
