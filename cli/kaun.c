@@ -1233,7 +1233,7 @@ static const command commands[] = {
      "               slice covers are read\n"
      "  --limit N    print at most N values (default 1000; 0 = all)\n"
      "  -o FILE      write the raw little-endian bytes to FILE ('-' = stdout)\n"
-     "               instead of printing\n",
+     "               instead of printing (also --output FILE)\n",
      cmd_cat},
     {"get", "download a file or a whole Hub repo; print the local path",
      "Usage: kaun get [--revision R] [--token T] [--offline] [--include GLOB]... URI\n"
