@@ -701,8 +701,8 @@ static long child_rss_kib(const char *cache, const char *file) {
 
 /* Memory stays bounded whatever the size: 48 MiB stream to disk. */
 static void test_memory_bounded(void) {
-#if defined(__SANITIZE_ADDRESS__)
-  fprintf(stderr, "SKIPPED under AddressSanitizer (its shadow memory is not the program's) ");
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  fprintf(stderr, "SKIPPED under a sanitizer (its shadow memory is not the program's) ");
   return;
 #endif
   const char *cache = new_cache();

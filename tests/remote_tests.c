@@ -230,8 +230,8 @@ static int child_main(const char *mode, const char *cfg) {
 }
 
 static void test_peak_memory(void) {
-#if defined(__SANITIZE_ADDRESS__)
-  fprintf(stderr, "SKIPPED under AddressSanitizer (its shadow memory is not the program's) ");
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  fprintf(stderr, "SKIPPED under a sanitizer (its shadow memory is not the program's) ");
   return;
 #endif
   long base = child_maxrss_kib("--open");
