@@ -2,7 +2,7 @@
  * serves, read in place through libarchive.
  *
  *   tar://MEMBER::OUTER-URI     a member (a file, or a folder: "the model there")
- *   tar://::OUTER-URI (list)    kaun_storage_list with the "::" escaped
+ *   tar://[FOLDER]::OUTER-URI   kaun_storage_list: the members (under FOLDER)
  *
  * open scans the archive's headers once per archive object (the index is
  * kept by the instance, keyed by the outer URI, size, mtime and etag),
