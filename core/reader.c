@@ -120,11 +120,6 @@ static kaun_buffer *shard_map(shard *sh) {
   return m;
 }
 
-static bool ends_with(const char *s, const char *suffix) {
-  size_t n = strlen(s), m = strlen(suffix);
-  return n >= m && strcmp(s + n - m, suffix) == 0;
-}
-
 /* "BASE/NAME" for a URI or path (a stacked URI joins on its left side). */
 static char *join_uri(const char *base, size_t base_len, const char *name, const char *tail) {
   size_t n = base_len + strlen(name) + strlen(tail) + 2;
@@ -470,9 +465,9 @@ static int reader_open(kaun_reader *r, const char *uri, kaun_error *err) {
   kaun_context *ctx = r->ctx;
   kaun_object *obj = NULL;
   int rc = kaun_object_open(ctx, uri, &obj, err);
-  bool looks_like_file = ends_with(uri, ".safetensors") || ends_with(uri, ".json");
+  bool looks_like_file = kaun__ends_with(uri, ".safetensors") || kaun__ends_with(uri, ".json");
   if (rc == KAUN_OK) {
-    if (ends_with(uri, ".json")) return open_index(r, uri, obj, err);
+    if (kaun__ends_with(uri, ".json")) return open_index(r, uri, obj, err);
     return open_single(r, uri, obj, err);
   }
   if (rc != KAUN_EISDIR && !(rc == KAUN_ENOENT && !looks_like_file)) return rc;

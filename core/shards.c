@@ -4,6 +4,7 @@
  * sees an index naming a shard not yet stored.  A failure or a cancel
  * writes no index and removes the shards the call wrote. */
 #include "shards.h"
+#include "storage_internal.h"
 
 #include <pthread.h>
 #include <stddef.h>
@@ -27,7 +28,12 @@ void kaun__save_options_get(const kaun_save_options *in, kaun_save_options *out)
 
 bool kaun__ends_with(const char *uri, const char *suffix) {
   size_t n = strlen(uri), m = strlen(suffix);
-  return n >= m && strcmp(uri + n - m, suffix) == 0;
+  /* a stacked URI (SCHEME://PATH::OUTER): PATH is the object's own name */
+  const char *sep = strstr(uri, "://"), *slash = strchr(uri, '/');
+  const char *chain = kaun__uri_chain(uri);
+  if (sep && sep > uri && (!slash || slash > sep) && chain && chain > sep)
+    n = (size_t)(chain - uri);
+  return n >= m && memcmp(uri + n - m, suffix, m) == 0;
 }
 
 unsigned kaun__threads(unsigned asked, size_t jobs) {

@@ -65,7 +65,8 @@ int kaun__put_bytes(kaun_context *ctx, const char *uri, const char *data, size_t
 /* Removes uris[i] for each written[i] (best effort: errors are ignored). */
 void kaun__remove_written(kaun_context *ctx, char *const *uris, const bool *written, size_t n);
 
-/* True when `uri` ends in `suffix`. */
+/* True when `uri` ends in `suffix`; for a stacked URI (SCHEME://PATH::OUTER)
+ * when PATH does. */
 bool kaun__ends_with(const char *uri, const char *suffix);
 
 /* Saves the tensors of `flat` (its metadata, or opts->metadata when set)

@@ -359,6 +359,14 @@ static void test_folders_are_models(void) {
     CU_ASSERT_EQUAL(at(kaun_flat_find(flat, "t0"), 1), 1.0f);
     CU_ASSERT_EQUAL(at(kaun_flat_find(flat, "t1"), 1), 1001.0f + 100000);
     kaun_flat_free(flat);
+    /* the index itself named as the member (was read as a SafeTensors
+     * file: the name's ".json" was looked for at the end of the outer URI) */
+    ASSERT_OK(kaun_checkpoint_load_flat(ctx, tar_uri("sharded/model.safetensors.index.json", *a), 0,
+                                        &flat, &err),
+              err);
+    CU_ASSERT_EQUAL(kaun_flat_count(flat), 2);
+    CU_ASSERT_EQUAL(at(kaun_flat_find(flat, "t1"), 1), 1001.0f + 100000);
+    kaun_flat_free(flat);
   }
   kaun_object *o;
   kaun_flat *flat_dummy = NULL;
