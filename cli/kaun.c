@@ -1038,13 +1038,26 @@ static int add_size(const char *path, const struct stat *sb, int type, struct FT
   return 0;
 }
 
+static int set_flag(const char *opt, const char *value, void *ctx) {
+  (void)opt;
+  (void)value;
+  *(bool *)ctx = true;
+  return 0;
+}
+
 static int cmd_cache(int argc, char **argv) {
-  int n = parse_args("cache", argc, argv, NULL, NULL, no_option, NULL);
+  static const char *const flags[] = {"--all", NULL};
+  bool all = false;
+  int n = parse_args("cache", argc, argv, NULL, flags, set_flag, &all);
   if (n == -1) return -1;
   if (n < 0) return EXIT_USAGE;
   if (n < 1 || (strcmp(argv[0], "ls") != 0 && strcmp(argv[0], "rm") != 0) ||
-      (strcmp(argv[0], "ls") == 0 && n != 1) || n > 2)
-    return usage_error("cache", "expected 'ls' or 'rm [REPO]'%s", "");
+      (strcmp(argv[0], "ls") == 0 && (n != 1 || all)) || n > 2)
+    return usage_error("cache", "expected 'ls', 'rm REPO' or 'rm --all'%s", "");
+  if (strcmp(argv[0], "rm") == 0 && (n == 2) == all)
+    return usage_error("cache", "%s",
+                       all ? "'rm --all' takes no REPO"
+                           : "'rm' needs the repo to remove (ORG/NAME), or --all for every repo");
   kaun_error err = KAUN_ERROR_INIT;
   int status;
   kaun_context *ctx = open_context(&status);
@@ -1062,7 +1075,7 @@ static int cmd_cache(int argc, char **argv) {
     struct stat sb;
     bool there = n != 2 || stat(folder, &sb) == 0;
     rc = kaun_hf_clear_cache(n == 2 ? argv[1] : NULL, &ho, &err);
-    if (!rc && there) printf("removed %s from %s\n", n == 2 ? argv[1] : "everything", dir);
+    if (!rc && there) printf("removed %s from %s\n", n == 2 ? argv[1] : "every repo", dir);
     if (!rc && !there) printf("nothing to remove: %s is not in %s\n", argv[1], dir);
   } else if (!rc) {
     DIR *d = opendir(dir);
@@ -1261,12 +1274,13 @@ static const command commands[] = {
      "the throughput.\n",
      cmd_load},
     {"cache", "list or clear the Hub cache",
-     "Usage: kaun cache ls | kaun cache rm [REPO]\n"
+     "Usage: kaun cache ls | kaun cache rm REPO | kaun cache rm --all\n"
      "\n"
      "ls: every repo in the Hub cache (the config's cache_dir, else\n"
      "$RAVEN_CACHE_ROOT, $XDG_CACHE_HOME/raven or ~/.cache/raven, then\n"
      "huggingface/) with the size of its blobs and its refs.  rm: remove one\n"
-     "repo (ORG/NAME), or everything.\n",
+     "repo (ORG/NAME), or with --all every repo (models--*, datasets--*,\n"
+     "spaces--* and their locks; other files in the folder stay).\n",
      cmd_cache},
     {"plugins", "list the storage plugins kaun can find",
      "Usage: kaun plugins\n"

@@ -955,6 +955,26 @@ static int rm_tree(const char *path, kaun_error *err) {
   return KAUN_OK;
 }
 
+/* Removes every repo's entry under `dir` (models--*, datasets--*,
+ * spaces--*: the names huggingface_hub gives repos) and nothing else: a
+ * cache folder shared with other tools keeps their files. */
+static int rm_repos(const char *dir, kaun_error *err) {
+  DIR *d = opendir(dir);
+  if (!d) return KAUN_OK; /* nothing there */
+  int rc = KAUN_OK;
+  struct dirent *e;
+  while (!rc && (e = readdir(d))) {
+    if (strncmp(e->d_name, "models--", 8) != 0 && strncmp(e->d_name, "datasets--", 10) != 0 &&
+        strncmp(e->d_name, "spaces--", 8) != 0)
+      continue;
+    char path[HF_PATH_MAX + 600];
+    rc = path_fmt(path, sizeof path, err, "%s/%s", dir, e->d_name);
+    if (!rc) rc = rm_tree(path, err);
+  }
+  closedir(d);
+  return rc;
+}
+
 int kaun_hf_clear_cache(const char *repo_id, const kaun_hf_options *given, kaun_error *err) {
   kaun_hf_options local;
   int nrc = norm_options(given, &local, err);
@@ -969,7 +989,9 @@ int kaun_hf_clear_cache(const char *repo_id, const kaun_hf_options *given, kaun_
     if (!rc) rc = rm_tree(c->lock_dir, err);
   } else {
     rc = kaun_hf_cache_dir(o, c->root, sizeof c->root, err);
-    if (!rc) rc = rm_tree(c->root, err);
+    if (!rc) rc = rm_repos(c->root, err);
+    if (!rc && path_fmt(c->lock_dir, sizeof c->lock_dir, err, "%s/.locks", c->root) == KAUN_OK)
+      rc = rm_repos(c->lock_dir, err);
   }
   call_wipe(c);
   free(c);

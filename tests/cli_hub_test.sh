@@ -128,7 +128,18 @@ expect_err_contains "backends.hf.part_size" "the bad option is named"
 
 # offline: the cache answers; what it lacks is named
 run env HF_HUB_OFFLINE=1 $K get hf://org/demo/config.json; expect_status 0 "get offline"
-run $K cache rm; expect_status 0 "cache rm everything"
+run $K cache rm; expect_status 2 "cache rm without a repo or --all"
+expect_err_contains "--all for every repo" "cache rm without a repo says how to remove all"
+run $K cache rm --all org/demo; expect_status 2 "cache rm --all with a repo"
+# --all removes the repos and their locks, nothing kaun did not write
+mkdir -p "$TEST_TMP/cache/huggingface/other-tool"
+echo 1 >"$TEST_TMP/cache/huggingface/version.txt"
+run $K cache rm --all; expect_status 0 "cache rm --all"
+expect_out_contains "removed every repo from" "cache rm --all says what it did"
+[ -f "$TEST_TMP/cache/huggingface/version.txt" ] && [ -d "$TEST_TMP/cache/huggingface/other-tool" ] && ok ||
+  bad "cache rm --all removed files it did not write"
+[ -z "$(ls -d "$TEST_TMP/cache/huggingface/models--"* "$TEST_TMP/cache/huggingface/.locks/models--"* 2>/dev/null)" ] && ok ||
+  bad "cache rm --all left repos or locks: $(ls -a "$TEST_TMP/cache/huggingface" "$TEST_TMP/cache/huggingface/.locks" 2>&1)"
 run $K get --offline hf://org/demo/config.json; expect_status 1 "get offline, not cached"
 expect_err_contains "org/demo" "offline misses name the repo"
 

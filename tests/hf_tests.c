@@ -1025,8 +1025,14 @@ static void test_backend(void) {
   ASSERT_OK(kaun_hf_clear_cache("org/model", &o, &err), err);
   CU_ASSERT_FALSE(exists(at_path("%s/models--org--model", cache)));
   CU_ASSERT(exists(at_path("%s/models--org--sharded", cache)));
+  FILE *keep = fopen(at_path("%s/version.txt", cache), "w"); /* another tool's file */
+  CU_ASSERT_PTR_NOT_NULL_FATAL(keep);
+  fclose(keep);
+  CU_ASSERT(exists(at_path("%s/.locks/models--org--sharded", cache)));
   ASSERT_OK(kaun_hf_clear_cache(NULL, &o, &err), err);
-  CU_ASSERT_FALSE(exists(cache));
+  CU_ASSERT_FALSE(exists(at_path("%s/models--org--sharded", cache)));
+  CU_ASSERT_FALSE(exists(at_path("%s/.locks/models--org--sharded", cache)));
+  CU_ASSERT(exists(at_path("%s/version.txt", cache)));
   ASSERT_FAILS(kaun_hf_clear_cache("bad//id", &o, &err), err, KAUN_EINVAL, "bad//id");
 }
 

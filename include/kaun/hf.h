@@ -171,7 +171,9 @@ KAUN_API int kaun_hf_cache_dir(const kaun_hf_options *opts, char *out, size_t si
                                kaun_error *err);
 
 /* Removes one repo's cache (repo_id non-NULL: its models--ORG--NAME
- * folder and locks) or the whole Hub cache (repo_id NULL).  Nothing there
+ * folder and locks) or every repo's (repo_id NULL: each models--*,
+ * datasets--* and spaces--* folder and their locks; other files in the
+ * cache folder, which huggingface_hub may share, stay).  Nothing there
  * is fine.  Errors: KAUN_EINVAL (a bad repo id), KAUN_EIO naming what
  * could not be removed. */
 KAUN_API int kaun_hf_clear_cache(const char *repo_id, const kaun_hf_options *opts, kaun_error *err);
