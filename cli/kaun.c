@@ -1308,7 +1308,8 @@ static void print_main_help(FILE *out) {
           "Save, load and inspect model weights in the SafeTensors format, from\n"
           "any storage kaun has a backend for.  Every CHECKPOINT, FILE, SRC and\n"
           "DST is a URI: a path, file:///path, SCHEME://... for a configured\n"
-          "backend, or MEMBER::OUTER-URI for stacked backends.\n"
+          "backend, or SCHEME://MEMBER::OUTER-URI for a backend that reads through\n"
+          "another (a tarball's member: tar://model.safetensors::s3://b/m.tar).\n"
           "\n"
           "Commands:\n");
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)

@@ -466,6 +466,12 @@ static int reader_open(kaun_reader *r, const char *uri, kaun_error *err) {
   kaun_object *obj = NULL;
   int rc = kaun_object_open(ctx, uri, &obj, err);
   bool looks_like_file = kaun__ends_with(uri, ".safetensors") || kaun__ends_with(uri, ".json");
+  const char *sep = strstr(uri, "://"), *slash = strchr(uri, '/');
+  if (rc == KAUN_ENOENT && kaun__uri_chain(uri) && (!sep || (slash && slash < sep)))
+    return kaun__error_set(err, KAUN_ENOENT,
+                           "'%s' does not exist (a path is one file name, '::' included; a "
+                           "member of an archive is tar://MEMBER::ARCHIVE)",
+                           uri);
   if (rc == KAUN_OK) {
     if (kaun__ends_with(uri, ".json")) return open_index(r, uri, obj, err);
     return open_single(r, uri, obj, err);

@@ -30,6 +30,9 @@ run "$KAUN" verify "$TEST_TMP/params.safetensors"; expect_status 0 "verify"; exp
 # --- missing and malformed input ---
 run "$KAUN" ls "$TEST_TMP/nope.safetensors"; expect_status 1 "ls missing file"
 expect_err_contains "nope.safetensors" "ls missing file names it"
+# MEMBER::ARCHIVE without the scheme is a path: the error says how to name a member
+run "$KAUN" ls "model.safetensors::$TEST_TMP/bundle.tar"; expect_status 1 "ls MEMBER::ARCHIVE without tar://"
+expect_err_contains "tar://MEMBER::ARCHIVE" "a path with '::' points to tar://"
 printf 'not a safetensors file at all' >"$TEST_TMP/junk.safetensors"
 run "$KAUN" verify "$TEST_TMP/junk.safetensors"; expect_status 1 "verify junk"
 expect_err_contains "junk.safetensors" "verify junk names the file"
