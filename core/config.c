@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -196,8 +197,15 @@ static int beside_config(const char *path, char **base, char **p, kaun_error *er
 static int resolve_plugin_paths(const char *path, kaun__config *c, kaun_error *err) {
   char *base = NULL;
   int rc = KAUN_OK;
-  for (size_t i = 0; i < c->ndirs && !rc; i++)
+  for (size_t i = 0; i < c->ndirs && !rc; i++) {
     rc = beside_config(path, &base, &c->plugin_dirs[i], err);
+    struct stat sb; /* a common slip: the plugin file itself */
+    if (!rc && stat(c->plugin_dirs[i], &sb) == 0 && !S_ISDIR(sb.st_mode))
+      rc = kaun__error_set(err, KAUN_ECONFIG,
+                           "%s: line %u: plugin_dirs[%zu] '%s' is not a folder (give the folder "
+                           "that holds the plugin's .so file)",
+                           path, c->dir_lines[i], i, c->plugin_dirs[i]);
+  }
   for (size_t i = 0; i < c->nbackends && !rc; i++)
     if (c->backends[i].plugin && strchr(c->backends[i].plugin, '/'))
       rc = beside_config(path, &base, &c->backends[i].plugin, err);

@@ -138,6 +138,12 @@ static void test_config_errors(void) {
   expect_config_error("{\"plugin_dir\": []}", KAUN_ECONFIG, "unknown key 'plugin_dir'");
   expect_config_error("{\"plugin_dirs\": \"/x\"}", KAUN_ECONFIG, "plugin_dirs must be an array");
   expect_config_error("{\"plugin_dirs\": [1]}", KAUN_ECONFIG, "plugin_dirs[0]");
+  /* the plugin file itself instead of its folder (relative: beside the config) */
+  write_text(tmp("hello.so"), "x");
+  expect_config_error("{\"plugin_dirs\": [\n \"hello.so\"]}", KAUN_ECONFIG,
+                      "line 2: plugin_dirs[0] '");
+  expect_config_error("{\"plugin_dirs\": [\"hello.so\"]}", KAUN_ECONFIG,
+                      "hello.so' is not a folder (give the folder that holds the plugin's .so");
   expect_config_error("{\"cache_dir\": 3}", KAUN_ECONFIG, "cache_dir must be");
   expect_config_error("{\"backends\": []}", KAUN_ECONFIG, "backends must be an object");
   expect_config_error("{\"backends\": {\"Bad\": {}}}", KAUN_ECONFIG, "backends.Bad");

@@ -6,7 +6,7 @@
  *
  *   cc -shared -fPIC -o hello.so hello_plugin.c $(pkg-config --cflags --libs kaun)
  *
- *   config.json: {"plugin_dirs": ["/dir/with/hello.so"],
+ *   config.json: {"plugin_dirs": ["/opt/greet-plugins"],
  *                 "backends": {"greet": {"plugin": "hello", "value": "2.5"}}}
  *
  *   kaun --config config.json ls greet://greeting.safetensors
