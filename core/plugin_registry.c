@@ -342,8 +342,10 @@ int kaun__plugin_by_name(const char *name, char *const *dirs, size_t ndirs, kaun
   pthread_mutex_unlock(&registry_lock);
   if (p) kaun__plugin_unref(p);
   if (!found)
-    kaun__error_set(err, KAUN_EPLUGIN, "no plugin '%s' (%s.so) in the plugin path: %s", name, name,
-                    looked.len ? looked.data : "(empty)");
+    kaun__error_set(err, KAUN_EPLUGIN,
+                    "no plugin '%s' (%s.so) in the plugin path: %s ($KAUN_PLUGIN_PATH or the "
+                    "config's plugin_dirs add folders)",
+                    name, name, looked.len ? looked.data : "(empty)");
   kaun__strbuf_free(&looked);
   return rc;
 }
