@@ -405,7 +405,7 @@ static int hub_error(const call *c, int rc, kaun_http_response *resp, kaun_error
              rid ? "; request id " : "", rid ? rid : "");
   char r[100], f[300], v[100], ep[160]; /* bounded, so the message fits */
   snprintf(r, sizeof r, "%.99s", c->repo);
-  snprintf(f, sizeof f, "%.299s", c->file);
+  snprintf(f, sizeof f, "%.299s", c->file ? c->file : ""); /* NULL: a whole repo */
   snprintf(v, sizeof v, "%.99s", c->rev);
   snprintf(ep, sizeof ep, "%.159s", c->endpoint);
   if (code && strcmp(code, "RepoNotFound") == 0 && status == 401)
@@ -1332,7 +1332,11 @@ int kaun_hf_list_files(const char *repo_id, const kaun_hf_options *given, char *
     req.body_to = KAUN_HTTP_BODY_ALLOC;
     kaun_http_response *resp = NULL;
     rc = kaun_http_perform(o.http ? o.http : own, &req, &resp, err);
-    if (rc == KAUN_ENOENT || rc == KAUN_EAUTH) {
+    const char *code = rc && resp ? kaun_http_response_header(resp, "X-Error-Code") : NULL;
+    if (code && (strcmp(code, "RepoNotFound") == 0 || strcmp(code, "RevisionNotFound") == 0 ||
+                 strcmp(code, "GatedRepo") == 0)) {
+      rc = hub_error(&c, rc, resp, err); /* what the Hub said, as for a file */
+    } else if (rc == KAUN_ENOENT || rc == KAUN_EAUTH) {
       char why[KAUN_ERROR_MESSAGE_MAX];
       long status = err ? err->http_status : 0;
       snprintf(why, sizeof why, "%s", err ? err->message : "");
