@@ -44,6 +44,37 @@ void kaun_safetensors_free(kaun_safetensors *st) {
 
 #define NAME_OR_DEFAULT(name) ((name) ? (name) : "SafeTensors data")
 
+static bool name_ends(const char *name, const char *suffix) {
+  size_t n = name ? strlen(name) : 0, m = strlen(suffix);
+  if (name && strstr(name, "::")) n = (size_t)(strstr(name, "::") - name); /* tar://M::X: M */
+  return n >= m && memcmp(name + n - m, suffix, m) == 0;
+}
+
+/* What a file that is not SafeTensors seems to be, from its first bytes
+ * and its name: a hint for the message ("" when nothing is recognised). */
+static const char *looks_like(const unsigned char *b, const char *name) {
+  static const char archive[] =
+      " (it looks like an archive: list its members with kaun ls "
+      "--members, open one as tar://MEMBER::ARCHIVE)";
+  size_t i = 0;
+  while (i < 7 && (b[i] == ' ' || b[i] == '\n' || b[i] == '\r' || b[i] == '\t')) i++;
+  if (b[i] == '{' || b[i] == '[')
+    return " (it starts like JSON: a sharded model's index is read through its folder or a "
+           "name ending in .json, by ls, load or cp, not inspect)";
+  if ((b[0] == 0x1f && b[1] == 0x8b) || memcmp(b, "\x28\xb5\x2f\xfd", 4) == 0 ||
+      memcmp(b,
+             "\xfd"
+             "7zXZ",
+             5) == 0 ||
+      memcmp(b, "BZh", 3) == 0 || memcmp(b, "PK\x03\x04", 4) == 0)
+    return archive;
+  if (name_ends(name, ".tar") || name_ends(name, ".tgz") || name_ends(name, ".tar.gz") ||
+      name_ends(name, ".tar.zst") || name_ends(name, ".tar.xz") || name_ends(name, ".tar.bz2") ||
+      name_ends(name, ".zip"))
+    return archive;
+  return "";
+}
+
 int kaun_safetensors_header_length(const void *first8, size_t avail, uint64_t file_size,
                                    const char *name, uint64_t *out_length, kaun_error *err) {
   if (avail < 8 || file_size < 8)
@@ -57,14 +88,14 @@ int kaun_safetensors_header_length(const void *first8, size_t avail, uint64_t fi
   if (n > KAUN_SAFETENSORS_MAX_HEADER)
     return kaun__error_set(err, KAUN_EHEADER_TOO_LARGE,
                            "%s: the header claims %llu bytes, more than the limit of 100000000; "
-                           "this is not a SafeTensors file, or it is corrupt",
-                           NAME_OR_DEFAULT(name), (unsigned long long)n);
+                           "this is not a SafeTensors file, or it is corrupt%s",
+                           NAME_OR_DEFAULT(name), (unsigned long long)n, looks_like(b, name));
   if (n + 8 > file_size)
     return kaun__error_set(err, KAUN_EHEADER_LENGTH,
                            "%s: the header claims %llu bytes but the file holds only %llu after "
-                           "the length field; the file is truncated or corrupt",
+                           "the length field; the file is truncated or corrupt%s",
                            NAME_OR_DEFAULT(name), (unsigned long long)n,
-                           (unsigned long long)(file_size - 8));
+                           (unsigned long long)(file_size - 8), looks_like(b, name));
   *out_length = n;
   return KAUN_OK;
 }
