@@ -382,6 +382,12 @@ static int cmd_inspect(int argc, char **argv) {
   if (!ctx) return status;
   int rc = kaun_safetensors_read(ctx, argv[0], &st, &err);
   kaun_context_free(ctx);
+  if (rc == KAUN_EISDIR) {
+    char was[KAUN_ERROR_MESSAGE_MAX];
+    snprintf(was, sizeof was, "%s", err.message);
+    kaun_error_set(&err, KAUN_EISDIR,
+                   "%.900s (inspect reads one file: kaun ls lists a folder's model)", was);
+  }
   if (rc) return fail(&err);
   printf("{\n  \"metadata\": ");
   long md = kaun_safetensors_metadata_count(st);

@@ -37,6 +37,7 @@ printf 'not a safetensors file at all' >"$TEST_TMP/junk.safetensors"
 run "$KAUN" verify "$TEST_TMP/junk.safetensors"; expect_status 1 "verify junk"
 expect_err_contains "junk.safetensors" "verify junk names the file"
 run "$KAUN" inspect "$TEST_TMP"; expect_status 1 "inspect a directory"; expect_err_contains "is a directory" "inspect a directory"
+expect_err_contains "kaun ls lists a folder's model" "inspect of a folder points to ls"
 # files that are not SafeTensors but something a user has at hand: the error says what they seem
 printf '{"metadata": {}, "weight_map": {}}' >"$TEST_TMP/an.index.json"
 run "$KAUN" inspect "$TEST_TMP/an.index.json"; expect_status 1 "inspect an index"
