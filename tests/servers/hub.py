@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""kaun's Hub-compatible test server (../shared/HUB_PROTOCOL.md section 7).
+"""kaun's Hub-compatible test server: the Hub's download protocol and cache-facing answers, on 127.0.0.1.
 
     python3 hub.py --root DIR [--host 127.0.0.1] [--port 0] [--port-file F]
                    [--verbose]
@@ -395,7 +395,8 @@ class CdnHandler(HubHandler):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
