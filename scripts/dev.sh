@@ -2,6 +2,7 @@
 # kaun's one entry point for people and CI.
 #
 #   scripts/dev.sh demo    install what is missing, build, run the built-in example
+#                          (KAUN_DEMO_KEEP=1 keeps its files)
 #   scripts/dev.sh test    install what is missing, build, run every test: the
 #                          normal build, an ASan+UBSan build, a TSan build of the
 #                          concurrency tests, a fuzz smoke, the format check and
@@ -382,7 +383,9 @@ JSON
 
   echo "==> a tarball: its members, and one member's tensors, read in place"
   tar cf "$out/bundle.tar" -C "$out" params.safetensors state.safetensors
+  echo "==> kaun ls --members bundle.tar"
   KAUN_PLUGIN_PATH="$ROOT/build/plugins/tar/.libs" build/kaun ls --members "$out/bundle.tar"
+  echo "==> kaun ls tar://state.safetensors::bundle.tar"
   KAUN_PLUGIN_PATH="$ROOT/build/plugins/tar/.libs" build/kaun ls "tar://state.safetensors::$out/bundle.tar"
 
   echo "==> over HTTP: the team folder served on 127.0.0.1 (tests/servers/httpd.py)"
@@ -444,7 +447,12 @@ JSON
   build/kaun --config "$out/hub.json" load hf://demo/model
   kill $server
   wait $server 2>/dev/null || true
-  rm -rf "$out"
+  if [ -n "${KAUN_DEMO_KEEP:-}" ]; then
+    echo "==> kept: $out (config.json, the team/ and archive/ backends, bundle.tar, the Hub cache)"
+  else
+    rm -rf "$out"
+    echo "==> done (removed $out; KAUN_DEMO_KEEP=1 scripts/dev.sh demo keeps it to look at)"
+  fi
 }
 
 case "${1:-}" in
