@@ -594,8 +594,8 @@ static int build_options(const kaun_context *ctx, const kaun__backend_conf *b,
   for (size_t i = 0; i < n; i++) {
     const kaun__setting *s = &b->settings[i];
     const kaun_option_spec *spec = kaun__option_spec(p->ops.options, s->key);
-    char key[512];
-    snprintf(key, sizeof key, "backends.%s.%s", b->name, s->key);
+    char key[512]; /* as other config errors: "line N: KEY PATH" */
+    snprintf(key, sizeof key, "line %u: backends.%s.%s", s->line, b->name, s->key);
     if (!(o->names[o->count] = strdup(s->key))) return kaun__error_nomem(err, "building options");
     o->count++;
     int rc = spec && spec->secret

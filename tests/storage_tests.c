@@ -217,7 +217,8 @@ static void test_config_describe_and_secrets(void) {
   unsetenv("KAUN_TEST_TOKEN");
   kaun_object *o;
   ASSERT_FAILS(kaun_object_open(ctx, "envmem://x", &o, &err), err, KAUN_ECONFIG,
-               "backends.envmem.token refers to the environment variable KAUN_TEST_TOKEN");
+               "describe.json: line 6: backends.envmem.token refers to the environment variable "
+               "KAUN_TEST_TOKEN");
   kaun_context_free(ctx);
   /* a secret from a file */
   const char *secret = tmp("token.txt");
