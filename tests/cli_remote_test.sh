@@ -90,7 +90,7 @@ expect_out_contains "$(printf 'params.safetensors\t')" "ls --members lists a mem
 expect_out_contains "$(printf 'state.safetensors\t')" "ls --members lists every member"
 run $KAUN ls "tar://params.safetensors::$URL/bundle.tar"; expect_status 0 "ls of a member over http"
 expect_out_contains "$(printf 'layers.1.weight\tF32\t[4,4]\t64')" "a member's tensors"
-run $KAUN ls --members "$URL/params.safetensors"; expect_status 3 "ls --members of a non-archive"
+run $KAUN ls --members "$URL/params.safetensors"; expect_status 1 "ls --members of a non-archive (bad input)"
 expect_err_contains "not an archive" "ls --members of a non-archive says so"
 
 # --- the progress bar: on a terminal only, not with -q ---

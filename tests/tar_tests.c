@@ -597,7 +597,7 @@ static void test_broken_archives(void) {
   ASSERT_FAILS(open_and_read(ctx, tar_uri("bert/model.safetensors", "corrupt.tar.gz"), &err), err,
                KAUN_EIO, "corrupt.tar.gz");
   ASSERT_FAILS(kaun_object_open(ctx, tar_uri("model.safetensors", "notarchive.bin"), &o, &err), err,
-               KAUN_EIO, "notarchive.bin is not an archive");
+               KAUN_EINVAL, "notarchive.bin is not an archive");
   ASSERT_FAILS(kaun_object_open(ctx, tar_uri("model.safetensors", "nothing.tar"), &o, &err), err,
                KAUN_ENOENT, "nothing.tar");
   ASSERT_FAILS(kaun_object_open(ctx, "tar://model.safetensors", &o, &err), err, KAUN_EURI,

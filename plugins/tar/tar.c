@@ -275,7 +275,7 @@ static int archive_failure(source *s, const char *what, kaun_error *err) {
   const char *why = archive_error_string(s->a);
   if (!why) why = "unknown error";
   if (strstr(why, "Unrecognized archive format") || strstr(why, "Missing type keyword"))
-    return kaun_error_set(err, KAUN_EIO,
+    return kaun_error_set(err, KAUN_EINVAL, /* the wrong file given: bad input */
                           "%s is not an archive kaun can read (tar, tar.gz, tar.zst, tar.xz, "
                           "tar.bz2, zip): %s",
                           s->outer, why);
