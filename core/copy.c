@@ -93,7 +93,7 @@ static bool converts(kaun_dtype dt) { return kaun_dtype_is_float(dt) && kaun_dty
 /* The name of `shard_uri` relative to the folder of `index_uri` (malloc'd),
  * or NULL when the shard is not a file beside the index (a URI shard). */
 static char *name_beside(const char *index_uri, const char *shard_uri, size_t *dir_out) {
-  const char *ic = kaun__uri_chain(index_uri), *sc = kaun__uri_chain(shard_uri);
+  const char *ic = kaun__stack_chain(index_uri), *sc = kaun__stack_chain(shard_uri);
   size_t il = ic ? (size_t)(ic - index_uri) : strlen(index_uri);
   size_t sl = sc ? (size_t)(sc - shard_uri) : strlen(shard_uri);
   size_t dir = il;
@@ -148,7 +148,7 @@ static int copy_shards(kaun_reader *r, const char *dst, const kaun_copy_options 
     free(name);
   }
   if (!rc) {
-    const char *ic = kaun__uri_chain(index_uri);
+    const char *ic = kaun__stack_chain(index_uri);
     size_t il = ic ? (size_t)(ic - index_uri) : strlen(index_uri), d = il;
     while (d > 0 && index_uri[d - 1] != '/') d--;
     char base[4096];

@@ -983,15 +983,22 @@ int kaun_hf_clear_cache(const char *repo_id, const kaun_hf_options *given, kaun_
   call *c = malloc(sizeof *c);
   if (!c) return kaun_error_set(err, KAUN_ENOMEM, "hf: out of memory");
   int rc;
+  /* locks are removed only from a real .locks folder: one that is a
+   * link leads outside the cache */
+  char locks[HF_PATH_MAX + 16];
+  struct stat lsb;
   if (repo_id) {
     rc = call_init(c, repo_id, NULL, o, err);
     if (!rc) rc = rm_tree(c->repo_dir, err);
-    if (!rc) rc = rm_tree(c->lock_dir, err);
+    if (!rc && path_fmt(locks, sizeof locks, err, "%s/.locks", c->root) == KAUN_OK &&
+        lstat(locks, &lsb) == 0 && S_ISDIR(lsb.st_mode))
+      rc = rm_tree(c->lock_dir, err);
   } else {
     rc = kaun_hf_cache_dir(o, c->root, sizeof c->root, err);
     if (!rc) rc = rm_repos(c->root, err);
-    if (!rc && path_fmt(c->lock_dir, sizeof c->lock_dir, err, "%s/.locks", c->root) == KAUN_OK)
-      rc = rm_repos(c->lock_dir, err);
+    if (!rc && path_fmt(locks, sizeof locks, err, "%s/.locks", c->root) == KAUN_OK &&
+        lstat(locks, &lsb) == 0 && S_ISDIR(lsb.st_mode))
+      rc = rm_repos(locks, err);
   }
   call_wipe(c);
   free(c);

@@ -131,14 +131,14 @@ static char *join_uri(const char *base, size_t base_len, const char *name, const
 }
 
 char *kaun__child_uri(const char *uri, const char *name) {
-  const char *chain = kaun__uri_chain(uri);
+  const char *chain = kaun__stack_chain(uri);
   size_t left = chain ? (size_t)(chain - uri) : strlen(uri);
   return join_uri(uri, left, name, chain ? chain : "");
 }
 
 /* The URI of `name` beside the object at `uri`. */
 static char *sibling_uri(const char *uri, const char *name) {
-  const char *chain = kaun__uri_chain(uri);
+  const char *chain = kaun__stack_chain(uri);
   size_t left = chain ? (size_t)(chain - uri) : strlen(uri);
   const char *scheme_end = strstr(uri, "://");
   size_t floor = scheme_end && scheme_end < uri + left ? (size_t)(scheme_end - uri) + 3 : 0;
@@ -466,8 +466,7 @@ static int reader_open(kaun_reader *r, const char *uri, kaun_error *err) {
   kaun_object *obj = NULL;
   int rc = kaun_object_open(ctx, uri, &obj, err);
   bool looks_like_file = kaun__ends_with(uri, ".safetensors") || kaun__ends_with(uri, ".json");
-  const char *sep = strstr(uri, "://"), *slash = strchr(uri, '/');
-  if (rc == KAUN_ENOENT && kaun__uri_chain(uri) && (!sep || (slash && slash < sep)))
+  if (rc == KAUN_ENOENT && kaun__uri_chain(uri) && !kaun__stack_chain(uri))
     return kaun__error_set(err, KAUN_ENOENT,
                            "'%s' does not exist (a path is one file name, '::' included; a "
                            "member of an archive is tar://MEMBER::ARCHIVE)",

@@ -51,14 +51,17 @@ static bool name_ends(const char *name, const char *suffix) {
 }
 
 /* What a file that is not SafeTensors seems to be, from its first bytes
- * and its name: a hint for the message ("" when nothing is recognised). */
-static const char *looks_like(const unsigned char *b, const char *name) {
+ * and its name: a hint for the message ("" when nothing is recognised).
+ * `json`: whether JSON is a possible answer (only when the 8 bytes read
+ * as a length are over the limit, as any JSON text's are; a truncated
+ * file's length may start with '{' by chance). */
+static const char *looks_like(const unsigned char *b, const char *name, bool json) {
   static const char archive[] =
       " (it looks like an archive: list its members with kaun ls "
       "--members, open one as tar://MEMBER::ARCHIVE)";
   size_t i = 0;
   while (i < 7 && (b[i] == ' ' || b[i] == '\n' || b[i] == '\r' || b[i] == '\t')) i++;
-  if (b[i] == '{' || b[i] == '[')
+  if (json && (b[i] == '{' || b[i] == '['))
     return " (it starts like JSON: a sharded model's index is read through its folder or a "
            "name ending in .json, by ls, load or cp, not inspect)";
   if ((b[0] == 0x1f && b[1] == 0x8b) || memcmp(b, "\x28\xb5\x2f\xfd", 4) == 0 ||
@@ -89,13 +92,13 @@ int kaun_safetensors_header_length(const void *first8, size_t avail, uint64_t fi
     return kaun__error_set(err, KAUN_EHEADER_TOO_LARGE,
                            "%s: the header claims %llu bytes, more than the limit of 100000000; "
                            "this is not a SafeTensors file, or it is corrupt%s",
-                           NAME_OR_DEFAULT(name), (unsigned long long)n, looks_like(b, name));
+                           NAME_OR_DEFAULT(name), (unsigned long long)n, looks_like(b, name, true));
   if (n + 8 > file_size)
     return kaun__error_set(err, KAUN_EHEADER_LENGTH,
                            "%s: the header claims %llu bytes but the file holds only %llu after "
                            "the length field; the file is truncated or corrupt%s",
                            NAME_OR_DEFAULT(name), (unsigned long long)n,
-                           (unsigned long long)(file_size - 8), looks_like(b, name));
+                           (unsigned long long)(file_size - 8), looks_like(b, name, false));
   *out_length = n;
   return KAUN_OK;
 }

@@ -29,10 +29,8 @@ void kaun__save_options_get(const kaun_save_options *in, kaun_save_options *out)
 bool kaun__ends_with(const char *uri, const char *suffix) {
   size_t n = strlen(uri), m = strlen(suffix);
   /* a stacked URI (SCHEME://PATH::OUTER): PATH is the object's own name */
-  const char *sep = strstr(uri, "://"), *slash = strchr(uri, '/');
-  const char *chain = kaun__uri_chain(uri);
-  if (sep && sep > uri && (!slash || slash > sep) && chain && chain > sep)
-    n = (size_t)(chain - uri);
+  const char *chain = kaun__stack_chain(uri);
+  if (chain) n = (size_t)(chain - uri);
   return n >= m && memcmp(uri + n - m, suffix, m) == 0;
 }
 

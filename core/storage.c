@@ -115,6 +115,13 @@ static const char *find_chain(const char *text) {
 
 const char *kaun__uri_chain(const char *text) { return find_chain(text); }
 
+const char *kaun__stack_chain(const char *text) {
+  const char *sep = strstr(text, "://"), *slash = strchr(text, '/');
+  if (!sep || sep == text || (slash && slash < sep)) return NULL; /* a plain path: whole */
+  const char *chain = find_chain(text);
+  return chain && chain > sep ? chain : NULL;
+}
+
 /* `n` bytes of `text` with every "\::" turned into "::". */
 static char *unescape(const char *text, size_t n) {
   char *out = malloc(n + 1);

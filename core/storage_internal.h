@@ -116,6 +116,9 @@ void kaun__instance_unref(kaun__instance *inst);
 
 /* The first "::" of a URI that stacks it (not an escaped "\\::"), or NULL. */
 const char *kaun__uri_chain(const char *text);
+/* As kaun__uri_chain, for a stacked URI only (SCHEME://PATH::OUTER): NULL
+ * for a plain path, which is one name, "::" included. */
+const char *kaun__stack_chain(const char *text);
 
 /* "URI/NAME" (a stacked URI joins on its left side); malloc'd or NULL. */
 char *kaun__child_uri(const char *uri, const char *name);

@@ -33,6 +33,17 @@ expect_err_contains "nope.safetensors" "ls missing file names it"
 # MEMBER::ARCHIVE without the scheme is a path: the error says how to name a member
 run "$KAUN" ls "model.safetensors::$TEST_TMP/bundle.tar"; expect_status 1 "ls MEMBER::ARCHIVE without tar://"
 expect_err_contains "tar://MEMBER::ARCHIVE" "a path with '::' points to tar://"
+# ... and a folder whose name holds '::' is one folder: files go into it, not beside it
+mkdir -p "$TEST_TMP/outd" "$TEST_TMP/outd::y"
+run "$KAUN" cp "$TEST_TMP/params.safetensors" "$TEST_TMP/outd::y"
+expect_status 0 "cp into a folder named with '::'"
+[ -f "$TEST_TMP/outd::y/model.safetensors" ] && [ -z "$(ls "$TEST_TMP/outd")" ] && ok ||
+  bad "cp into 'outd::y' wrote beside it: $(ls "$TEST_TMP/outd" "$TEST_TMP/outd::y" 2>&1)"
+run "$KAUN" ls "$TEST_TMP/outd::y"; expect_status 0 "ls of a folder named with '::'"
+run "$KAUN" cp --max-shard-size 200 "$TEST_TMP/params.safetensors" "$TEST_TMP/sh::x/"
+expect_status 0 "sharded cp into a folder named with '::'"
+run "$KAUN" ls "$TEST_TMP/sh::x/model.safetensors.index.json"; expect_status 0 "ls of an index in a folder named with '::'"
+expect_out_contains "$(printf 'layers.1.weight\tF32')" "the index's shards are found beside it"
 printf 'not a safetensors file at all' >"$TEST_TMP/junk.safetensors"
 run "$KAUN" verify "$TEST_TMP/junk.safetensors"; expect_status 1 "verify junk"
 expect_err_contains "junk.safetensors" "verify junk names the file"

@@ -1033,6 +1033,16 @@ static void test_backend(void) {
   CU_ASSERT_FALSE(exists(at_path("%s/models--org--sharded", cache)));
   CU_ASSERT_FALSE(exists(at_path("%s/.locks/models--org--sharded", cache)));
   CU_ASSERT(exists(at_path("%s/version.txt", cache)));
+  /* a .locks that is a link leads outside the cache: nothing is removed through it */
+  char outside[4400];
+  snprintf(outside, sizeof outside, "%s-outside", cache);
+  CU_ASSERT_EQUAL_FATAL(mkdir(outside, 0755), 0);
+  CU_ASSERT_EQUAL_FATAL(mkdir(at_path("%s/models--org--model", outside), 0755), 0);
+  CU_ASSERT_EQUAL_FATAL(rename(at_path("%s/.locks", cache), at_path("%s/.locks-was", cache)), 0);
+  CU_ASSERT_EQUAL_FATAL(symlink(outside, at_path("%s/.locks", cache)), 0);
+  ASSERT_OK(kaun_hf_clear_cache(NULL, &o, &err), err);
+  ASSERT_OK(kaun_hf_clear_cache("org/model", &o, &err), err);
+  CU_ASSERT(exists(at_path("%s/models--org--model", outside)));
   ASSERT_FAILS(kaun_hf_clear_cache("bad//id", &o, &err), err, KAUN_EINVAL, "bad//id");
 }
 

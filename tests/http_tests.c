@@ -1335,7 +1335,12 @@ static void test_progress(void) {
   ASSERT_OK(kaun_http_perform(client, &r, NULL, &err), err);
   CU_ASSERT_EQUAL(log.done, FILE_SIZE);
   CU_ASSERT_EQUAL(log.object_total, FILE_SIZE);
-  CU_ASSERT(log.calls >= FILE_SIZE / 65536 && log.calls <= FILE_SIZE / 65536 + 2);
+  /* a report once 64 KiB more are in: at most one a 64 KiB (+ the first and
+   * the last), at least one a 80 KiB (libcurl hands over at most 16 KiB a
+   * time, so a report may come up to 16 KiB past its step) */
+  CU_ASSERT(log.calls >= FILE_SIZE / (80 << 10) && log.calls <= FILE_SIZE / 65536 + 2);
+  if (!(log.calls >= FILE_SIZE / (80 << 10) && log.calls <= FILE_SIZE / 65536 + 2))
+    fprintf(stderr, "(%ld progress calls for %zu bytes) ", (long)log.calls, FILE_SIZE);
   CU_ASSERT_STRING_EQUAL(log.uri, url_of(&srv_a, "/data.bin?..."));
   kaun_io_free(io);
   /* an upload reports the bytes sent, once each */

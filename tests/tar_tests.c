@@ -684,9 +684,13 @@ static void test_http_reads_only_the_member(void) {
   CU_ASSERT_EQUAL(at(kaun_flat_find(flat, "t7"), 4095), 7000.0f + 4095);
   kaun_flat_free(flat);
   sent = test_server_stat(&server, "bytes_sent");
+#if !defined(__SANITIZE_THREAD__)
+  /* (a read ahead of its predecessor waits 50 ms for it: ThreadSanitizer's
+   * slowdown can outlast that, and the skip then costs a second pass) */
   CU_ASSERT(sent >= (long long)zst_len && sent < (long long)zst_len * 3 / 2);
   if (!(sent >= (long long)zst_len && sent < (long long)zst_len * 3 / 2))
     fprintf(stderr, "\n  sent %lld for an archive of %zu (8 threads)\n", sent, zst_len);
+#endif
   kaun_object *o;
   ASSERT_FAILS(kaun_object_open(ctx, web_uri("a/missing", "remote.tar"), &o, &err), err,
                KAUN_ENOENT, "a/missing");

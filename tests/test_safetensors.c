@@ -66,6 +66,22 @@ static void test_length_rules(void) {
   unsigned char huge[16] = {0, 0, 0, 0, 0, 0, 0, 0xFF};
   ASSERT_FAILS(kaun_safetensors_parse(huge, 16, "huge", &st, &err), err, KAUN_EHEADER_TOO_LARGE,
                "huge");
+  /* what a file that is not SafeTensors looks like, said only when it can be so */
+  const char json[] = "{\"weight_map\": {}}";
+  ASSERT_FAILS(kaun_safetensors_parse(json, sizeof json - 1, "x.index.json", &st, &err), err,
+               KAUN_EHEADER_TOO_LARGE, "it starts like JSON");
+  unsigned char gz[16] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0};
+  ASSERT_FAILS(kaun_safetensors_parse(gz, 16, "packed.bin", &st, &err), err, KAUN_EHEADER_LENGTH,
+               "it looks like an archive");
+  /* a truncated file whose length starts with '{' (31520 = 0x7b20) is not called JSON */
+  unsigned char cut[16] = {0x20, 0x7b};
+  ASSERT_FAILS(kaun_safetensors_parse(cut, 16, "cut.safetensors", &st, &err), err,
+               KAUN_EHEADER_LENGTH, "truncated or corrupt");
+  CU_ASSERT_PTR_NULL(strstr(err.message, "JSON"));
+  CU_ASSERT_PTR_NULL(strstr(err.message, "archive"));
+  unsigned char plain[16] = {100};
+  ASSERT_FAILS(kaun_safetensors_parse(plain, 16, "m.tar", &st, &err), err, KAUN_EHEADER_LENGTH,
+               "it looks like an archive"); /* by its name */
 }
 
 static void test_header_rules(void) {
