@@ -982,24 +982,16 @@ int kaun_hf_clear_cache(const char *repo_id, const kaun_hf_options *given, kaun_
   const kaun_hf_options *o = &local;
   call *c = malloc(sizeof *c);
   if (!c) return kaun_error_set(err, KAUN_ENOMEM, "hf: out of memory");
-  int rc;
-  /* locks are removed only from a real .locks folder: one that is a
-   * link leads outside the cache */
+  int rc = repo_id ? call_init(c, repo_id, NULL, o, err)
+                   : kaun_hf_cache_dir(o, c->root, sizeof c->root, err);
+  if (!rc) rc = repo_id ? rm_tree(c->repo_dir, err) : rm_repos(c->root, err);
+  /* locks go only from a real .locks folder: one that is a link leads
+   * outside the cache */
   char locks[HF_PATH_MAX + 16];
   struct stat lsb;
-  if (repo_id) {
-    rc = call_init(c, repo_id, NULL, o, err);
-    if (!rc) rc = rm_tree(c->repo_dir, err);
-    if (!rc && path_fmt(locks, sizeof locks, err, "%s/.locks", c->root) == KAUN_OK &&
-        lstat(locks, &lsb) == 0 && S_ISDIR(lsb.st_mode))
-      rc = rm_tree(c->lock_dir, err);
-  } else {
-    rc = kaun_hf_cache_dir(o, c->root, sizeof c->root, err);
-    if (!rc) rc = rm_repos(c->root, err);
-    if (!rc && path_fmt(locks, sizeof locks, err, "%s/.locks", c->root) == KAUN_OK &&
-        lstat(locks, &lsb) == 0 && S_ISDIR(lsb.st_mode))
-      rc = rm_repos(locks, err);
-  }
+  if (!rc && !path_fmt(locks, sizeof locks, err, "%s/.locks", c->root) && lstat(locks, &lsb) == 0 &&
+      S_ISDIR(lsb.st_mode))
+    rc = repo_id ? rm_tree(c->lock_dir, err) : rm_repos(locks, err);
   call_wipe(c);
   free(c);
   return rc;

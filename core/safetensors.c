@@ -1,6 +1,7 @@
 /* The SafeTensors codec: header validation and the reference writer. */
 #include "index.h"
 #include "json.h"
+#include "shards.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -44,12 +45,6 @@ void kaun_safetensors_free(kaun_safetensors *st) {
 
 #define NAME_OR_DEFAULT(name) ((name) ? (name) : "SafeTensors data")
 
-static bool name_ends(const char *name, const char *suffix) {
-  size_t n = name ? strlen(name) : 0, m = strlen(suffix);
-  if (name && strstr(name, "::")) n = (size_t)(strstr(name, "::") - name); /* tar://M::X: M */
-  return n >= m && memcmp(name + n - m, suffix, m) == 0;
-}
-
 /* What a file that is not SafeTensors seems to be, from its first bytes
  * and its name: a hint for the message ("" when nothing is recognised).
  * `json`: whether JSON is a possible answer (only when the 8 bytes read
@@ -71,10 +66,9 @@ static const char *looks_like(const unsigned char *b, const char *name, bool jso
              5) == 0 ||
       memcmp(b, "BZh", 3) == 0 || memcmp(b, "PK\x03\x04", 4) == 0)
     return archive;
-  if (name_ends(name, ".tar") || name_ends(name, ".tgz") || name_ends(name, ".tar.gz") ||
-      name_ends(name, ".tar.zst") || name_ends(name, ".tar.xz") || name_ends(name, ".tar.bz2") ||
-      name_ends(name, ".zip"))
-    return archive;
+  /* compressed archives and zip are known by their bytes above; a plain
+   * tar starts with a member's name, so by its own */
+  if (name && kaun__ends_with(name, ".tar")) return archive;
   return "";
 }
 

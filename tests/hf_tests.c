@@ -471,7 +471,17 @@ static void test_errors(void) {
   o.revision = "nope";
   ASSERT_FAILS(kaun_hf_download_file("org/model", "config.json", &o, &f, &err), err, KAUN_ENOENT,
                "org/model has no revision 'nope'");
+  /* a whole repo's listing says what the Hub said, as a file's download */
+  char **files = NULL;
+  size_t nfiles = 0;
+  ASSERT_FAILS(kaun_hf_list_files("org/model", &o, &files, &nfiles, NULL, &err), err, KAUN_ENOENT,
+               "org/model has no revision 'nope'");
   o.revision = NULL;
+  ASSERT_FAILS(kaun_hf_list_files("org/absent", &o, &files, &nfiles, NULL, &err), err, KAUN_EAUTH,
+               "repository org/absent not found, or private: set HF_TOKEN");
+  ASSERT_FAILS(kaun_hf_list_files("org/gated", &o, &files, &nfiles, NULL, &err), err, KAUN_EAUTH,
+               "org/gated is gated: accept its terms");
+  CU_ASSERT_PTR_NULL(files);
   ASSERT_FAILS(kaun_hf_download_file("org/model", "absent.json", &o, &f, &err), err, KAUN_ENOENT,
                "org/model has no file 'absent.json' at revision 'main'");
   CU_ASSERT(exists(at_path("%s/models--org--model/.no_exist/%s/absent.json", cache, COMMIT_A)));
